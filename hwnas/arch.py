@@ -1,0 +1,462 @@
+"""Architectures: one frozen description of a whole detector, its text grammar, and the one walk.
+
+Grammar (five fields separated by ``/``; see docs/arch-grammar.md)::
+
+    i<H>[x<W>] / <block>_c<width>_<stages> / <neck> / <head> / <norm>
+
+    i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn
+
+* backbone: ``block`` is basic | bottleneck | mbconv | shuffle; ``width`` the stage-1 channels
+  (bottleneck outputs 4x); ``stages`` the SM-NAS encoding: stages separated by ``-``, ``1`` a
+  block, ``2`` a block that doubles the channels and halves the resolution. Stage 1 holds only
+  ``1``s (it runs at stride 4 after the stem); every later stage holds exactly one ``2``, so
+  stage k ends at pyramid level k+1 (stride 2^(k+1)). ResNet-18 = ``11-21-21-21``.
+* neck: ``none`` (the head runs on the last backbone level) | ``fpn_p<lo>-<hi>_c<width>`` |
+  ``pafpn_p<lo>-<hi>_c<width>``; levels above the backbone's last come from strided 3x3 convs.
+* head: ``retina_d<depth>_c<width>`` (anchor-based) | ``fcos_d<depth>_c<width>`` (anchor-free) |
+  ``rcnn_d<fc layers>_c<fc width>_n<proposals>`` (RPN + RoI box head at N proposals).
+* norm: ``bn`` | ``gn`` (backbone and head towers).
+
+``Arch.units(num_classes)`` yields the units the detector is assembled from, in build order;
+the latency table, the predictor and ``Detector.from_arch`` all use that walk and no other.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field, replace
+from typing import Iterator
+
+from hwnas.errors import HwnasError
+from hwnas.units import HW, RETINA_ANCHORS, RPN_ANCHORS, Unit, out_hw
+
+BLOCK_TYPES = ("basic", "bottleneck", "mbconv", "shuffle")
+NECKS = ("none", "fpn", "pafpn")
+HEADS = ("retina", "fcos", "rcnn")
+NORMS = ("bn", "gn")
+MAX_LEVEL = 7
+GRAMMAR_HINT = "expected e.g. i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn (see docs/arch-grammar.md)"
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A unit and where it sits in the detector (``role``: stem.0, stage2.1, neck.p4, head.p3.cls.0 ...)."""
+
+    role: str
+    unit: Unit
+
+
+@dataclass(frozen=True)
+class Arch:
+    input_hw: HW
+    block: str
+    width: int
+    stages: tuple[str, ...]
+    neck: str = "fpn"
+    levels: tuple[int, int] = (3, 5)
+    neck_width: int = 128
+    head: str = "retina"
+    head_depth: int = 4
+    head_width: int = 128
+    proposals: int = 0
+    norm: str = "bn"
+
+    def __post_init__(self) -> None:
+        if self.neck == "none":
+            # Without a neck its width means nothing; one canonical value keeps equality == text equality.
+            object.__setattr__(self, "neck_width", 0)
+        self._check()
+
+    # ------------------------------------------------------------------ validation
+    def _check(self) -> None:
+        def bad(msg: str) -> HwnasError:
+            return HwnasError(f"invalid arch: {msg}")
+
+        h, w = self.input_hw
+        if h < 64 or w < 64 or h % 32 or w % 32:
+            raise bad(f"input {h}x{w}: both sides must be multiples of 32 and at least 64")
+        if self.block not in BLOCK_TYPES:
+            raise bad(f"block {self.block!r}: valid blocks are {', '.join(BLOCK_TYPES)}")
+        if not 8 <= self.width <= 512 or self.width % 8:
+            raise bad(f"width {self.width}: must be a multiple of 8 in 8..512")
+        if not 2 <= len(self.stages) <= 5:
+            raise bad(f"{len(self.stages)} stages: use 2 to 5 stages separated by '-'")
+        for i, s in enumerate(self.stages):
+            if not s or set(s) - {"1", "2"}:
+                raise bad(f"stage {i + 1} {s!r}: a stage is a non-empty string of '1' and '2'")
+            if i == 0 and "2" in s:
+                raise bad(f"stage 1 {s!r}: stage 1 runs at stride 4 and holds only '1' blocks")
+            if i > 0 and s.count("2") != 1:
+                raise bad(f"stage {i + 1} {s!r}: every stage after the first holds exactly one '2'")
+        if self.neck not in NECKS:
+            raise bad(f"neck {self.neck!r}: valid necks are {', '.join(NECKS)}")
+        lo, hi = self.levels
+        top = self.backbone_top_level
+        if self.neck == "none":
+            if self.levels != (top, top):
+                raise bad(f"neck none runs the head on level {top} only, got levels {lo}-{hi}")
+        else:
+            if not (2 <= lo <= top and lo <= hi <= MAX_LEVEL):
+                raise bad(f"levels p{lo}-{hi}: need 2 <= lo <= {top} (last backbone level) and lo <= hi <= {MAX_LEVEL}")
+            if not 16 <= self.neck_width <= 512 or self.neck_width % 8:
+                raise bad(f"neck width {self.neck_width}: must be a multiple of 8 in 16..512")
+        if self.head not in HEADS:
+            raise bad(f"head {self.head!r}: valid heads are {', '.join(HEADS)}")
+        if self.head == "rcnn":
+            if self.neck == "none":
+                raise bad("the rcnn head needs a neck (fpn or pafpn)")
+            if not 1 <= self.head_depth <= 4 or not 1 <= self.proposals <= 2000:
+                raise bad(f"rcnn head: fc layers 1..4 and proposals 1..2000, got d{self.head_depth} n{self.proposals}")
+        else:
+            if self.proposals:
+                raise bad(f"only the rcnn head takes a proposal count (n{self.proposals})")
+            if not 0 <= self.head_depth <= 8:
+                raise bad(f"head depth {self.head_depth}: must be 0..8")
+        if not 8 <= self.head_width <= 2048 or self.head_width % 8:
+            raise bad(f"head width {self.head_width}: must be a multiple of 8 in 8..2048")
+        if self.norm not in NORMS:
+            raise bad(f"norm {self.norm!r}: valid norms are {', '.join(NORMS)}")
+        if out_hw(self.input_hw, 2 ** hi)[0] < 1:
+            raise bad(f"input {h}x{w} is too small for level {hi}")
+
+    # ------------------------------------------------------------------ text form
+    def __str__(self) -> str:
+        h, w = self.input_hw
+        size = f"i{h}" if h == w else f"i{h}x{w}"
+        bb = f"{self.block}_c{self.width}_{'-'.join(self.stages)}"
+        if self.neck == "none":
+            neck = "none"
+        else:
+            neck = f"{self.neck}_p{self.levels[0]}-{self.levels[1]}_c{self.neck_width}"
+        head = f"{self.head}_d{self.head_depth}_c{self.head_width}"
+        if self.head == "rcnn":
+            head += f"_n{self.proposals}"
+        return "/".join((size, bb, neck, head, self.norm))
+
+    @classmethod
+    def parse(cls, text: str) -> "Arch":
+        """Parse the text form; any error is one HwnasError line naming the bad part."""
+        text = text.strip()
+        parts = text.split("/")
+        if len(parts) != 5:
+            raise HwnasError(f"invalid arch {text!r}: {len(parts)} '/'-separated fields, need 5; {GRAMMAR_HINT}")
+        size, bb, neck, head, norm = parts
+        m = re.fullmatch(r"i(\d+)(?:x(\d+))?", size)
+        if not m:
+            raise HwnasError(f"invalid arch {text!r}: input {size!r} should look like i256 or i320x256")
+        hw = (int(m[1]), int(m[2] or m[1]))
+        m = re.fullmatch(r"([a-z]+)_c(\d+)_([12-]+)", bb)
+        if not m:
+            raise HwnasError(f"invalid arch {text!r}: backbone {bb!r} should look like basic_c64_11-21-21-21")
+        block, width, stages = m[1], int(m[2]), tuple(m[3].split("-"))
+        if neck == "none":
+            neck_kind, levels, neck_width = "none", None, 0
+        else:
+            m = re.fullmatch(r"([a-z]+)_p(\d)-(\d)_c(\d+)", neck)
+            if not m:
+                raise HwnasError(f"invalid arch {text!r}: neck {neck!r} should look like fpn_p3-5_c128 or none")
+            neck_kind, levels, neck_width = m[1], (int(m[2]), int(m[3])), int(m[4])
+        m = re.fullmatch(r"([a-z]+)_d(\d+)_c(\d+)(?:_n(\d+))?", head)
+        if not m:
+            raise HwnasError(f"invalid arch {text!r}: head {head!r} should look like retina_d4_c128 or rcnn_d2_c512_n100")
+        head_kind, depth, head_width, proposals = m[1], int(m[2]), int(m[3]), int(m[4] or 0)
+        if head_kind == "rcnn" and not m[4]:
+            raise HwnasError(f"invalid arch {text!r}: the rcnn head needs a proposal count, e.g. rcnn_d2_c512_n100")
+        if levels is None:
+            levels = (len(stages) + 1,) * 2
+        return cls(hw, block, width, stages, neck_kind, levels, neck_width, head_kind, depth,
+                   head_width, proposals, norm)
+
+    def to_dict(self) -> dict:
+        return {"arch": str(self)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Arch":
+        return cls.parse(d["arch"])
+
+    # ------------------------------------------------------------------ derived facts
+    @property
+    def backbone_top_level(self) -> int:
+        return len(self.stages) + 1
+
+    @property
+    def out_levels(self) -> tuple[int, ...]:
+        """Pyramid levels the head runs on."""
+        return tuple(range(self.levels[0], self.levels[1] + 1))
+
+    def level_hw(self, level: int) -> HW:
+        hw = self.input_hw
+        for _ in range(level):
+            hw = out_hw(hw, 2)
+        return hw
+
+    def stage_channels(self) -> list[int]:
+        """Output channels of each backbone stage (level 2, 3, ...)."""
+        mult = 4 if self.block == "bottleneck" else 1
+        return [self.width * 2 ** i * mult for i in range(len(self.stages))]
+
+    def head_in_channels(self) -> int:
+        return self.stage_channels()[-1] if self.neck == "none" else self.neck_width
+
+    # ------------------------------------------------------------------ the one walk
+    def placed_units(self, num_classes: int) -> list[Placed]:
+        """Every unit of the detector with its role, in the order the detector is built.
+
+        Units of a shared head appear once per level (same weights, different input size):
+        each is a separate run of kernels and so a separate latency entry.
+        """
+        if num_classes < 1:
+            raise HwnasError(f"num_classes must be >= 1, got {num_classes}")
+        return list(self._walk(num_classes))
+
+    def units(self, num_classes: int = 80) -> list[Unit]:
+        return [p.unit for p in self.placed_units(num_classes)]
+
+    def _walk(self, k: int) -> Iterator[Placed]:
+        hw, c = self.input_hw, self.width
+        yield Placed("stem.0", Unit("conv", 3, c, hw, 3, 2, self.norm, "relu"))
+        hw = out_hw(hw, 2)
+        yield Placed("stem.1", Unit("conv", c, c, hw, 3, 2, self.norm, "relu"))
+        hw = out_hw(hw, 2)
+        cin = c
+        for si, (enc, cout) in enumerate(zip(self.stages, self.stage_channels())):
+            for bi, ch in enumerate(enc):
+                # Blocks before this stage's '2' still run at the previous stage's shape.
+                stride = 2 if ch == "2" else 1
+                c_this = cout if si == 0 or "2" in enc[: bi + 1] else cin
+                yield Placed(f"stage{si + 1}.{bi}", Unit(self.block, cin, c_this, hw, stride=stride, norm=self.norm))
+                hw, cin = out_hw(hw, stride), c_this
+        if self.neck != "none":
+            yield from self._walk_neck(self.stage_channels())
+        yield from self._walk_head(k)
+
+    def _walk_neck(self, chans: list[int]) -> Iterator[Placed]:
+        lo, hi = self.levels
+        top = self.backbone_top_level
+        w = self.neck_width
+        for level in range(min(hi, top), lo - 1, -1):
+            yield Placed(f"neck.p{level}", Unit("fpn_node", chans[level - 2], w, self.level_hw(level),
+                                                top=level == min(hi, top)))
+        for level in range(top + 1, hi + 1):
+            yield Placed(f"neck.p{level}", Unit("conv", w, w, self.level_hw(level - 1), 3, 2, "none", "relu"))
+        if self.neck == "pafpn":
+            for level in range(lo + 1, hi + 1):
+                yield Placed(f"neck.n{level}", Unit("pan_node", w, w, self.level_hw(level - 1)))
+
+    def _walk_head(self, k: int) -> Iterator[Placed]:
+        cin, w, d = self.head_in_channels(), self.head_width, self.head_depth
+        if self.head == "rcnn":
+            for level in self.out_levels:
+                hw = self.level_hw(level)
+                yield Placed(f"head.p{level}.rpn", Unit("conv", cin, cin, hw, 3, 1, "none", "relu"))
+                yield Placed(f"head.p{level}.obj", Unit("conv", cin, RPN_ANCHORS, hw, 1))
+                yield Placed(f"head.p{level}.box", Unit("conv", cin, 4 * RPN_ANCHORS, hw, 1))
+            yield Placed("head.roi", Unit(
+                "roi", cin=cin, width=w, depth=d, classes=k, proposals=self.proposals,
+                levels=self.out_levels, level_hws=tuple(self.level_hw(lv) for lv in self.out_levels),
+                image_hw=self.input_hw))
+            return
+        a = RETINA_ANCHORS if self.head == "retina" else 1
+        preds = {"cls": a * k, "box": a * 4} if self.head == "retina" else {"cls": k, "box": 4, "ctr": 1}
+        for level in self.out_levels:
+            hw = self.level_hw(level)
+            for tower in ("cls", "box"):
+                c = cin
+                for i in range(d):
+                    yield Placed(f"head.p{level}.{tower}.{i}", Unit("conv", c, w, hw, 3, 1, self.norm, "relu"))
+                    c = w
+            c_last = w if d else cin
+            for name, cout in preds.items():
+                yield Placed(f"head.p{level}.{name}", Unit("conv", c_last, cout, hw, 3, 1))
+
+
+# =============================================================================== search space
+@dataclass(frozen=True)
+class SearchSpace:
+    """The choices a search may make. Sampling and mutation are seeded and capped."""
+
+    resolutions: tuple[int, ...] = (256, 320, 384, 512)
+    blocks: tuple[str, ...] = BLOCK_TYPES
+    widths: tuple[int, ...] = (16, 24, 32, 48, 64)
+    num_stages: int = 4
+    max_blocks: tuple[int, ...] = (3, 4, 5, 3)
+    necks: tuple[str, ...] = NECKS
+    level_ranges: tuple[tuple[int, int], ...] = ((3, 5), (3, 6), (3, 7), (4, 6), (4, 7))
+    neck_widths: tuple[int, ...] = (64, 96, 128)
+    heads: tuple[str, ...] = HEADS
+    head_depths: tuple[int, ...] = (1, 2, 3, 4)
+    head_widths: tuple[int, ...] = (64, 96, 128)
+    rcnn_depths: tuple[int, ...] = (1, 2)
+    rcnn_widths: tuple[int, ...] = (256, 512)
+    proposals: tuple[int, ...] = (100,)
+    norms: tuple[str, ...] = NORMS
+    name: str = field(default="default", compare=False)
+
+    def __post_init__(self) -> None:
+        if len(self.max_blocks) != self.num_stages:
+            raise HwnasError(f"space {self.name}: max_blocks needs one entry per stage ({self.num_stages})")
+        for attr in ("resolutions", "blocks", "widths", "necks", "heads", "norms", "level_ranges"):
+            if not getattr(self, attr):
+                raise HwnasError(f"space {self.name}: {attr} is empty")
+
+    def with_resolutions(self, resolutions: tuple[int, ...]) -> "SearchSpace":
+        return replace(self, resolutions=tuple(resolutions))
+
+    # -------------------------------------------------------------- sampling
+    def sample(self, seed: int) -> Arch:
+        """One architecture drawn uniformly over each choice, reproducible from ``seed``."""
+        rng = random.Random(seed)
+        stages = [self._stage(rng, i) for i in range(self.num_stages)]
+        neck = rng.choice(self.necks)
+        head = rng.choice(self.heads)
+        if head == "rcnn" and neck == "none":
+            neck = rng.choice([n for n in self.necks if n != "none"] or ["fpn"])
+        top = self.num_stages + 1
+        ranges = [r for r in self.level_ranges if r[0] <= top]
+        levels = rng.choice(ranges) if neck != "none" else (top, top)
+        r = rng.choice(self.resolutions)
+        if head == "rcnn":
+            depth, hwidth, props = rng.choice(self.rcnn_depths), rng.choice(self.rcnn_widths), rng.choice(self.proposals)
+        else:
+            depth, hwidth, props = rng.choice(self.head_depths), rng.choice(self.head_widths), 0
+        return Arch((r, r), rng.choice(self.blocks), rng.choice(self.widths), tuple(stages), neck, levels,
+                     rng.choice(self.neck_widths), head, depth, hwidth, props, rng.choice(self.norms))
+
+    def _stage(self, rng: random.Random, i: int) -> str:
+        n = rng.randint(1, self.max_blocks[i])
+        if i == 0:
+            return "1" * n
+        pos = rng.randrange(n)
+        return "1" * pos + "2" + "1" * (n - pos - 1)
+
+    # -------------------------------------------------------------- mutation
+    def mutate(self, arch: Arch, seed: int, max_tries: int = 100) -> Arch:
+        """A different, valid neighbour of ``arch`` by one SM-NAS move.
+
+        Backbone moves: insert a '1', remove a '1', move a '2' within its stage, change the
+        base width. Module moves: neck width, head depth or width. Retries are capped.
+        """
+        rng = random.Random(seed)
+        for _ in range(max_tries):
+            move = rng.choice(("insert", "remove", "move2", "width", "neck_width", "head_depth", "head_width"))
+            stages = list(arch.stages)
+            si = rng.randrange(len(stages))
+            s = stages[si]
+            try:
+                if move == "insert":
+                    cap = self.max_blocks[si] if si < len(self.max_blocks) else 6
+                    if len(s) >= cap:
+                        continue
+                    p = rng.randint(0, len(s))
+                    stages[si] = s[:p] + "1" + s[p:]
+                    cand = replace(arch, stages=tuple(stages))
+                elif move == "remove":
+                    ones = [j for j, ch in enumerate(s) if ch == "1"]
+                    if not ones or len(s) == 1:
+                        continue
+                    j = rng.choice(ones)
+                    stages[si] = s[:j] + s[j + 1:]
+                    cand = replace(arch, stages=tuple(stages))
+                elif move == "move2":
+                    if "2" not in s or len(s) == 1:
+                        continue
+                    j = s.index("2")
+                    k = rng.choice([x for x in (j - 1, j + 1) if 0 <= x < len(s)])
+                    lst = list(s)
+                    lst[j], lst[k] = lst[k], lst[j]
+                    stages[si] = "".join(lst)
+                    cand = replace(arch, stages=tuple(stages))
+                elif move == "width":
+                    cand = replace(arch, width=_neighbour(rng, self.widths, arch.width))
+                elif move == "neck_width":
+                    if arch.neck == "none":
+                        continue
+                    cand = replace(arch, neck_width=_neighbour(rng, self.neck_widths, arch.neck_width))
+                elif move == "head_depth":
+                    depths = self.rcnn_depths if arch.head == "rcnn" else self.head_depths
+                    cand = replace(arch, head_depth=_neighbour(rng, depths, arch.head_depth))
+                else:
+                    widths = self.rcnn_widths if arch.head == "rcnn" else self.head_widths
+                    cand = replace(arch, head_width=_neighbour(rng, widths, arch.head_width))
+            except HwnasError:
+                continue
+            if cand != arch:
+                return cand
+        raise HwnasError(f"no valid mutation of {arch} found in {max_tries} tries; widen the search space")
+
+    # -------------------------------------------------------------- enumeration for profiling
+    def covering_archs(self) -> Iterator[Arch]:
+        """Archs whose units, together, are every unit any arch of this space contains.
+
+        Walking these through ``Arch.units`` (the one walk) gives the profiling set. It
+        relies on two facts of the walk: the backbone encoding ``1..1-121-121-...`` contains
+        every backbone unit of its block/width/norm/resolution (with at most two
+        blocks a stage, ``12`` and ``21`` together do) (a '1' before the '2' runs at
+        the previous stage's shape, one after it at this stage's), and the deepest head
+        contains every tower unit of the shallower ones. ``tests/test_arch.py`` checks the
+        claim against random samples.
+        """
+        opts = [["1" * min(2, self.max_blocks[0])]] + [
+            ["121"] if m >= 3 else ["12", "21"] if m == 2 else ["2"] for m in self.max_blocks[1:]]
+        encs = list(dict.fromkeys((tuple(o[0] for o in opts), tuple(o[-1] for o in opts))))
+        heads = [(h, d, w, n) for h in self.heads if h != "rcnn"
+                 for d in self.head_depths for w in self.head_widths for n in (0,)]
+        if "rcnn" in self.heads:
+            heads += [("rcnn", d, w, n) for d in self.rcnn_depths for w in self.rcnn_widths for n in self.proposals]
+        top = self.num_stages + 1
+        necks = [(neck, lv, nw) for neck in self.necks if neck != "none"
+                 for lv in self.level_ranges if lv[0] <= top for nw in self.neck_widths]
+        first_one_stage = next((h for h in heads if h[0] != "rcnn"), heads[0])
+        for r in self.resolutions:
+            for norm in self.norms:
+                def arch(block, width, neck, levels, nw, head, enc=encs[0]):
+                    return Arch((r, r), block, width, enc, neck, levels, nw, head[0], head[1], head[2], head[3], norm)
+
+                for block in self.blocks:
+                    for width in self.widths:
+                        # Backbone and neck units depend on the backbone; head units behind a
+                        # neck do not, but without a neck the head sees the backbone's channels.
+                        for neck, levels, nw in necks:
+                            for enc in encs:
+                                yield arch(block, width, neck, levels, nw, first_one_stage, enc)
+                        if "none" in self.necks:
+                            for head in heads:
+                                if head[0] != "rcnn":
+                                    yield arch(block, width, "none", (top, top), self.neck_widths[0], head)
+                for neck, levels, nw in necks:
+                    for head in heads:
+                        yield arch(self.blocks[0], self.widths[0], neck, levels, nw, head)
+
+    def all_units(self, num_classes: int) -> list[Unit]:
+        """Every distinct unit any arch of this space can contain, deduplicated, in a stable order."""
+        seen: dict[str, Unit] = {}
+        for arch in self.covering_archs():
+            for u in arch.units(num_classes):
+                seen.setdefault(u.key(), u)
+        return list(seen.values())
+
+
+def _neighbour(rng: random.Random, choices: tuple[int, ...], current: int) -> int:
+    """The next smaller or larger choice (SM-NAS moves widths and depths one step at a time)."""
+    ordered = sorted(set(choices) | {current})
+    i = ordered.index(current)
+    options = [ordered[j] for j in (i - 1, i + 1) if 0 <= j < len(ordered)]
+    if not options:
+        raise HwnasError(f"only one choice ({current}) in the space")
+    return rng.choice(options)
+
+
+SPACES: dict[str, SearchSpace] = {
+    "default": SearchSpace(),
+    # A small space for tests and quick demos: two block types, narrow widths, small inputs.
+    "tiny": SearchSpace(resolutions=(128,), blocks=("basic", "mbconv"), widths=(16, 24), max_blocks=(2, 2, 2, 2),
+                        level_ranges=((3, 5), (4, 6)), neck_widths=(32,), head_depths=(1, 2), head_widths=(32,),
+                        rcnn_depths=(1,), rcnn_widths=(128,), proposals=(32,), norms=("bn", "gn"), name="tiny"),
+}
+
+
+def get_space(name: str) -> SearchSpace:
+    try:
+        return SPACES[name]
+    except KeyError:
+        raise HwnasError(f"unknown search space {name!r}; valid spaces: {', '.join(SPACES)}") from None

@@ -1,0 +1,37 @@
+"""Backends that compile and time a module, and the one timing protocol.
+
+Importing this package imports neither onnxruntime nor TensorRT: backend modules import them
+lazily, and a missing library raises HwnasError naming what to ``pip install``.
+"""
+
+from hwnas.backends.base import (
+    BACKENDS,
+    Backend,
+    CpuTimer,
+    CudaTimer,
+    Latency,
+    Runner,
+    Target,
+    Timer,
+    TimingConfig,
+    get_backend,
+    measure,
+    robust_latency,
+    time_module,
+)
+
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "CpuTimer",
+    "CudaTimer",
+    "Latency",
+    "Runner",
+    "Target",
+    "Timer",
+    "TimingConfig",
+    "get_backend",
+    "measure",
+    "robust_latency",
+    "time_module",
+]

@@ -1,0 +1,59 @@
+"""Atomic, checked file writes and safe JSON reads: the two ways hwnas touches files that matter."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from hwnas.errors import HwnasError
+
+
+def check_writable(path: Path, what: str = "output") -> Path:
+    """Fail early (before any work) when ``path`` cannot be written."""
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise HwnasError(f"cannot create folder {parent} for the {what}: {e.strerror}; choose another path") from None
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise HwnasError(f"cannot write the {what} {path}: permission denied; choose another path")
+    if path.is_dir():
+        raise HwnasError(f"the {what} {path} is a folder; give a file path")
+    return path
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    path = Path(path)
+    raw = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise HwnasError(f"cannot write {path}: {e.strerror}; check free space and permissions") from None
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=1, sort_keys=False) + "\n")
+
+
+def read_json(path: Path, what: str) -> Any:
+    path = Path(path)
+    if not path.exists():
+        raise HwnasError(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise HwnasError(f"{what} {path} is corrupt or truncated ({e.__class__.__name__} at {getattr(e, 'pos', '?')}); "
+                         f"delete it and recreate it") from None

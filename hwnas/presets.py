@@ -1,0 +1,24 @@
+"""Named architectures: hand-designed baselines expressed in the arch grammar."""
+from __future__ import annotations
+
+from hwnas.arch import Arch
+from hwnas.errors import HwnasError
+
+# Baselines in the SM-NAS encoding. Stem and widths follow the original networks where the
+# grammar allows (ResNet: 64 base channels; MobileNetV2-like: inverted residuals from 16).
+PRESETS: dict[str, str] = {
+    "resnet18-fpn-retinanet": "i512/basic_c64_11-21-21-21/fpn_p3-7_c256/retina_d4_c256/bn",
+    "resnet50-fpn-retinanet": "i512/bottleneck_c64_111-2111-211111-211/fpn_p3-7_c256/retina_d4_c256/bn",
+    "mobilenetv2-fpn-retinanet": "i512/mbconv_c16_11-211-2111-211/fpn_p3-7_c128/retina_d2_c128/bn",
+    "resnet18-fpn-faster-rcnn": "i512/basic_c64_11-21-21-21/fpn_p2-6_c256/rcnn_d2_c1024_n1000/bn",
+    "resnet18-fpn-fcos": "i512/basic_c64_11-21-21-21/fpn_p3-7_c256/fcos_d4_c256/gn",
+}
+
+
+def resolve_arch(text: str) -> Arch:
+    """A preset name or an arch string."""
+    if text in PRESETS:
+        return Arch.parse(PRESETS[text])
+    if "/" not in text:
+        raise HwnasError(f"unknown preset {text!r}; valid presets: {', '.join(PRESETS)} (or give an arch string)")
+    return Arch.parse(text)
