@@ -11,10 +11,12 @@ from typing import Iterator, Optional
 
 import typer
 
+from hwnas.data.cli import data_app
 from hwnas.errors import HwnasError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   rich_markup_mode=None, help="Hardware-aware latency tables, search and deployment for object detectors.")
+app.add_typer(data_app, name="data", help="Detection datasets: generate synthetic COCO-format data.")
 
 
 def _say(msg: str) -> None:
@@ -87,6 +89,7 @@ def profile(
     """Time every unit of a search space on this device and write a latency table."""
     from hwnas.arch import get_space
     from hwnas.fileio import check_writable
+    from hwnas.latency import load_for_resume
     from hwnas.latency import profile as run_profile
 
     check_writable(out, "latency table")
@@ -95,13 +98,15 @@ def profile(
     if num_classes < 1:
         raise HwnasError(f"--num-classes must be >= 1, got {num_classes}")
     be = _backend(backend, device, precision, threads)
+    timing = _timing(min_time, repeats)
+    load_for_resume(out, be.target(), space, num_classes, force=force)  # fail before any output
     units = sp.all_units(num_classes)
     _say(f"profiling {len(units)} units of space {space!r} at {','.join(map(str, res))} px on {be.target().device} "
          f"({backend}, {precision}, {threads} thread(s)) -> {out}")
     t0 = time.time()
     with _progress("profile") as update:
         table = run_profile(be, out, space=space, resolutions=res, num_classes=num_classes,
-                            timing=_timing(min_time, repeats), units=units, force=force, progress=update)
+                            timing=timing, units=units, force=force, progress=update)
     _say(f"wrote {out}: {len(table.entries)} units in {time.time() - t0:.0f} s")
 
 
@@ -152,7 +157,7 @@ def latency(
 def validate(
     table: Path = typer.Option(..., help="latency table to check (its correction is refitted and saved)"),
     samples: int = typer.Option(100, help="detectors to evaluate on"),
-    calib_samples: int = typer.Option(30, "--calib-samples", help="separate detectors to fit the correction on (0: none)"),
+    calib_samples: int = typer.Option(30, "--calib-samples", help="separate detectors to fit the correction on (fewer than 5: none)"),
     baseline_samples: int = typer.Option(30, "--baseline-samples", help="how many evaluated detectors also get the per-operator baseline"),
     seed: int = typer.Option(0),
     out: Path = typer.Option(Path("validate.json")),
@@ -184,10 +189,106 @@ def validate(
             f"noise_cv={rep['noise_cv']:.4f}")
     typer.echo(line)
     typer.echo(f"  unit sum before correction: within_10={rep['raw']['within_10']:.3f} mape={rep['raw']['mape']:.2f}%")
+    chk = rep.get("correction_check")
+    if chk:
+        typer.echo(f"  correction {'kept' if chk['kept'] else 'rejected'}: held-out calibration MAPE "
+                   f"{chk['calib_loo_mape']:.2f}% vs plain sum {chk['calib_raw_mape']:.2f}%")
     if "naive" in rep:
         typer.echo(f"  per-operator baseline (n={rep['naive']['n']}): within_10={rep['naive']['within_10']:.3f} "
                    f"mape={rep['naive']['mape']:.2f}% spearman={rep['naive']['spearman']:.4f}")
     typer.echo(f"wrote {out}" + (f" and {plot}" if plot else ""))
+
+
+# ----------------------------------------------------------------------------- train / eval
+@app.command()
+def train(
+    arch: Optional[str] = typer.Option(None, help="arch string to train"),
+    preset: Optional[str] = typer.Option(None, help="preset name instead of --arch (see hwnas/presets.py)"),
+    data: Path = typer.Option(..., help="dataset folder: train.json, val.json, images/ (hwnas data synth) or COCO layout"),
+    epochs: int = typer.Option(12),
+    img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (overrides the arch's)"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(2e-3),
+    box_loss: str = typer.Option("giou", "--box-loss", help="iou | giou | diou | ciou | smooth_l1"),
+    device: str = typer.Option("cpu", help="cpu or cuda[:i]"),
+    seed: int = typer.Option(0),
+    out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, detections.json (resumed if present)"),
+) -> None:
+    """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json."""
+    from contextlib import ExitStack
+    from dataclasses import replace
+
+    from hwnas.data.coco import find_split
+    from hwnas.evaluate import summarize
+    from hwnas.fileio import check_writable
+    from hwnas.presets import resolve_arch
+    from hwnas.train import TrainConfig
+    from hwnas.train import train as run_train
+
+    if (arch is None) == (preset is None):
+        raise HwnasError("give exactly one of --arch or --preset")
+    a = resolve_arch(arch or preset)
+    if img_size is not None:
+        a = replace(a, input_hw=(img_size, img_size))
+    # epochs, batch size, lr, box loss and device are checked here, before any file is touched
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, box_loss=box_loss, device=device, seed=seed)
+    for split in ("train", "val"):
+        find_split(data, split)
+    check_writable(out / "metrics.json", "run folder")
+    # The line and the bar appear with the first step: whatever fails before it (the dataset's
+    # entries, a last.pt of another run) stays a single error line.
+    with ExitStack() as stack:
+        bar: list = []
+
+        def update(done: int, total: int, item: str) -> None:
+            if not bar:
+                _say(f"training {a} for {epochs} epochs on {data} -> {out}")
+                bar.append(stack.enter_context(_progress("train")))
+            bar[0](done, total, item)
+
+        res = run_train(a, data, out, cfg, progress=update)
+    m = res.metrics
+    typer.echo(f"{summarize(m)} train_s={m['train_seconds']:.1f} train_images/s={m['train_images_per_s']:.1f}")
+    typer.echo(f"wrote {res.checkpoint} and {out / 'metrics.json'}")
+
+
+@app.command(name="eval")
+def eval_(
+    weights: Path = typer.Option(..., help="checkpoint (RUN/last.pt)"),
+    data: Path = typer.Option(..., help="dataset folder"),
+    split: str = typer.Option("val", help="val or train"),
+    out: Path = typer.Option(Path("metrics.json"), help="metrics json"),
+    detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)"),
+    device: str = typer.Option("cpu"),
+    batch_size: int = typer.Option(8, "--batch-size"),
+) -> None:
+    """Score a checkpoint with pycocotools (map, map50, map_small/medium/large, images/s)."""
+    from hwnas.data.coco import CocoDetection
+    from hwnas.data.transforms import EvalTransform
+    from hwnas.evaluate import evaluate, summarize
+    from hwnas.fileio import check_writable, write_json
+    from hwnas.train import load_model, resolve_device
+
+    if batch_size < 1:
+        raise HwnasError(f"--batch-size must be >= 1, got {batch_size}")
+    resolve_device(device)
+    detections = detections or out.with_name(out.stem + ".detections.json")
+    if detections.resolve() == out.resolve():
+        raise HwnasError(f"--detections and --out are both {out}; give two files")
+    model, a, names = load_model(weights)
+    ds = CocoDetection.from_dir(data, split, EvalTransform(a.input_hw))
+    if ds.class_names != names:
+        raise HwnasError(f"{weights} was trained on classes {names}, the data has {ds.class_names}")
+    if len(ds) == 0:
+        raise HwnasError(f"{ds.json_path} holds no images to evaluate")
+    check_writable(out, "metrics file")
+    check_writable(detections, "detections file")
+    with _progress("eval") as update:
+        m = evaluate(model, a, ds, detections=detections, device=device, batch_size=batch_size, progress=update)
+    m.update({"arch": str(a), "weights": str(weights), "data": str(data), "split": split, "detections": str(detections)})
+    write_json(out, m)
+    typer.echo(summarize(m))
+    typer.echo(f"wrote {out} and {detections}")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -217,30 +318,43 @@ def sample(
         typer.echo(str(sp.sample(seed + i)))
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point: one line per error, never a traceback, non-zero exit."""
+def _click_classes(name: str) -> tuple[type, ...]:
+    """``name`` from click and from the click typer >= 0.2x vendors (``typer._click``, with Abort and
+    Exit in ``typer.exceptions``): catching click's own classes alone lets typer's escape."""
     import click
 
+    mods: list = [click.exceptions, click]
+    for vendored in ("typer._click.exceptions", "typer.exceptions"):
+        try:
+            mods.append(__import__(vendored, fromlist=["_"]))
+        except ImportError:
+            pass
+    return tuple(dict.fromkeys(getattr(m, name) for m in mods if isinstance(getattr(m, name, None), type)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: one line per error, never a traceback, non-zero exit."""
     try:
         app(args=argv, standalone_mode=False, prog_name="hwnas")
         return 0
     except HwnasError as e:
         _say(f"error: {e}")
         return 1
-    except click.exceptions.NoSuchOption as e:
-        _say(f"error: {e.format_message()} (see hwnas {e.ctx.command.name if e.ctx else ''} --help)")
+    except _click_classes("NoArgsIsHelpError") as e:
+        typer.echo(e.format_message())  # the help text
         return 2
-    except click.exceptions.UsageError as e:
-        cmd = e.ctx.command.name if e.ctx and e.ctx.command else ""
-        _say(f"error: {e.format_message()} (see hwnas {cmd} --help)".replace("hwnas hwnas", "hwnas"))
+    except _click_classes("UsageError") as e:  # NoSuchOption, MissingParameter, BadParameter ...
+        cmd = (e.ctx.command.name if e.ctx and e.ctx.command else "") or ""
+        see = " ".join(x for x in ("hwnas", cmd if cmd != "hwnas" else "", "--help") if x)
+        _say(f"error: {e.format_message()} (see {see})")
         return 2
-    except click.exceptions.Abort:
+    except _click_classes("Abort"):
         _say("error: interrupted; rerun the same command to resume")
         return 130
     except KeyboardInterrupt:
         _say("error: interrupted; rerun the same command to resume")
         return 130
-    except click.exceptions.Exit as e:
+    except _click_classes("Exit") as e:
         return e.exit_code
     except Exception as e:  # a bug, not bad input: still one line, the traceback on request
         if os.environ.get("HWNAS_DEBUG"):

@@ -18,10 +18,18 @@ def check_writable(path: Path, what: str = "output") -> Path:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise HwnasError(f"cannot create folder {parent} for the {what}: {e.strerror}; choose another path") from None
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise HwnasError(f"cannot write the {what} {path}: permission denied; choose another path")
     if path.is_dir():
         raise HwnasError(f"the {what} {path} is a folder; give a file path")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise HwnasError(f"cannot write the {what} {path}: permission denied; choose another path")
+    # os.access says yes to root everywhere, and /proc or a read-only mount refuse anyway: write
+    # a temp file where write_atomic will, which is the one test that cannot be wrong.
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as e:
+        raise HwnasError(f"cannot write the {what} {path}: {e.strerror}; choose another path") from None
     return path
 
 
@@ -29,7 +37,10 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+    except OSError as e:
+        raise HwnasError(f"cannot write {path}: {e.strerror}; check the folder exists and is writable") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(raw)

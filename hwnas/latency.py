@@ -123,7 +123,7 @@ class LatencyTable:
                 units=units, ops={k: Latency.from_dict(v) for k, v in d.get("ops", {}).items()},
                 correction=Correction.from_dict(d["correction"]) if d.get("correction") else None,
                 created=d.get("created", ""), host=d.get("host", ""))
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, AttributeError, HwnasError) as e:
             raise HwnasError(f"latency table {path} is malformed ({e.__class__.__name__}: {e}); "
                              f"delete it and run hwnas profile again") from None
 
@@ -189,12 +189,8 @@ def profile(
     target = backend.target()
     if units is None:
         units = get_space(space).with_resolutions(tuple(resolutions)).all_units(num_classes)
-    if out.exists():
-        table = LatencyTable.load(out)
-        table.check_target(target, force=force, path=str(out))
-        if table.num_classes != num_classes or table.space != space:
-            raise HwnasError(f"{out} holds space {table.space!r} with {table.num_classes} classes, not {space!r} "
-                             f"with {num_classes}; choose another --out")
+    table = load_for_resume(out, target, space, num_classes, force=force)
+    if table is not None:
         table.resolutions = tuple(sorted(set(table.resolutions) | set(resolutions)))
     else:
         table = LatencyTable(target, space, tuple(resolutions), num_classes, timing)
@@ -208,6 +204,19 @@ def profile(
         table.save(out)  # one atomic rewrite per unit: kill -9 loses at most the unit in flight
     if progress:
         progress(len(units), len(units), "done")
+    return table
+
+
+def load_for_resume(out: Path, target: Target, space: str, num_classes: int, *, force: bool = False) -> "LatencyTable | None":
+    """The table at ``out`` if profiling into it may resume (same target, space and classes), None if
+    there is none yet; otherwise an HwnasError (checked before any work, so the CLI fails in one line)."""
+    if not out.exists():
+        return None
+    table = LatencyTable.load(out)
+    table.check_target(target, force=force, path=str(out))
+    if table.num_classes != num_classes or table.space != space:
+        raise HwnasError(f"{out} holds space {table.space!r} with {table.num_classes} classes, not {space!r} "
+                         f"with {num_classes}; choose another --out")
     return table
 
 

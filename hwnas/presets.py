@@ -12,6 +12,11 @@ PRESETS: dict[str, str] = {
     "mobilenetv2-fpn-retinanet": "i512/mbconv_c16_11-211-2111-211/fpn_p3-7_c128/retina_d2_c128/bn",
     "resnet18-fpn-faster-rcnn": "i512/basic_c64_11-21-21-21/fpn_p2-6_c256/rcnn_d2_c1024_n1000/bn",
     "resnet18-fpn-fcos": "i512/basic_c64_11-21-21-21/fpn_p3-7_c256/fcos_d4_c256/gn",
+    # Small baselines that train in minutes on a laptop CPU at 256 px (the CPU benchmarks' budget).
+    "small-resnet-retinanet": "i256/basic_c32_11-21-21-21/fpn_p3-5_c64/retina_d2_c64/bn",
+    "small-resnet-fcos": "i256/basic_c32_11-21-21-21/fpn_p3-5_c64/fcos_d2_c64/bn",
+    "small-resnet-faster-rcnn": "i256/basic_c32_11-21-21-21/fpn_p3-5_c64/rcnn_d2_c256_n128/bn",
+    "small-mobilenet-retinanet": "i256/mbconv_c16_1-21-21-21/fpn_p3-5_c64/retina_d2_c64/bn",
 }
 
 

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwnas.errors import HwnasError
+from hwnas.roi_align import GatherMultiScaleRoIAlign
 
 # One place for the anchor facts used by the head units and, later, by the losses.
 RETINA_ANCHORS = 9  # 3 scales x 3 aspect ratios per location (RetinaNet)
@@ -76,7 +77,8 @@ class Unit:
             v = getattr(self, f.name)
             if v == f.default:
                 continue
-            parts.append(f"{f.name}={_fmt(v)}")
+            # Levels are a list, not a size: keep them from printing as HxW.
+            parts.append(f"{f.name}={'-'.join(map(str, v)) if f.name == 'levels' else _fmt(v)}")
         return f"{self.kind}[{','.join(parts)}]"
 
     def to_dict(self) -> dict:
@@ -121,7 +123,9 @@ def norm_layer(kind: str, channels: int) -> nn.Module:
     if kind == "bn":
         return nn.BatchNorm2d(channels)
     if kind == "gn":
-        groups = next(g for g in (32, 16, 8, 4, 2, 1) if channels % g == 0)
+        # At least two channels a group: a one-channel group on a 1x1 map (the top level of a
+        # small input) has a single value to normalise and PyTorch refuses to run it.
+        groups = next((g for g in (32, 16, 8, 4, 2) if channels % g == 0 and channels // g >= 2), 1)
         return nn.GroupNorm(groups, channels)
     return nn.Identity()
 
@@ -289,6 +293,25 @@ def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor, clip: float = 4.13
     return torch.stack((x - w / 2, y - h / 2, x + w / 2, y + h / 2), dim=-1)
 
 
+ROI_IMPLS = ("torchvision", "gather")
+
+
+def check_roi_impl(impl: str) -> str:
+    if impl not in ROI_IMPLS:
+        raise HwnasError(f"unknown RoIAlign form {impl!r}; valid forms: {', '.join(ROI_IMPLS)}")
+    return impl
+
+
+def set_roi_impl(module: nn.Module, impl: str) -> int:
+    """Switch every :class:`RoIStage` inside ``module`` (a unit or a whole detector) to ``impl``;
+    returns how many were switched."""
+    check_roi_impl(impl)
+    stages = [m for m in module.modules() if isinstance(m, RoIStage)]
+    for m in stages:
+        m.roi_impl = impl
+    return len(stages)
+
+
 class RoIStage(nn.Module):
     """Second stage of a two-stage detector at a fixed proposal count N.
 
@@ -296,9 +319,17 @@ class RoIStage(nn.Module):
     objectness (decoded and clipped), pools 7x7 per proposal with multi-scale RoIAlign and
     runs the fully connected box head. Returns (proposals [B,N,4], class logits
     [B,N,K+1], box deltas [B,N,4K]). NMS on proposals belongs to post-processing.
+
+    ``roi_impl`` picks the RoIAlign form (same weights, same numbers to ~1e-5):
+    ``"torchvision"`` (default; exports ONNX RoiAlign + NonZero) or ``"gather"``
+    (:mod:`hwnas.roi_align`: plain Gather/arithmetic, every level pooled for every box, about
+    ``len(levels)`` times the sampling work). It is a property of the backend, not of the unit:
+    backends that cannot build RoiAlign (tensorrt-rtx) export and time the gather form, for the
+    ``roi`` unit and the whole detector alike (:func:`set_roi_impl`), so a latency table stays
+    in step with the engines that backend builds.
     """
 
-    def __init__(self, u: Unit) -> None:
+    def __init__(self, u: Unit, roi_impl: str = "torchvision") -> None:
         super().__init__()
         from torchvision.ops import MultiScaleRoIAlign
 
@@ -307,6 +338,8 @@ class RoIStage(nn.Module):
         self.names = [f"p{level}" for level in u.levels]
         self.register_buffer("anchors", rpn_anchors(u.image_hw, u.levels, u.level_hws), persistent=False)
         self.pool = MultiScaleRoIAlign(self.names, output_size=7, sampling_ratio=2)
+        self.gather_pool = GatherMultiScaleRoIAlign(u.level_hws, u.image_hw, out=7, ratio=2)
+        self.roi_impl = check_roi_impl(roi_impl)
         layers, cin = [], u.cin * 49
         for _ in range(u.depth):
             layers += [nn.Linear(cin, u.width), nn.ReLU(inplace=True)]
@@ -315,9 +348,12 @@ class RoIStage(nn.Module):
         self.cls = nn.Linear(cin, u.classes + 1)
         self.box = nn.Linear(cin, 4 * u.classes)
 
-    def forward(self, *xs: torch.Tensor):
+    def forward(self, *xs: torch.Tensor, extra_boxes: torch.Tensor | None = None):
         # Flat inputs (features, then objectness, then deltas, one per level) keep export and
-        # timing simple: every backend takes a flat tuple of tensors.
+        # timing simple: every backend takes a flat tuple of tensors. ``extra_boxes`` [B, M, 4]
+        # is for training only (hwnas.heads.DetectionLoss.extra_boxes): ground truth appended to
+        # the proposals so the box head sees positives before the RPN is any good; the outputs
+        # then hold N + M rows. Export and timing never pass it.
         n = len(self.names)
         feats, objs, deltas = xs[:n], xs[n:2 * n], xs[2 * n:]
         b = feats[0].shape[0]
@@ -330,7 +366,14 @@ class RoIStage(nn.Module):
         h, w = self.image_hw
         boxes = torch.stack((boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
                              boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)), dim=-1)
-        pooled = self.pool(dict(zip(self.names, feats)), list(boxes.unbind(0)), [self.image_hw] * b)
+        if extra_boxes is not None:
+            # Proposals are inputs to the box head, not something it trains through (Faster R-CNN).
+            boxes = torch.cat((boxes.detach(), extra_boxes.to(boxes)), dim=1)
+            k = boxes.shape[1]
+        if self.roi_impl == "gather":
+            pooled = self.gather_pool(list(feats), boxes)
+        else:
+            pooled = self.pool(dict(zip(self.names, feats)), list(boxes.unbind(0)), [self.image_hw] * b)
         x = self.fc(pooled.flatten(1))
         return boxes, self.cls(x).reshape(b, k, -1), self.box(x).reshape(b, k, -1)
 

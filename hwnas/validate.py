@@ -27,7 +27,8 @@ from hwnas.latency import Correction, LatencyTable
 from hwnas.models import Detector
 from hwnas.units import build, example_inputs
 
-CALIB_SEED_OFFSET = 1_000_000  # calibration archs come from a seed range the evaluation never uses
+CALIB_SEED_OFFSET = 1_000_000
+KEEP_CORRECTION_BELOW = 0.9  # held-out MAPE ratio (correction / plain sum) needed to keep a correction  # calibration archs come from a seed range the evaluation never uses
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,17 @@ def fidelity(pred: np.ndarray, meas: np.ndarray) -> dict:
         "spearman": float(stats.spearmanr(pred, meas).statistic) if len(meas) > 2 else float("nan"),
         "kendall": float(stats.kendalltau(pred, meas).statistic) if len(meas) > 2 else float("nan"),
     }
+
+
+def correction_loo_mape(raw: np.ndarray, n_units: np.ndarray, measured: np.ndarray) -> tuple[float, float]:
+    """Leave-one-out MAPE (%) of the fitted correction on the calibration sample, and the plain
+    sum's MAPE on the same detectors."""
+    errs = []
+    for i in range(len(measured)):
+        keep = np.arange(len(measured)) != i
+        c = Correction.fit(raw[keep], n_units[keep], measured[keep])
+        errs.append(abs(c.apply(raw[i], n_units[i]) - measured[i]) / measured[i])
+    return float(100 * np.mean(errs)), float(100 * np.mean(np.abs(raw - measured) / measured))
 
 
 def measure_detector(backend: Backend, arch: Arch, num_classes: int, timing: TimingConfig,
@@ -198,15 +210,21 @@ def validate(
     m1, m2 = np.array([r.measured_ms for r in rs]), np.array([r.measured2_ms for r in rs])
     summary["noise_cv"] = float(np.median(np.abs(m1 - m2) / np.sqrt(2) / ((m1 + m2) / 2)))
     summary["raw"] = fidelity(raw, meas)
-    if calib:
+    pred = raw
+    if len(calib) >= 5:  # the leave-one-out check below refits on n - 1 >= 4 detectors
         craw, cnu, cmeas, _ = rows(calib)
         corr = Correction.fit(craw, cnu, cmeas, seed=seed + CALIB_SEED_OFFSET)
-        table.correction = corr
-        table.save(table_path)
+        loo, plain = correction_loo_mape(craw, cnu, cmeas)
+        # Keep the correction only where it predicts held-out calibration detectors clearly
+        # (>= 10% relative MAPE) better than the plain sum: three parameters fitted to ~30
+        # points add error of their own where the sum is already unbiased.
+        kept = loo < KEEP_CORRECTION_BELOW * plain
+        summary["correction_check"] = {"calib_loo_mape": loo, "calib_raw_mape": plain, "kept": kept}
         summary["correction"] = corr.to_dict()
-        pred = np.array([corr.apply(r, n) for r, n in zip(raw, nu)])
-    else:
-        pred = raw
+        table.correction = corr if kept else None
+        table.save(table_path)
+        if table.correction:
+            pred = np.array([corr.apply(r, n) for r, n in zip(raw, nu)])
     summary.update(fidelity(pred, meas))
     naive_rows = [r for r in rs if r.naive_ms is not None]
     if naive_rows:
@@ -236,7 +254,7 @@ def plot(report: dict, path: Path) -> None:
     if naive:
         ax.scatter(*zip(*naive), s=10, c="tab:gray", marker="x", label=f"per-operator sum (w10={report['naive']['within_10']:.2f})")
     ax.scatter(meas, [e["raw_ms"] for e in ev], s=10, c="tab:orange", label=f"unit sum (w10={report['raw']['within_10']:.2f})")
-    ax.scatter(meas, [e["predicted_ms"] for e in ev], s=12, c="tab:blue", label=f"corrected (w10={report['within_10']:.2f})")
+    ax.scatter(meas, [e["predicted_ms"] for e in ev], s=12, c="tab:blue", label=f"table prediction (w10={report['within_10']:.2f})")
     ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
            title=f"{report['table_target']['backend']} {report['table_target']['device'][:40]}")
     ax.legend(fontsize=7, loc="upper left")

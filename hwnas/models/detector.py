@@ -95,7 +95,9 @@ class Detector(nn.Module):
                 outs[level] = self._m(f"neck.n{level}")(outs[level - 1], outs[level])
         return outs
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(self, x: torch.Tensor, extra_boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
+        """Raw outputs (see the class). ``extra_boxes`` [B, M, 4]: training only, rcnn head only:
+        boxes appended to the RoI stage's proposals (``hwnas.heads.DetectionLoss.extra_boxes``)."""
         a = self.arch
         pyramid = self.features(x)
         out: list[torch.Tensor] = []
@@ -107,7 +109,9 @@ class Detector(nn.Module):
                 deltas.append(self._m("head.box")(t))
                 out += [objs[-1], deltas[-1]]
             feats = [pyramid[level] for level in a.out_levels]
-            return (*out, *self._m("head.roi")(*feats, *objs, *deltas))
+            roi = self._m("head.roi")
+            extra = {} if extra_boxes is None else {"extra_boxes": extra_boxes}
+            return (*out, *roi(*feats, *objs, *deltas, **extra))
         d = a.head_depth
         for level in a.out_levels:
             f = pyramid[level]

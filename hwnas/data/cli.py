@@ -1,0 +1,32 @@
+"""``hwnas data ...``: dataset commands. Imports nothing heavy at module level (``hwnas.cli`` loads it)."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+data_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                       rich_markup_mode=None, help="Detection datasets: generate synthetic COCO-format data.")
+
+
+@data_app.command()
+def synth(
+    kind: str = typer.Option("shapes", help="shapes (circle/rectangle/triangle) | faces (one class)"),
+    n_train: int = typer.Option(1000, "--n-train", help="training images"),
+    n_val: int = typer.Option(200, "--n-val", help="validation images"),
+    size: int = typer.Option(256, help="image side in px (64..4096)"),
+    seed: int = typer.Option(0, help="same seed, same files"),
+    out: Path = typer.Option(..., help="dataset folder: train.json, val.json, images/ (then --data OUT)"),
+) -> None:
+    """Generate a COCO-format dataset (objects of many scales, clutter, occlusion) to train offline."""
+    from hwnas.cli import _progress, _say  # at call time: hwnas.cli imports this module
+    from hwnas.data.synth import check_args
+    from hwnas.data.synth import synth as run_synth
+
+    check_args(kind, n_train, n_val, size, out)  # bad input fails before the progress bar appears
+    t0 = time.time()
+    with _progress(f"synth {kind}") as update:
+        counts = run_synth(kind, n_train, n_val, size, seed, out, progress=update)
+    _say(f"wrote {out}: {n_train} train + {n_val} val images at {size} px, {counts['annotations']} boxes, "
+         f"{counts['empty']} empty images, in {time.time() - t0:.1f} s")

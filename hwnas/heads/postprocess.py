@@ -1,0 +1,95 @@
+"""From raw detector outputs to detections: decode, score threshold, per-class NMS, top-k.
+
+:func:`decode_outputs` is plain tensor arithmetic on the whole batch (no data-dependent shapes),
+so an export can put it in the graph; :func:`postprocess` adds the per-image filtering.
+"""
+from __future__ import annotations
+
+import torch
+from torchvision.ops import batched_nms
+
+from hwnas.arch import Arch
+from hwnas.errors import HwnasError
+from hwnas.heads.anchors import fcos_points, flatten_levels, retina_anchors
+from hwnas.heads.boxes import ROI_BOX_WEIGHTS, decode_deltas, decode_fcos
+
+__all__ = ["clip_boxes", "decode_outputs", "postprocess"]
+
+
+def clip_boxes(boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+    h, w = image_hw
+    return torch.stack((boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
+                        boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)), dim=-1)
+
+
+def _arch(arch: Arch | str) -> Arch:
+    return Arch.parse(arch) if isinstance(arch, str) else arch
+
+
+def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: Arch | str,
+                   num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoded, clipped boxes and per-class scores for the whole batch.
+
+    retina: boxes [B, P, 4], scores sigmoid(cls) [B, P, K]; fcos: boxes [B, P, 4], scores
+    sqrt(sigmoid(cls) * sigmoid(ctr)) [B, P, K]; rcnn: class-specific boxes [B, N, K, 4] (deltas
+    with weights (10, 10, 5, 5) on the proposals), scores softmax over K+1 without the background
+    column K [B, N, K]. Rows follow :mod:`hwnas.heads.anchors`' layout.
+    """
+    arch, k = _arch(arch), num_classes
+    outputs = tuple(outputs)
+    if arch.head == "retina":
+        cls = flatten_levels(outputs[0::2], k)
+        anchors = retina_anchors(arch, cls.device).to(cls.dtype)
+        boxes = decode_deltas(flatten_levels(outputs[1::2], 4), anchors)
+        scores = cls.sigmoid()
+    elif arch.head == "fcos":
+        cls = flatten_levels(outputs[0::3], k)
+        points, strides = fcos_points(arch, cls.device)
+        boxes = decode_fcos(flatten_levels(outputs[1::3], 4), points.to(cls.dtype), strides.to(cls.dtype))
+        scores = (cls.sigmoid() * flatten_levels(outputs[2::3], 1).sigmoid()).sqrt()
+    elif arch.head == "rcnn":
+        proposals, roi_cls, roi_box = outputs[-3:]
+        if roi_cls.shape[-1] != k + 1:
+            raise HwnasError(f"roi_cls has {roi_cls.shape[-1]} columns, expected num_classes + 1 = {k + 1}")
+        b, n = proposals.shape[:2]
+        deltas = roi_box.reshape(b, n, k, 4)
+        boxes = decode_deltas(deltas, proposals[:, :, None, :].expand(b, n, k, 4), ROI_BOX_WEIGHTS)
+        scores = roi_cls.softmax(-1)[..., :k]
+    else:
+        raise HwnasError(f"unknown head {arch.head!r}")
+    if scores.shape[-1] != k:
+        raise HwnasError(f"outputs hold {scores.shape[-1]} classes, expected num_classes={k}")
+    return clip_boxes(boxes, arch.input_hw), scores
+
+
+def postprocess(outputs: tuple[torch.Tensor, ...], arch: Arch | str, num_classes: int, *,
+                score_thresh: float = 0.05, nms_thresh: float = 0.5, max_dets: int = 100,
+                pre_nms_topk: int = 1000) -> list[dict[str, torch.Tensor]]:
+    """Detections per image: ``dict(boxes [M, 4] x1y1x2y2 input pixels, scores [M] descending,
+    labels [M] int64 in 0..K-1)`` with M <= ``max_dets``.
+
+    Keeps (position, class) pairs scoring above ``score_thresh``, the best ``pre_nms_topk`` of
+    them, drops empty boxes, then per-class NMS at IoU ``nms_thresh`` and the top ``max_dets``.
+    """
+    if not 0 <= score_thresh < 1 or not 0 < nms_thresh <= 1 or max_dets < 1 or pre_nms_topk < 1:
+        raise HwnasError(f"postprocess: need 0 <= score_thresh < 1, 0 < nms_thresh <= 1, max_dets >= 1, "
+                         f"pre_nms_topk >= 1; got {score_thresh}, {nms_thresh}, {max_dets}, {pre_nms_topk}")
+    arch = _arch(arch)
+    with torch.no_grad():
+        # fp32 decode: half-precision pixel coordinates are off by whole pixels at 512 px.
+        boxes, scores = decode_outputs(tuple(o.float() for o in outputs), arch, num_classes)
+    results = []
+    for bx, sc in zip(boxes, scores):
+        flat = sc.flatten()
+        idx = (flat > score_thresh).nonzero().squeeze(1)
+        s = flat[idx]
+        if len(s) > pre_nms_topk:
+            s, top = s.topk(pre_nms_topk)
+            idx = idx[top]
+        pos, labels = idx // num_classes, idx % num_classes
+        b = bx[pos, labels] if bx.dim() == 3 else bx[pos]
+        ok = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+        b, s, labels = b[ok], s[ok], labels[ok]
+        keep = batched_nms(b, s, labels, nms_thresh)[:max_dets]  # sorted by descending score
+        results.append({"boxes": b[keep], "scores": s[keep], "labels": labels[keep]})
+    return results

@@ -1,0 +1,172 @@
+"""Ahead-of-time TensorRT-RTX builds of whole detectors and of every unit kind (no GPU needed),
+and the gather RoIAlign that makes the two-stage head buildable there. Everything is real."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torchvision.ops import MultiScaleRoIAlign
+
+from hwnas.arch import SPACES, Arch
+from hwnas.errors import HwnasError
+from hwnas.roi_align import GatherMultiScaleRoIAlign
+from hwnas.units import KINDS, RoIStage, build, example_inputs, set_roi_impl
+
+try:
+    import tensorrt_rtx  # noqa: F401
+
+    HAS_RTX = True
+except ImportError:
+    HAS_RTX = False
+
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
+
+
+def _first_of_each_head(space: str = "tiny") -> dict[str, Arch]:
+    found: dict[str, Arch] = {}
+    for seed in range(500):
+        a = SPACES[space].sample(seed)
+        found.setdefault(a.head, a)
+        if len(found) == 3:
+            return found
+    raise AssertionError(f"space {space} did not yield every head type")
+
+
+TINY = _first_of_each_head()
+
+
+# ------------------------------------------------------------------ gather RoIAlign numerics (no TensorRT)
+def _level_hw(image_hw, level):
+    h, w = image_hw
+    for _ in range(level):
+        h, w = -(-h // 2), -(-w // 2)
+    return h, w
+
+
+@pytest.mark.parametrize("image_hw,levels", [((128, 128), (3, 4, 5)), ((256, 256), (2, 3, 4, 5, 6)),
+                                             ((320, 320), (3, 4, 5, 6, 7)), ((128, 128), (4,)),
+                                             ((96, 160), (3, 4))])
+def test_gather_roi_align_matches_torchvision(image_hw, levels) -> None:
+    torch.manual_seed(0)
+    hws = tuple(_level_hw(image_hw, lv) for lv in levels)
+    b, n, c = 2, 64, 8
+    feats = [torch.randn(b, c, *hw) for hw in hws]
+    h, w = image_hw
+    xy = torch.rand(b, n, 2) * torch.tensor([w, h])
+    wh = torch.rand(b, n, 2) ** 3 * torch.tensor([w, h]) * 1.2  # many small boxes, some past the border
+    boxes = torch.cat([xy, xy + wh], -1)
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, w)
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, h)
+    boxes[:, 0] = torch.tensor([0, 0, w, h])  # whole image
+    boxes[:, 1] = torch.tensor([w - 1, h - 1, w, h])  # bottom-right corner pixel
+    boxes[:, 2] = torch.tensor([0, 0, 0.5, 0.5])  # degenerate, top-left
+    boxes[:, 3] = torch.tensor([w, 0, w, h])  # zero width on the right border
+    names = [f"p{lv}" for lv in levels]
+    ref = MultiScaleRoIAlign(names, output_size=7, sampling_ratio=2)(
+        dict(zip(names, feats)), list(boxes.unbind(0)), [image_hw] * b)
+    got = GatherMultiScaleRoIAlign(hws, image_hw)(feats, boxes)
+    assert got.shape == ref.shape
+    assert (got - ref).abs().max().item() < 1e-4
+
+
+def test_roi_stage_forms_agree_and_detector_switches() -> None:
+    arch = TINY["rcnn"]
+    from hwnas.models.detector import Detector
+
+    torch.manual_seed(0)
+    det = Detector.from_arch(arch, 3).eval()
+    x = torch.randn(1, 3, *arch.input_hw)
+    with torch.no_grad():
+        ref = det(x)
+        assert set_roi_impl(det, "gather") == 1
+        got = det(x)
+    for r, g in zip(ref, got):
+        assert (r - g).abs().max().item() < 1e-4
+    with pytest.raises(HwnasError, match="valid forms"):
+        set_roi_impl(det, "plugin")
+    unit = next(u for u in arch.units(3) if u.kind == "roi")
+    assert isinstance(build(unit), RoIStage) and build(unit).roi_impl == "torchvision"  # default unchanged
+
+
+def test_gather_form_exports_and_runs_in_onnxruntime() -> None:
+    """RTX engines cannot run here; onnxruntime checks the exported gather graph computes the same."""
+    import onnxruntime as ort
+
+    from hwnas.backends.tensorrt import export_for_precision
+
+    unit = next(u for u in TINY["rcnn"].units(3) if u.kind == "roi")
+    torch.manual_seed(0)
+    mod = build(unit).eval()
+    xs = example_inputs(unit)
+    onnx_bytes = export_for_precision(mod, xs, "fp32", roi_impl="gather")
+    assert mod.roi_impl == "torchvision"  # the caller's module is left as it was
+    sess = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
+    outs = sess.run(None, {f"input{i}": x.numpy() for i, x in enumerate(xs)})
+    with torch.no_grad():
+        ref = mod(*xs)
+    for o, r in zip(outs, ref):
+        np.testing.assert_allclose(o, r.numpy(), atol=1e-4, rtol=1e-4)
+
+
+# ------------------------------------------------------------------ TensorRT-RTX ahead-of-time builds
+@pytest.mark.trt
+@needs_rtx
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
+def test_whole_detector_builds_aot_sm80(head: str, precision: str) -> None:
+    from hwnas.aot import build_detector_engine
+
+    engine, info = build_detector_engine(TINY[head], 3, sm="80", precision=precision)
+    assert isinstance(engine, bytes) and len(engine) > 0
+    assert info["form"] == "full" and info["head"] == head and info["precision"] == precision
+    assert info["roi_impl"] == ("gather" if head == "rcnn" else None)
+
+
+# Handwritten archs whose units together hold every kind (and strides 1 and 2, top/inner FPN nodes).
+UNIT_ARCHS = (
+    "i128/basic_c16_1-21/pafpn_p3-4_c32/rcnn_d1_c64_n16/bn",
+    "i128/bottleneck_c8_1-21/fpn_p3-4_c32/retina_d1_c32/gn",
+    "i128/mbconv_c16_1-21/none/fcos_d1_c32/bn",
+    "i128/shuffle_c16_1-21/none/retina_d1_c32/bn",
+)
+
+
+def _unit_sample():
+    seen = {}
+    for text in UNIT_ARCHS:
+        for u in Arch.parse(text).units(3):
+            seen.setdefault((u.kind, u.stride, u.top, u.norm), u)
+    return list(seen.values())
+
+
+UNITS = _unit_sample()
+
+
+def test_unit_sample_covers_every_kind() -> None:
+    assert {u.kind for u in UNITS} == set(KINDS)
+
+
+@pytest.mark.trt
+@needs_rtx
+@pytest.mark.parametrize("unit", UNITS, ids=lambda u: u.key())
+def test_unit_builds_aot_sm80(unit) -> None:
+    """The profiler's path on a GPU: TensorRTBackend.build(module, example inputs)."""
+    from hwnas.backends.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend(flavour="tensorrt-rtx", sm="80", precision="fp16" if unit.kind == "roi" else "fp32")
+    assert backend.roi_impl == "gather"
+    engine = backend.build(build(unit), example_inputs(unit))
+    assert len(engine) > 0
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_torchvision_roi_form_does_not_parse_on_rtx() -> None:
+    """Why the gather form exists; if a future RTX parses this, ROI_IMPL can be revisited."""
+    from hwnas.backends.tensorrt import build_engine, export_for_precision
+
+    unit = next(u for u in TINY["rcnn"].units(3) if u.kind == "roi")
+    onnx_bytes = export_for_precision(build(unit), example_inputs(unit), "fp32", roi_impl="torchvision")
+    with pytest.raises(HwnasError, match="NonZero|ROIAlign|RoiAlign"):
+        build_engine(onnx_bytes, flavour="tensorrt-rtx", sm="80")
