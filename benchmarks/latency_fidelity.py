@@ -31,6 +31,8 @@ def main() -> None:
     ap.add_argument("--table", type=Path, default=Path("latency_tables/ort-cpu-1t-256.json"))
     ap.add_argument("--backend", default="ort-cpu")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: the backend's own)")
+    ap.add_argument("--precision", default="fp32")
     ap.add_argument("--resolutions", default="256")
     ap.add_argument("--samples", type=int, default=100)
     ap.add_argument("--calib-samples", type=int, default=30)
@@ -41,7 +43,9 @@ def main() -> None:
     hw = [sys.executable, "-m", "hwnas.cli"]
 
     fresh = not args.table.exists()
-    profile_s = run(hw + ["profile", "--backend", args.backend, "--threads", str(args.threads),
+    dev = ["--device", args.device] if args.device else []
+    profile_s = run(hw + ["profile", "--backend", args.backend, "--threads", str(args.threads), *dev,
+                          "--precision", args.precision,
                           "--resolutions", args.resolutions, "--out", str(args.table)])
     report = args.out / "validate.json"
     validate_s = run(hw + ["validate", "--table", str(args.table), "--samples", str(args.samples),

@@ -71,6 +71,12 @@ def _backend(name: str, device: Optional[str], precision: str, threads: int):
     return get_backend(name, device=device, precision=precision, threads=threads)
 
 
+def _backend_for(t):
+    """The backend a table was measured with, on this machine (CUDA when the table's device is a GPU)."""
+    gpu = " sm_" in t.device  # GPU fingerprints read "<name> sm_XY"
+    return _backend(t.backend, "cuda" if gpu and t.backend == "torch" else None, t.precision, t.threads)
+
+
 # ----------------------------------------------------------------------------- profile
 @app.command()
 def profile(
@@ -135,7 +141,7 @@ def latency(
         from hwnas.validate import measure_detector
 
         t = tab.target
-        be = _backend(t.backend, "cpu" if t.backend in ("ort-cpu",) else None, t.precision, t.threads)
+        be = _backend_for(t)
         tab.check_target(be.target(), force=force, path=str(table))
         m1, m2 = measure_detector(be, a, tab.num_classes, tab.timing, t.batch)
         result["measured_ms"] = (m1 + m2) / 2
@@ -177,7 +183,7 @@ def validate(
         raise HwnasError(f"--samples must be >= 3 for rank correlations, got {samples}")
     tab = LatencyTable.load(table)
     t = tab.target
-    be = _backend(t.backend, "cpu" if t.backend == "ort-cpu" else None, t.precision, t.threads)
+    be = _backend_for(t)
     tab.check_target(be.target(), force=force, path=str(table))
     with _progress("validate") as update:
         rep = run_validate(tab, table, be, out, samples=samples, calib_samples=calib_samples, seed=seed,
@@ -212,6 +218,8 @@ def train(
     box_loss: str = typer.Option("giou", "--box-loss", help="iou | giou | diou | ciou | smooth_l1"),
     device: str = typer.Option("cpu", help="cpu or cuda[:i]"),
     seed: int = typer.Option(0),
+    on_error: str = typer.Option("raise", "--on-error", help="broken dataset entries: raise, or skip and count"),
+    scale_jitter: str = typer.Option("0.5,1.5", "--scale-jitter", help="random rescale range LOW,HIGH of training images"),
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, detections.json (resumed if present)"),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json."""
@@ -231,7 +239,12 @@ def train(
     if img_size is not None:
         a = replace(a, input_hw=(img_size, img_size))
     # epochs, batch size, lr, box loss and device are checked here, before any file is touched
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, box_loss=box_loss, device=device, seed=seed)
+    try:
+        lo, hi = (float(v) for v in scale_jitter.split(","))
+    except ValueError:
+        raise HwnasError(f"--scale-jitter {scale_jitter!r}: give LOW,HIGH, e.g. 0.8,1.25") from None
+    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, box_loss=box_loss, device=device, seed=seed,
+                      on_error=on_error, scale_jitter=(lo, hi))
     for split in ("train", "val"):
         find_split(data, split)
     check_writable(out / "metrics.json", "run folder")
@@ -261,6 +274,7 @@ def eval_(
     detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)"),
     device: str = typer.Option("cpu"),
     batch_size: int = typer.Option(8, "--batch-size"),
+    on_error: str = typer.Option("raise", "--on-error", help="broken dataset entries: raise, or skip and count"),
 ) -> None:
     """Score a checkpoint with pycocotools (map, map50, map_small/medium/large, images/s)."""
     from hwnas.data.coco import CocoDetection
@@ -276,7 +290,12 @@ def eval_(
     if detections.resolve() == out.resolve():
         raise HwnasError(f"--detections and --out are both {out}; give two files")
     model, a, names = load_model(weights)
-    ds = CocoDetection.from_dir(data, split, EvalTransform(a.input_hw))
+    if on_error not in ("raise", "skip"):
+        raise HwnasError(f"--on-error must be raise or skip, got {on_error!r}")
+    ds = CocoDetection.from_dir(data, split, EvalTransform(a.input_hw), on_error)
+    if ds.num_skipped():
+        _say(f"skipped {ds.num_skipped()} broken entries of {ds.json_path}: "
+             + ", ".join(f"{k} {v}" for k, v in ds.skipped.items() if v))
     if ds.class_names != names:
         raise HwnasError(f"{weights} was trained on classes {names}, the data has {ds.class_names}")
     if len(ds) == 0:

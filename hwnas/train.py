@@ -43,8 +43,14 @@ class TrainConfig:
     eval_every: int = 0  # epochs between evaluations (0: only at the end)
     max_train_images: int = 0  # 0: all
     weight_standardization: bool = True  # with GN only
+    on_error: str = "raise"  # broken dataset entries: "raise" or "skip" (and count)
+    scale_jitter: tuple[float, float] = (0.5, 1.5)  # random rescale range of the training images
 
     def __post_init__(self) -> None:
+        if not 0.1 <= self.scale_jitter[0] <= self.scale_jitter[1] <= 4.0:
+            raise HwnasError(f"--scale-jitter {self.scale_jitter}: need 0.1 <= LOW <= HIGH <= 4")
+        if self.on_error not in ("raise", "skip"):
+            raise HwnasError(f"--on-error must be raise or skip, got {self.on_error!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise HwnasError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not (0 < self.lr < 1):
@@ -206,8 +212,8 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     ckpt = out / "last.pt"
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    train_set = CocoDetection.from_dir(data_dir, "train", TrainTransform(arch.input_hw, seed=cfg.seed))
-    val_set = CocoDetection.from_dir(data_dir, "val", EvalTransform(arch.input_hw))
+    train_set = CocoDetection.from_dir(data_dir, "train", TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter)), cfg.on_error)
+    val_set = CocoDetection.from_dir(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
     for ds in (train_set, val_set):  # fail now, not after the last epoch
         if len(ds) == 0:
             raise HwnasError(f"{ds.json_path} holds no images; a run needs training and validation images")
@@ -314,7 +320,8 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
 
     metrics = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
     train_s = sum(h["seconds"] for h in history)
-    metrics.update({"arch": str(arch), "epochs": cfg.epochs, "train_seconds": train_s,
+    metrics.update({"skipped_entries": {"train": train_set.num_skipped(), "val": val_set.num_skipped()},
+                    "arch": str(arch), "epochs": cfg.epochs, "train_seconds": train_s,
                     "train_images_per_s": (sum(h["images_per_s"] * h["seconds"] for h in history) / train_s) if train_s else 0.0,
                     "final_loss": history[-1]["loss"] if history else None, "history": history,
                     "config": asdict(cfg), "class_names": train_set.class_names})

@@ -230,17 +230,15 @@ class DetectionLoss:
                                     reduction="none").sum(-1)
         return iou_loss(decode_deltas(deltas, anchors, weights), gt, kind)
 
-    def _retina(self, outputs, targets):
-        k = self.num_classes
-        cls = flatten_levels(outputs[0::2], k)
-        box = flatten_levels(outputs[1::2], 4)
-        anchors = retina_anchors(self.arch, cls.device)
+    def _dense_cls(self, cls: torch.Tensor, targets: list[dict], assign):
+        """One-stage targets and focal loss. ``assign(target)`` gives each anchor/point its box
+        index, NEG or IGNORE. Returns (image index, anchor index, gt box) of every positive and
+        the focal loss normalised by the number of positives."""
         cls_t = torch.zeros_like(cls)
         valid = torch.ones(cls.shape[:2], dtype=torch.bool, device=cls.device)
         pos_img, pos_idx, pos_gt = [], [], []
         for i, t in enumerate(targets):
-            m = match(anchors, t["boxes"], t["crowd"], high=0.5, low=0.4, allow_low_quality=True,
-                      crowd_ioa=self.crowd_ioa)
+            m = assign(t)
             pos = (m >= 0).nonzero().squeeze(1)
             cls_t[i][pos, t["labels"][m[pos]]] = 1.0
             valid[i] = m != IGNORE
@@ -249,7 +247,17 @@ class DetectionLoss:
             pos_gt.append(t["boxes"][m[pos]])
         pi, pa, gt = torch.cat(pos_img), torch.cat(pos_idx), torch.cat(pos_gt)
         npos = max(1, len(pa))
-        loss_cls = sigmoid_focal_loss(cls[valid], cls_t[valid], self.focal_alpha, self.focal_gamma, "sum") / npos
+        loss = sigmoid_focal_loss(cls[valid], cls_t[valid], self.focal_alpha, self.focal_gamma, "sum") / npos
+        return pi, pa, gt, loss
+
+    def _retina(self, outputs, targets):
+        k = self.num_classes
+        cls = flatten_levels(outputs[0::2], k)
+        box = flatten_levels(outputs[1::2], 4)
+        anchors = retina_anchors(self.arch, cls.device)
+        pi, pa, gt, loss_cls = self._dense_cls(cls, targets, lambda t: match(
+            anchors, t["boxes"], t["crowd"], high=0.5, low=0.4, allow_low_quality=True, crowd_ioa=self.crowd_ioa))
+        npos = max(1, len(pa))
         loss_box = self._anchor_box_loss(self.box_loss, box[pi, pa], anchors[pa], gt).sum() / npos
         return {"loss_cls": loss_cls, "loss_box": loss_box}
 
@@ -261,20 +269,9 @@ class DetectionLoss:
         ctr = flatten_levels(outputs[2::3], 1).squeeze(-1)
         points, strides = fcos_points(self.arch, cls.device)
         ranges = point_ranges(self.arch, self.fcos_ranges, cls.device)
-        cls_t = torch.zeros_like(cls)
-        valid = torch.ones(cls.shape[:2], dtype=torch.bool, device=cls.device)
-        pos_img, pos_idx, pos_gt = [], [], []
-        for i, t in enumerate(targets):
-            m = assign_points(points, strides, ranges, t["boxes"], t["crowd"], radius=self.center_radius)
-            pos = (m >= 0).nonzero().squeeze(1)
-            cls_t[i][pos, t["labels"][m[pos]]] = 1.0
-            valid[i] = m != IGNORE
-            pos_img.append(torch.full_like(pos, i))
-            pos_idx.append(pos)
-            pos_gt.append(t["boxes"][m[pos]])
-        pi, pp, gt = torch.cat(pos_img), torch.cat(pos_idx), torch.cat(pos_gt)
+        pi, pp, gt, loss_cls = self._dense_cls(cls, targets, lambda t: assign_points(
+            points, strides, ranges, t["boxes"], t["crowd"], radius=self.center_radius))
         npos = max(1, len(pp))
-        loss_cls = sigmoid_focal_loss(cls[valid], cls_t[valid], self.focal_alpha, self.focal_gamma, "sum") / npos
         pts, st = points[pp], strides[pp]
         x, y = pts[:, 0], pts[:, 1]
         lr = torch.stack((x - gt[:, 0], gt[:, 2] - x), -1).clamp(min=0)
