@@ -11,18 +11,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-
-def run(cmd: list[str]) -> float:
-    print("$", shlex.join(cmd), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True)
-    return time.time() - t0
+from common import HWNAS, run
 
 
 def main() -> None:
@@ -40,7 +32,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    hw = [sys.executable, "-m", "hwnas.cli"]
+    hw = HWNAS
 
     fresh = not args.table.exists()
     dev = ["--device", args.device] if args.device else []

@@ -10,23 +10,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import subprocess
-import sys
-import time
 from pathlib import Path
 
-HW = [sys.executable, "-m", "hwnas.cli"]
+from common import HWNAS as HW, run
 
 
-def run(cmd: list[str]) -> float:
-    print("$", shlex.join(cmd), flush=True)
-    t0 = time.time()
-    subprocess.run(cmd, check=True)
-    return time.time() - t0
-
-
-def untrained_map(preset: str, data: Path, out: Path) -> dict:
+def untrained_map(preset: str, data: Path) -> dict:
     """Score a freshly initialised model (the floor a trained one must clearly beat)."""
     from hwnas.arch import Arch
     from hwnas.data.coco import CocoDetection
@@ -42,7 +31,7 @@ def untrained_map(preset: str, data: Path, out: Path) -> dict:
     ds = CocoDetection.from_dir(data, "val", EvalTransform(arch.input_hw))
     model = Detector.from_arch(arch, len(ds.class_names))
     init_head_priors(model)
-    return evaluate(model, arch, ds, detections=out / f"{preset}.untrained.detections.json")
+    return evaluate(model, arch, ds)  # a score, nothing worth keeping on disk
 
 
 def pycocotools_by_hand(gt_json: Path, det_json: Path) -> float:
@@ -78,7 +67,7 @@ def main() -> None:
         wall = run(HW + ["train", "--preset", preset, "--data", str(args.data), "--epochs", epochs,
                          "--batch-size", str(args.batch_size), "--out", str(run_dir)])
         m = json.loads((run_dir / "metrics.json").read_text())
-        floor = untrained_map(preset, args.data, args.out)
+        floor = untrained_map(preset, args.data)
         m["map_by_hand"] = pycocotools_by_hand(args.data / "val.json", run_dir / "detections.json")
         rows.append((preset, m["arch"], int(epochs), m, floor, wall))
     lines = ["| preset | arch | epochs | map | map (pycocotools by hand) | map50 | untrained map50 | train min | train img/s | eval img/s |",

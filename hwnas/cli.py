@@ -24,26 +24,34 @@ def _say(msg: str) -> None:
 
 
 @contextmanager
-def _progress(title: str) -> Iterator:
-    """A progress bar with ETA on stderr; yields ``update(done, total, item)``."""
+def _progress(title: str, header: str = "") -> Iterator:
+    """A progress bar with ETA on stderr; yields ``update(done, total, item)``.
+
+    ``header`` and the bar appear with the first update, so whatever fails before the work
+    starts (bad data, a table or checkpoint of another run) stays a single ``error:`` line.
+    """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    console = Console(stderr=True)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
-                  console=console, transient=False, refresh_per_second=4) as bar:
-        task = bar.add_task(title, total=None, item="")
-        first: list[int] = []
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
+                   console=Console(stderr=True), transient=False, refresh_per_second=4)
+    task: list = []
 
-        def update(done: int, total: int, item: str) -> None:
-            if not first:
-                first.append(done)  # resumed work: start the ETA from what is left
-                bar.update(task, total=total, completed=done)
-                bar.reset(task, total=total, completed=done)
-            bar.update(task, completed=done, item=item[-70:])
+    def update(done: int, total: int, item: str) -> None:
+        if not task:
+            if header:
+                _say(header)
+            bar.start()
+            # resumed work: the bar (and its ETA) starts from what is already done
+            task.append(bar.add_task(title, total=total, completed=done, item=""))
+        bar.update(task[0], completed=done, item=item[-70:])
 
+    try:
         yield update
+    finally:
+        if task:
+            bar.stop()
 
 
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
@@ -72,9 +80,8 @@ def _backend(name: str, device: Optional[str], precision: str, threads: int):
 
 
 def _backend_for(t):
-    """The backend a table was measured with, on this machine (CUDA when the table's device is a GPU)."""
-    gpu = " sm_" in t.device  # GPU fingerprints read "<name> sm_XY"
-    return _backend(t.backend, "cuda" if gpu and t.backend == "torch" else None, t.precision, t.threads)
+    """The backend a table was measured with, on this machine (torch on CUDA when the table is a GPU's)."""
+    return _backend(t.backend, "cuda" if t.on_gpu and t.backend == "torch" else None, t.precision, t.threads)
 
 
 # ----------------------------------------------------------------------------- profile
@@ -95,7 +102,6 @@ def profile(
     """Time every unit of a search space on this device and write a latency table."""
     from hwnas.arch import get_space
     from hwnas.fileio import check_writable
-    from hwnas.latency import load_for_resume
     from hwnas.latency import profile as run_profile
 
     check_writable(out, "latency table")
@@ -105,12 +111,11 @@ def profile(
         raise HwnasError(f"--num-classes must be >= 1, got {num_classes}")
     be = _backend(backend, device, precision, threads)
     timing = _timing(min_time, repeats)
-    load_for_resume(out, be.target(), space, num_classes, force=force)  # fail before any output
     units = sp.all_units(num_classes)
-    _say(f"profiling {len(units)} units of space {space!r} at {','.join(map(str, res))} px on {be.target().device} "
-         f"({backend}, {precision}, {threads} thread(s)) -> {out}")
+    header = (f"profiling {len(units)} units of space {space!r} at {','.join(map(str, res))} px on "
+              f"{be.target().device} ({backend}, {precision}, {threads} thread(s)) -> {out}")
     t0 = time.time()
-    with _progress("profile") as update:
+    with _progress("profile", header) as update:
         table = run_profile(be, out, space=space, resolutions=res, num_classes=num_classes,
                             timing=timing, units=units, force=force, progress=update)
     _say(f"wrote {out}: {len(table.entries)} units in {time.time() - t0:.0f} s")
@@ -223,12 +228,9 @@ def train(
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, detections.json (resumed if present)"),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json."""
-    from contextlib import ExitStack
     from dataclasses import replace
 
-    from hwnas.data.coco import find_split
     from hwnas.evaluate import summarize
-    from hwnas.fileio import check_writable
     from hwnas.presets import resolve_arch
     from hwnas.train import TrainConfig
     from hwnas.train import train as run_train
@@ -245,20 +247,7 @@ def train(
         raise HwnasError(f"--scale-jitter {scale_jitter!r}: give LOW,HIGH, e.g. 0.8,1.25") from None
     cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, box_loss=box_loss, device=device, seed=seed,
                       on_error=on_error, scale_jitter=(lo, hi))
-    for split in ("train", "val"):
-        find_split(data, split)
-    check_writable(out / "metrics.json", "run folder")
-    # The line and the bar appear with the first step: whatever fails before it (the dataset's
-    # entries, a last.pt of another run) stays a single error line.
-    with ExitStack() as stack:
-        bar: list = []
-
-        def update(done: int, total: int, item: str) -> None:
-            if not bar:
-                _say(f"training {a} for {epochs} epochs on {data} -> {out}")
-                bar.append(stack.enter_context(_progress("train")))
-            bar[0](done, total, item)
-
+    with _progress("train", f"training {a} for {epochs} epochs on {data} -> {out}") as update:
         res = run_train(a, data, out, cfg, progress=update)
     m = res.metrics
     typer.echo(f"{summarize(m)} train_s={m['train_seconds']:.1f} train_images/s={m['train_images_per_s']:.1f}")
@@ -283,23 +272,17 @@ def eval_(
     from hwnas.fileio import check_writable, write_json
     from hwnas.train import load_model, resolve_device
 
-    if batch_size < 1:
-        raise HwnasError(f"--batch-size must be >= 1, got {batch_size}")
     resolve_device(device)
     detections = detections or out.with_name(out.stem + ".detections.json")
     if detections.resolve() == out.resolve():
         raise HwnasError(f"--detections and --out are both {out}; give two files")
     model, a, names = load_model(weights)
-    if on_error not in ("raise", "skip"):
-        raise HwnasError(f"--on-error must be raise or skip, got {on_error!r}")
     ds = CocoDetection.from_dir(data, split, EvalTransform(a.input_hw), on_error)
     if ds.num_skipped():
         _say(f"skipped {ds.num_skipped()} broken entries of {ds.json_path}: "
              + ", ".join(f"{k} {v}" for k, v in ds.skipped.items() if v))
     if ds.class_names != names:
         raise HwnasError(f"{weights} was trained on classes {names}, the data has {ds.class_names}")
-    if len(ds) == 0:
-        raise HwnasError(f"{ds.json_path} holds no images to evaluate")
     check_writable(out, "metrics file")
     check_writable(detections, "detections file")
     with _progress("eval") as update:

@@ -11,7 +11,7 @@ import io
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -39,7 +39,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "cpu"
     amp: bool = True  # only takes effect on CUDA
-    workers: int = 0
     eval_every: int = 0  # epochs between evaluations (0: only at the end)
     max_train_images: int = 0  # 0: all
     weight_standardization: bool = True  # with GN only
@@ -47,19 +46,19 @@ class TrainConfig:
     scale_jitter: tuple[float, float] = (0.5, 1.5)  # random rescale range of the training images
 
     def __post_init__(self) -> None:
+        from hwnas.data.coco import ON_ERROR
+
         if not 0.1 <= self.scale_jitter[0] <= self.scale_jitter[1] <= 4.0:
             raise HwnasError(f"--scale-jitter {self.scale_jitter}: need 0.1 <= LOW <= HIGH <= 4")
-        if self.on_error not in ("raise", "skip"):
-            raise HwnasError(f"--on-error must be raise or skip, got {self.on_error!r}")
+        if self.on_error not in ON_ERROR:
+            raise HwnasError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise HwnasError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not (0 < self.lr < 1):
             raise HwnasError(f"--lr must be in (0, 1), got {self.lr}")
-        if not self.grad_clip > 0 or self.warmup_iters < 0 or self.workers < 0 or self.eval_every < 0 \
-                or self.max_train_images < 0:
-            raise HwnasError(f"grad_clip must be > 0 and warmup_iters, workers, eval_every, max_train_images >= 0; "
-                             f"got {self.grad_clip}, {self.warmup_iters}, {self.workers}, {self.eval_every}, "
-                             f"{self.max_train_images}")
+        if not self.grad_clip > 0 or self.warmup_iters < 0 or self.eval_every < 0 or self.max_train_images < 0:
+            raise HwnasError(f"grad_clip must be > 0 and warmup_iters, eval_every, max_train_images >= 0; "
+                             f"got {self.grad_clip}, {self.warmup_iters}, {self.eval_every}, {self.max_train_images}")
         from hwnas.heads.boxes import check_box_loss
 
         check_box_loss(self.box_loss, "--box-loss")
@@ -104,6 +103,10 @@ def add_weight_standardization(model: nn.Module) -> int:
     return n
 
 
+def _parametrized(model: nn.Module) -> bool:
+    return any(parametrize.is_parametrized(m) for m in model.modules())
+
+
 def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """State dict with standardisation folded in: loads into a plain ``Detector.from_arch``."""
     out = {}
@@ -127,7 +130,8 @@ def save_checkpoint(path: Path, *, model: nn.Module, arch: Arch, class_names: li
         "class_names": list(class_names),
         "epoch": epoch,
         "state_dict": plain_state_dict(model),
-        "train_state_dict": model.state_dict(),
+        # Only weight-standardised models differ in training form; the rest would store the weights twice.
+        "train_state_dict": model.state_dict() if _parametrized(model) else None,
         "optimizer": optimizer.state_dict() if optimizer else None,
         "scheduler": scheduler.state_dict() if scheduler else None,
         "scaler": scaler.state_dict() if scaler is not None else None,  # AMP loss scale ({} when off)
@@ -152,9 +156,9 @@ def load_checkpoint(path: Path) -> dict:
                          f"retrain or point --weights at another file") from None
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise HwnasError(f"{path} is not an hwnas checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    kinds = {"arch": str, "class_names": list, "epoch": int, "state_dict": dict, "train_state_dict": dict,
+    kinds = {"arch": str, "class_names": list, "epoch": int, "state_dict": dict, "train_state_dict": (dict, type(None)),
              "metrics": dict, "rng": dict}
-    bad = [k for k, t in kinds.items() if not isinstance(ck.get(k), t)]
+    bad = [k for k, t in kinds.items() if k not in ck or not isinstance(ck[k], t)]
     if bad:
         raise HwnasError(f"checkpoint {path} is incomplete (missing or malformed {', '.join(bad)}); "
                          f"retrain or point --weights at another file")
@@ -190,11 +194,14 @@ def lr_factor(it: int, total: int, warmup: int) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainResult:
     metrics: dict
     checkpoint: Path
-    history: list[dict] = field(default_factory=list)
+
+    @property
+    def history(self) -> list[dict]:
+        return self.metrics["history"]
 
 
 def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(),
@@ -208,11 +215,11 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     from hwnas.models import Detector
 
     out = Path(out)
-    check_writable(out / "metrics.json", "run folder")  # creates the folder; fails early when it cannot
     ckpt = out / "last.pt"
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    train_set = CocoDetection.from_dir(data_dir, "train", TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter)), cfg.on_error)
+    train_tf = TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter))
+    train_set = CocoDetection.from_dir(data_dir, "train", train_tf, cfg.on_error)
     val_set = CocoDetection.from_dir(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
     for ds in (train_set, val_set):  # fail now, not after the last epoch
         if len(ds) == 0:
@@ -221,6 +228,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         raise HwnasError(f"{val_set.json_path} has classes {val_set.class_names} but {train_set.json_path} has "
                          f"{train_set.class_names}; both splits need the same categories")
     k = len(train_set.class_names)
+    check_writable(out / "metrics.json", "run folder")  # creates the folder, after the data proved readable
     ck = None
     if ckpt.exists():  # checked before any work: a run of another arch or dataset is not resumed
         ck = load_checkpoint(ckpt)
@@ -240,7 +248,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     model.to(device)
     criterion = DetectionLoss.for_arch(arch, k, box_loss=cfg.box_loss)
     decay, no_decay = [], []
-    for n_, p in model.named_parameters():
+    for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
@@ -256,7 +264,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     start_epoch, history = 0, []
     if ck is not None:
         try:
-            model.load_state_dict(ck["train_state_dict"])
+            model.load_state_dict(ck["train_state_dict"] or ck["state_dict"])
             if ck["optimizer"]:
                 opt.load_state_dict(ck["optimizer"])
         except (RuntimeError, ValueError, KeyError) as e:  # e.g. a run made with other training options
@@ -270,8 +278,6 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         history = list(ck["metrics"].get("history", []))
         torch.set_rng_state(ck["rng"]["torch"])
 
-    t_start = time.time()
-    images_seen = 0
     for epoch in range(start_epoch, cfg.epochs):
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
@@ -303,7 +309,6 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
             scaler.update()
             sched.step()
             losses.append(loss.item())
-            images_seen += len(batch)
             if progress:
                 done = (epoch - start_epoch) * iters_per_epoch + it + 1
                 progress(done, (cfg.epochs - start_epoch) * iters_per_epoch,
@@ -328,4 +333,4 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=cfg.epochs - 1,
                     optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics=metrics)
     write_json(out / "metrics.json", metrics)
-    return TrainResult(metrics, ckpt, history)
+    return TrainResult(metrics, ckpt)

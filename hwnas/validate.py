@@ -27,8 +27,8 @@ from hwnas.latency import Correction, LatencyTable
 from hwnas.models import Detector
 from hwnas.units import build, example_inputs
 
-CALIB_SEED_OFFSET = 1_000_000
-KEEP_CORRECTION_BELOW = 0.9  # held-out MAPE ratio (correction / plain sum) needed to keep a correction  # calibration archs come from a seed range the evaluation never uses
+CALIB_SEED_OFFSET = 1_000_000  # calibration archs come from a seed range the evaluation never uses
+KEEP_CORRECTION_BELOW = 0.9  # held-out MAPE ratio (correction / plain sum) needed to keep a correction
 
 
 @dataclass(frozen=True)

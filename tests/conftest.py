@@ -1,8 +1,13 @@
 """Shared fixtures: one real ort-cpu latency table of the tiny space, profiled once per session."""
 from __future__ import annotations
 
+import os
 import shutil
+import signal
+import subprocess
+import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 import torch
@@ -41,3 +46,21 @@ def table_copy(tiny_table_file, tmp_path) -> Path:
     shutil.copyfile(tiny_table_file, dst)
     dst.chmod(0o644)
     return dst
+
+
+def sigkill_when(cmd: list[str], log_path: Path, ready: Callable[[], bool], timeout: float, *,
+                 cwd: Path | None = None, env: dict | None = None, poll_s: float = 0.02) -> int:
+    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds (it must still be running then),
+    and return its exit code. ``ready`` may itself assert on what it reads (e.g. a file is whole)."""
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.time() + timeout
+        try:
+            while not ready():
+                assert proc.poll() is None, f"ended before it could be killed: {log_path.read_text()}"
+                assert time.time() < deadline, f"not ready to kill in {timeout} s: {log_path.read_text()}"
+                time.sleep(poll_s)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+    return proc.returncode

@@ -2,17 +2,15 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import TINY_RES
+from conftest import TINY_RES, sigkill_when
 from hwnas.arch import SPACES
 from hwnas.cli import main
 from hwnas.latency import LatencyTable
@@ -45,19 +43,8 @@ def killed_and_resumed(tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("cli") / "tiny.json"
     args = ("profile", "--space", "tiny", "--resolutions", TINY_RES, "--min-time", "0.03", "--repeats", "3",
             "--out", out)
-    log = out.with_suffix(".log").open("w")
-    proc = subprocess.Popen(hwnas(*args), cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.time() + 120
-    try:
-        while _entries(out) < 10:
-            assert proc.poll() is None, f"profile ended before it could be killed: {out.with_suffix('.log').read_text()}"
-            assert time.time() < deadline, "profile wrote no entries in 120 s"
-            time.sleep(0.02)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
+    rc = sigkill_when(hwnas(*args), out.with_suffix(".log"), lambda: _entries(out) >= 10, 120, cwd=REPO)
+    assert rc == -signal.SIGKILL
     at_kill = LatencyTable.load(out)  # never corrupt, whatever the moment of the kill
     resumed = run(*args)
     return {"out": out, "at_kill": at_kill, "resumed": resumed}

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import FAST, TINY_RES
 from hwnas.arch import SPACES, Arch
-from hwnas.backends import Latency, TimingConfig
+from hwnas.backends import TimingConfig
 from hwnas.errors import HwnasError
 from hwnas.latency import FORMAT, Correction, LatencyTable, profile
 from hwnas.units import Unit

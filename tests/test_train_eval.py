@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+from conftest import sigkill_when
 from hwnas.arch import Arch
 from hwnas.cli import main
 from hwnas.data.synth import synth
@@ -192,7 +192,9 @@ def test_train_end_to_end(head, data, tmp_path):
             folded = ck["state_dict"][f"{name}.weight"]
             assert not torch.allclose(folded, w)
             assert torch.allclose(folded.mean(dim=(1, 2, 3)), torch.zeros(len(w)), atol=1e-5)
-    trained.load_state_dict(ck["train_state_dict"])
+    # the training form is stored only where it differs from the plain weights
+    assert (ck["train_state_dict"] is None) == (arch.norm != "gn")
+    trained.load_state_dict(ck["train_state_dict"] or ck["state_dict"])
     model, a, names = load_model(out / "last.pt")
     assert type(model) is Detector and not model.training and a == arch and names == SHAPES
     assert not any(parametrize.is_parametrized(mod) for mod in model.modules())
@@ -243,23 +245,15 @@ def test_kill_9_mid_run_then_resume(data, tmp_path):
     out, epochs = tmp_path / "run", 12
     args = ("train", "--arch", RETINA, "--data", data, "--epochs", epochs, "--batch-size", 4, "--out", out)
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    log_path = tmp_path / "killed.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(_hwnas(*args), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     seen: set[int] = set()
-    deadline = time.time() + 60
-    try:
-        while not seen or max(seen) < 1:  # at least one checkpoint overwritten
-            assert proc.poll() is None, log_path.read_text()
-            assert time.time() < deadline, "no checkpoint in 60 s"
-            if (out / "last.pt").exists():
-                seen.add(load_checkpoint(out / "last.pt")["epoch"])  # whole at any moment
-            time.sleep(0.01)
-    finally:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-        log.close()
-    assert proc.returncode == -signal.SIGKILL
+
+    def overwritten_once() -> bool:  # at least one checkpoint overwritten; whole at any moment
+        if (out / "last.pt").exists():
+            seen.add(load_checkpoint(out / "last.pt")["epoch"])
+        return bool(seen) and max(seen) >= 1
+
+    rc = sigkill_when(_hwnas(*args), tmp_path / "killed.log", overwritten_once, 60, cwd=REPO, env=env, poll_s=0.01)
+    assert rc == -signal.SIGKILL
     at_kill = load_checkpoint(out / "last.pt")
     assert 1 <= at_kill["epoch"] < epochs - 1 and not (out / "metrics.json").exists()
 
@@ -279,7 +273,7 @@ def test_kill_9_mid_run_then_resume(data, tmp_path):
 def test_same_seed_same_run(data, tmp_path):
     arch = Arch.parse(ARCHS["rcnn"])  # the head with random sampling in its loss
     runs = [train(arch, data, tmp_path / name, cfg(seed=seed)) for name, seed in (("a", 3), ("b", 3), ("c", 4))]
-    a, b, c = (load_checkpoint(r.checkpoint)["train_state_dict"] for r in runs)
+    a, b, c = (load_checkpoint(r.checkpoint)["state_dict"] for r in runs)
     assert runs[0].metrics["final_loss"] == runs[1].metrics["final_loss"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0].metrics["final_loss"] != runs[2].metrics["final_loss"]  # the seed matters

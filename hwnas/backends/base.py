@@ -119,6 +119,11 @@ class Target:
             libraries=pairs,
         )
 
+    @property
+    def on_gpu(self) -> bool:
+        """Measured on a CUDA GPU: :func:`cuda_device_name` writes such devices as ``"<name> sm_XY"``."""
+        return " sm_" in self.device
+
     def mismatches(self, other: "Target") -> list[str]:
         """Human-readable differences in the fields that matter for latency, e.g.
         ``"device: 'Intel Xeon X' != 'AMD EPYC Y'"``. Empty when the targets are compatible."""

@@ -296,7 +296,7 @@ class DetectionLoss:
         anchors = rpn_anchors_for(self.arch, obj.device)
 
         # RPN: match 0.7 / 0.3 (plus each box's best anchor), sample rpn_batch at rpn_pos_fraction.
-        obj_t, sampled, pos_gt = torch.zeros_like(obj), [], []
+        obj_t, sampled = torch.zeros_like(obj), []
         for i, t in enumerate(targets):
             m = match(anchors, t["boxes"], t["crowd"], high=0.7, low=0.3, allow_low_quality=True,
                       crowd_ioa=self.crowd_ioa)
