@@ -448,6 +448,12 @@ def _neighbour(rng: random.Random, choices: tuple[int, ...], current: int) -> in
 
 SPACES: dict[str, SearchSpace] = {
     "default": SearchSpace(),
+    # CPU-sized: candidates train in about a minute on 2 cores; holds the small presets (the
+    # training baselines) so the search can be compared with them on one table.
+    "small": SearchSpace(resolutions=(128, 192, 256), widths=(16, 24, 32), max_blocks=(2, 3, 3, 2),
+                         level_ranges=((3, 5), (3, 6), (4, 6)), neck_widths=(32, 48, 64), head_depths=(1, 2, 3),
+                         head_widths=(32, 48, 64), rcnn_depths=(1, 2), rcnn_widths=(128, 256), proposals=(64, 128),
+                         norms=("bn",), name="small"),
     # A small space for tests and quick demos: two block types, narrow widths, small inputs.
     "tiny": SearchSpace(resolutions=(128,), blocks=("basic", "mbconv"), widths=(16, 24), max_blocks=(2, 2, 2, 2),
                         level_ranges=((3, 5), (4, 6)), neck_widths=(32,), head_depths=(1, 2), head_widths=(32,),

@@ -79,11 +79,6 @@ def _backend(name: str, device: Optional[str], precision: str, threads: int):
     return get_backend(name, device=device, precision=precision, threads=threads)
 
 
-def _backend_for(t):
-    """The backend a table was measured with, on this machine (torch on CUDA when the table is a GPU's)."""
-    return _backend(t.backend, "cuda" if t.on_gpu and t.backend == "torch" else None, t.precision, t.threads)
-
-
 # ----------------------------------------------------------------------------- profile
 @app.command()
 def profile(
@@ -146,7 +141,9 @@ def latency(
         from hwnas.validate import measure_detector
 
         t = tab.target
-        be = _backend_for(t)
+        from hwnas.backends import backend_for_target
+
+        be = backend_for_target(t)
         tab.check_target(be.target(), force=force, path=str(table))
         m1, m2 = measure_detector(be, a, tab.num_classes, tab.timing, t.batch)
         result["measured_ms"] = (m1 + m2) / 2
@@ -188,7 +185,9 @@ def validate(
         raise HwnasError(f"--samples must be >= 3 for rank correlations, got {samples}")
     tab = LatencyTable.load(table)
     t = tab.target
-    be = _backend_for(t)
+    from hwnas.backends import backend_for_target
+
+    be = backend_for_target(t)
     tab.check_target(be.target(), force=force, path=str(table))
     with _progress("validate") as update:
         rep = run_validate(tab, table, be, out, samples=samples, calib_samples=calib_samples, seed=seed,
@@ -291,6 +290,55 @@ def eval_(
     write_json(out, m)
     typer.echo(summarize(m))
     typer.echo(f"wrote {out} and {detections}")
+
+
+# ----------------------------------------------------------------------------- search
+@app.command()
+def search(
+    data: Path = typer.Option(..., help="dataset folder the candidates train on (hwnas data synth, or COCO layout)"),
+    table: Path = typer.Option(..., help="latency table of the target (profiled for this data's class count)"),
+    out: Path = typer.Option(..., help="run folder: pareto.json, pareto.png, report.md, search.db, trials/"),
+    space: str = typer.Option("default", help="search space (default | small | tiny)"),
+    resolutions: Optional[str] = typer.Option(None, help="input sizes to search, e.g. 192,256 (default: the table's)"),
+    stage: str = typer.Option("both", help="structural | modular | both | random (the random-search baseline)"),
+    trials: int = typer.Option(16, help="trained candidates (with --stage both: split by --structural-share)"),
+    structural_share: float = typer.Option(0.5, "--structural-share", help="share of --trials for the structural stage"),
+    population: int = typer.Option(0, help="NSGA-II population per generation (0: max(4, trials/4))"),
+    epochs_per_trial: int = typer.Option(3, "--epochs-per-trial", help="training epochs of every candidate"),
+    batch_size: int = typer.Option(16, "--batch-size"),
+    lr: float = typer.Option(2e-3),
+    max_train_images: int = typer.Option(0, "--max-train-images", help="train on the first N images only (0: all)"),
+    latency_max_ms: Optional[float] = typer.Option(None, "--latency-max-ms", help="skip candidates predicted slower than this"),
+    baselines: str = typer.Option("", help="comma-separated presets or arch strings trained with the same recipe, for comparison"),
+    storage: Optional[str] = typer.Option(None, help="postgresql://USER@HOST:PORT/DB to share the study between workers (default: RUN/search.db)"),
+    study: str = typer.Option("search", help="study name inside the storage"),
+    seed: int = typer.Option(0, help="base seed; each worker draws from seed + its slot"),
+    device: str = typer.Option("cpu", help="training device: cpu or cuda[:i]"),
+    threads: int = typer.Option(0, help="torch threads for training (0: torch's default)"),
+    measure: bool = typer.Option(True, "--measure/--no-measure", help="re-measure the final front on the table's backend"),
+    force: bool = typer.Option(False, help="re-measure even if this machine differs from the table's target"),
+) -> None:
+    """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
+    from hwnas.search import Search, SearchConfig
+
+    res = _parse_ints(resolutions, "--resolutions") if resolutions else ()
+    cfg = SearchConfig(data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
+                       structural_share=structural_share, population=population, epochs=epochs_per_trial,
+                       batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
+                       threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
+                       baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force)
+    header = f"searching {stage} over space {space!r} ({trials} trained candidates) -> {out}"
+    with _progress("search", header) as update:
+        s = Search(cfg, progress=update, say=_say)
+        o = s.run()
+    typer.echo(f"worker {s.slot}: trained {o.trained}, failed {o.failed}, resumed {o.adopted}, pruned "
+               f"{o.pruned_duplicate} duplicate(s) and {o.pruned_budget} over budget")
+    for note in o.notes:
+        _say(f"note: {note}")
+    for r in json.loads((out / "pareto.json").read_text()):
+        meas = "-" if r["measured_latency_ms"] is None else f"{r['measured_latency_ms']:.2f}"
+        typer.echo(f"  mAP {r['map']:.4f}  predicted {r['predicted_latency_ms']:7.2f} ms  measured {meas:>7} ms  {r['arch']}")
+    typer.echo(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {o.report}")
 
 
 # ----------------------------------------------------------------------------- small helpers

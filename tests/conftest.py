@@ -14,6 +14,8 @@ import torch
 
 from hwnas.backends import TimingConfig, get_backend
 
+pytest_plugins = ["pg"]  # tests/pg.py: a throw-away PostgreSQL server on loopback
+
 # On a 2-core machine torch's own intra-op threads fight onnxruntime's: the ONNX exports of a
 # profile run ~3x slower and their spinning threads add noise to the ort timings. Tests in this
 # process use one; the CLI subprocesses keep the defaults a user gets.

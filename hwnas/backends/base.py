@@ -431,3 +431,9 @@ def get_backend(
     if device is not None:
         kw["device"] = device
     return factory(**kw)
+
+
+def backend_for_target(target: Target) -> Backend:
+    """The backend a table was measured with, on this machine (torch on CUDA when the table is a GPU's)."""
+    device = "cuda" if target.on_gpu and target.backend == "torch" else None
+    return get_backend(target.backend, device=device, precision=target.precision, threads=target.threads)

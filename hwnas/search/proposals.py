@@ -1,0 +1,98 @@
+"""Where candidates come from in each stage.
+
+* **structural** (SM-NAS stage 1): a candidate is a combination of backbone family and depth,
+  neck (with its pyramid levels), head type and input resolution; widths and the head depth sit
+  at the middle of the space's choices. Optuna's NSGA-II sampler proposes the combination as
+  five categorical parameters, so its crossover and mutation act on whole modules.
+* **modular** (SM-NAS stage 2): a child is one SM-NAS move (insert a '1', remove a '1', move a
+  '2', base width, neck width, head depth or width: ``SearchSpace.mutate``) applied to a parent
+  chosen by binary tournament from the NSGA-II survivors (rank, then crowding distance) of
+  everything evaluated in earlier generations, the structural front included. Optuna's
+  fixed-dimension samplers cannot express moves on an architecture string, so the child is
+  proposed here and Optuna records it.
+* **random**: the baseline search, ``SearchSpace.sample`` with a fresh seed per draw.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Sequence
+
+from hwnas.arch import Arch, SearchSpace
+from hwnas.search.pareto import rank_and_crowding, select_survivors
+
+DEPTHS = ("shallow", "medium", "deep")
+
+
+def middle(choices: Sequence[int]) -> int:
+    ordered = sorted(choices)
+    return ordered[len(ordered) // 2]
+
+
+def neck_choices(space: SearchSpace) -> list[str]:
+    top = space.num_stages + 1
+    out = ["none"] if "none" in space.necks else []
+    return out + [f"{n}_p{lo}-{hi}" for n in space.necks if n != "none" for lo, hi in space.level_ranges if lo <= top]
+
+
+def stage_encoding(space: SearchSpace, depth: str) -> tuple[str, ...]:
+    """Blocks per stage: one (shallow), half the stage's maximum (medium) or its maximum (deep);
+    the downsampling '2' first in each later stage, as in ResNet."""
+    stages = []
+    for i, cap in enumerate(space.max_blocks):
+        n = {"shallow": 1, "medium": (cap + 1) // 2, "deep": cap}[depth]
+        stages.append("1" * n if i == 0 else "2" + "1" * (n - 1))
+    return tuple(stages)
+
+
+def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str, neck: str, head: str) -> Arch:
+    """The structural candidate for one combination. A two-stage head needs a neck: paired with
+    ``none`` it gets the space's first neck instead (a repair, so every combination is valid)."""
+    top = space.num_stages + 1
+    if neck == "none" and head == "rcnn":
+        neck = next(c for c in neck_choices(space) if c != "none")
+    if neck == "none":
+        kind, levels = "none", (top, top)
+    else:
+        kind, lv = neck.split("_p")
+        lo, hi = lv.split("-")
+        levels = (int(lo), int(hi))
+    if head == "rcnn":
+        depth_h, width_h, props = middle(space.rcnn_depths), middle(space.rcnn_widths), middle(space.proposals)
+    else:
+        depth_h, width_h, props = middle(space.head_depths), middle(space.head_widths), 0
+    return Arch((resolution, resolution), block, middle(space.widths), stage_encoding(space, depth), kind, levels,
+                middle(space.neck_widths), head, depth_h, width_h, props, space.norms[0])
+
+
+def suggest_structural(trial, space: SearchSpace) -> Arch:
+    """Ask an Optuna trial for the five structural choices."""
+    return structural_arch(
+        space,
+        trial.suggest_categorical("resolution", list(space.resolutions)),
+        trial.suggest_categorical("block", list(space.blocks)),
+        trial.suggest_categorical("depth", list(DEPTHS)),
+        trial.suggest_categorical("neck", neck_choices(space)),
+        trial.suggest_categorical("head", list(space.heads)))
+
+
+@dataclass(frozen=True)
+class Parent:
+    arch: str
+    map: float
+    latency_ms: float
+    trial: str  # "stage#number", for the record
+
+
+def choose_parent(pool: Sequence[Parent], population: int, rng: random.Random) -> Parent:
+    """Binary tournament among the NSGA-II survivors of ``pool`` (rank first, crowding second)."""
+    points = [(p.map, p.latency_ms) for p in pool]
+    survivors = select_survivors(points, population)
+    ranks, crowd = rank_and_crowding([points[i] for i in survivors])
+    a, b = rng.randrange(len(survivors)), rng.randrange(len(survivors))
+    best = min((a, b), key=lambda i: (ranks[i], -crowd[i]))
+    return pool[survivors[best]]
+
+
+def mutate(space: SearchSpace, parent: Parent, seed: int) -> Arch:
+    return space.mutate(Arch.parse(parent.arch), seed)

@@ -1,0 +1,501 @@
+"""The search loop: propose, filter by predicted latency, claim, train, tell; then re-measure the front.
+
+One ``Search`` is one worker. Every worker of a search runs the same command against the same
+storage; Optuna holds the trials (one study per stage, ``NAME/structural``, ``NAME/modular``,
+``NAME/random``, ``NAME/baseline``) and ``Coordinator`` the claims, so workers never train the
+same architecture twice and a killed worker's candidate is finished by whoever runs next.
+
+Budget: ``trials`` counts *trained* candidates (failures included: they cost training time).
+Proposals that are duplicates or over ``latency_max_ms`` are recorded as pruned trials and cost
+no training; ``max_draws`` proposals in a row without a trainable one end the stage.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from hwnas.arch import Arch, get_space
+from hwnas.errors import HwnasError
+from hwnas.fileio import check_writable
+from hwnas.search.coordination import GRACE_S, Claim, Coordinator, storage_url
+from hwnas.search.proposals import Parent, choose_parent, mutate, suggest_structural
+
+STAGES = ("structural", "modular", "both", "random")
+GENERATION_KEY = "NSGAIISampler:generation"  # where Optuna's NSGA-II sampler records a trial's generation
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    data: Path
+    table: Path
+    out: Path
+    space: str = "default"
+    resolutions: tuple[int, ...] = ()  # () : every resolution of the table
+    stage: str = "both"
+    trials: int = 16
+    structural_share: float = 0.5
+    population: int = 0  # 0: max(4, stage trials // 4), at most 50
+    epochs: int = 3
+    batch_size: int = 16
+    lr: float = 2e-3
+    max_train_images: int = 0
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+    seed: int = 0
+    latency_max_ms: float | None = None
+    storage: str | None = None
+    study: str = "search"
+    baselines: tuple[str, ...] = ()
+    measure: bool = True
+    force: bool = False
+    max_draws: int = 200
+
+    def __post_init__(self) -> None:
+        if self.stage not in STAGES:
+            raise HwnasError(f"--stage {self.stage!r}: valid stages are {', '.join(STAGES)}")
+        if self.trials < 1 or (self.stage == "both" and self.trials < 2):
+            raise HwnasError(f"--trials {self.trials}: need at least 1 (2 with --stage both)")
+        if not 0 < self.structural_share < 1:
+            raise HwnasError(f"--structural-share {self.structural_share}: must be between 0 and 1")
+        if self.population < 0 or self.population == 1:
+            raise HwnasError(f"--population {self.population}: give 0 (auto) or at least 2")
+        if self.latency_max_ms is not None and not self.latency_max_ms > 0:
+            raise HwnasError(f"--latency-max-ms {self.latency_max_ms}: must be > 0")
+        if self.threads < 0 or self.max_draws < 1:
+            raise HwnasError(f"--threads must be >= 0 and max_draws >= 1, got {self.threads}, {self.max_draws}")
+        if not self.study or "/" in self.study:
+            raise HwnasError(f"--study {self.study!r}: give a name without '/'")
+
+    def stage_trials(self) -> dict[str, int]:
+        if self.stage == "both":
+            n = min(self.trials - 1, max(1, round(self.trials * self.structural_share)))
+            return {"structural": n, "modular": self.trials - n}
+        return {self.stage: self.trials}
+
+    def population_for(self, n: int) -> int:
+        return self.population or min(50, max(4, n // 4))
+
+    def identity(self) -> dict:
+        """What must be equal for workers (or a rerun) to join a study: anything that changes
+        what a candidate's mAP or latency means."""
+        return {"space": self.space, "resolutions": list(self.resolutions), "epochs": self.epochs,
+                "batch_size": self.batch_size, "lr": self.lr, "max_train_images": self.max_train_images,
+                "latency_max_ms": self.latency_max_ms, "seed": self.seed}
+
+
+@dataclass
+class Outcome:
+    """What this worker did, for the CLI's closing lines."""
+    trained: int = 0
+    failed: int = 0
+    pruned_budget: int = 0
+    pruned_duplicate: int = 0
+    adopted: int = 0
+    report: Path | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def slug(arch: str) -> str:
+    return hashlib.sha1(arch.encode()).hexdigest()[:12]
+
+
+class Search:
+    def __init__(self, cfg: SearchConfig, progress: Progress | None = None, say: Callable[[str], None] = print):
+        import optuna
+        import torch
+
+        from hwnas.data.coco import CocoDetection
+        from hwnas.latency import LatencyTable
+        from hwnas.train import TrainConfig
+
+        self.cfg, self.progress, self.say = cfg, progress, say
+        # Everything is checked before the first file is written.
+        self.table = LatencyTable.load(cfg.table)
+        res = cfg.resolutions or self.table.resolutions
+        self.space = get_space(cfg.space).with_resolutions(tuple(res))
+        self.cfg = cfg = replace(cfg, resolutions=tuple(res))
+        train_set = CocoDetection.from_dir(cfg.data, "train")
+        self.class_names = train_set.class_names
+        self._check_table()
+        self.train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
+                                     device=cfg.device, max_train_images=cfg.max_train_images)
+        self.baselines = [self._baseline_arch(b) for b in cfg.baselines]
+        self.backend = None
+        if cfg.measure:
+            from hwnas.backends import backend_for_target
+
+            self.backend = backend_for_target(self.table.target)
+            self.table.check_target(self.backend.target(), force=cfg.force, path=str(cfg.table))
+        check_writable(Path(cfg.out) / "report.md", "search folder")
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.url = storage_url(cfg.storage, cfg.out)
+        self.coord = Coordinator(self.url, cfg.study)
+        engine = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else {"pool_pre_ping": True}
+        self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
+        self.outcome = Outcome()
+        self.studies: dict[str, optuna.Study] = {}
+        self.slot = -1
+        self._done, self._front, self.total = 0, "front: -", 0
+
+    # ------------------------------------------------------------------ checks
+    def _check_table(self) -> None:
+        k = len(self.class_names)
+        if self.table.num_classes != k:
+            raise HwnasError(f"{self.cfg.table} was profiled for {self.table.num_classes} classes, {self.cfg.data} has {k}; "
+                             f"profile it for this data: hwnas profile --space {self.cfg.space} --resolutions "
+                             f"{','.join(map(str, self.cfg.resolutions))} --num-classes {k} --out TABLE")
+        missing = [u for u in self.space.all_units(k) if u.key() not in self.table.entries]
+        if missing:
+            raise HwnasError(f"{self.cfg.table} lacks {len(missing)} units of space {self.cfg.space!r} at "
+                             f"{','.join(map(str, self.cfg.resolutions))} px (e.g. {missing[0].key()}); complete it: "
+                             f"hwnas profile --space {self.cfg.space} --resolutions {','.join(map(str, self.cfg.resolutions))} "
+                             f"--num-classes {k} --out {self.cfg.table}")
+
+    def _baseline_arch(self, name: str) -> Arch:
+        from hwnas.presets import resolve_arch
+
+        arch = resolve_arch(name)
+        self.table.predict(arch)  # a baseline outside the table fails now, with the profile command
+        return arch
+
+    def _study(self, stage: str, n: int):
+        import optuna
+
+        if stage not in self.studies:
+            pop = self.cfg.population_for(n)
+            sampler = (optuna.samplers.NSGAIISampler(population_size=pop, seed=self.worker_seed)
+                       if stage == "structural" else optuna.samplers.RandomSampler(seed=self.worker_seed))
+            name = f"{self.cfg.study}/{stage}"
+            study = optuna.create_study(storage=self.storage, study_name=name, sampler=sampler, load_if_exists=True,
+                                        directions=["maximize", "minimize"])
+            ident = {**self.cfg.identity(), "table": self.table.target.to_dict(), "table_created": self.table.created,
+                     "classes": self.class_names}
+            ident = json.loads(json.dumps(ident))
+            old = study.user_attrs.get("identity")
+            if old is None:
+                study.set_user_attr("identity", ident)
+            elif old != ident:
+                diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+                raise HwnasError(f"study {name} in {self.url} was started with other settings ({', '.join(diff)} differ); "
+                                 f"rerun with the same settings, or use another --study or --out")
+            self.studies[stage] = study
+        return self.studies[stage]
+
+    # ------------------------------------------------------------------ main
+    def run(self) -> Outcome:
+        from hwnas.search.report import write_report
+
+        self.slot = self.coord.join()
+        self.worker_seed = self.cfg.seed + 7919 * self.slot
+        try:
+            budgets = self.cfg.stage_trials()
+            self.total = sum(budgets.values())
+            if "modular" in budgets and "structural" not in budgets:
+                self._structural_records_or_fail()
+            if self.baselines:
+                self._run_baselines()
+            for stage, n in budgets.items():
+                self._run_stage(stage, n)
+            if self._reporter():
+                self._measure_front()
+            self.outcome.report = write_report(self)
+            return self.outcome
+        finally:
+            self.coord.leave()
+
+    def _reporter(self) -> bool:
+        """The lowest live slot re-measures the front: one measurement at a time on a machine."""
+        live = self.coord.live_slots()
+        return not live or self.slot <= min(live)
+
+    # ------------------------------------------------------------------ stages
+    def _run_stage(self, stage: str, n: int) -> None:
+        study = self._study(stage, n)
+        propose = {"structural": self._propose_structural, "modular": self._propose_modular,
+                   "random": self._propose_random}[stage]
+        draws = 0
+        while True:
+            self._resume_stale(stage, study)
+            if len(self.coord.claimed(study.study_name)) >= n:
+                break
+            if self._one(stage, study, n, propose, draws):
+                draws = 0
+            else:
+                self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or over "
+                                          f"the latency budget; the stage ended with "
+                                          f"{len(self.coord.claimed(study.study_name))} of {n} trials")
+                break
+        self._wait_for_others(stage, study)
+
+    def _one(self, stage: str, study, n: int, propose, draws: int) -> bool:
+        """Propose until one candidate is trainable, then train and tell it. False: nothing trainable."""
+        import optuna
+
+        pruned = optuna.trial.TrialState.PRUNED
+        for draw in range(self.cfg.max_draws):
+            t0 = time.perf_counter()
+            arch, trial, meta = propose(study, n, draw)
+            if arch is None:
+                continue
+            if trial is None:
+                trial = study.ask()
+            pred = self.table.predict(arch)
+            meta = {"arch": str(arch), "stage": stage, "predicted_latency_ms": pred.latency_ms,
+                    "unit_sum_ms": pred.raw_ms, "worker": self.slot, **meta}
+            trial.set_user_attr("hwnas", meta)
+            if self.cfg.latency_max_ms is not None and pred.latency_ms > self.cfg.latency_max_ms:
+                trial.set_user_attr("reason", f"over the latency budget: {pred.latency_ms:.2f} > {self.cfg.latency_max_ms} ms")
+                study.tell(trial, state=pruned)
+                self.outcome.pruned_budget += 1
+                continue
+            if not self.coord.claim(str(arch), study.study_name, trial.number):
+                owner = self.coord.owner(str(arch))
+                trial.set_user_attr("reason", f"duplicate of {owner.study}#{owner.trial_number}" if owner else "duplicate")
+                study.tell(trial, state=pruned)
+                self.outcome.pruned_duplicate += 1
+                continue
+            self._evaluate(study, trial.number, arch, meta, time.perf_counter() - t0)
+            return True
+        return False
+
+    # proposals: each returns (arch or None, an asked trial or None, extra attributes)
+    def _propose_structural(self, study, n, draw):
+        trial = study.ask()
+        try:
+            return suggest_structural(trial, self.space), trial, {}
+        except HwnasError as e:  # a combination the grammar refuses (e.g. levels above a small input)
+            import optuna
+
+            trial.set_user_attr("reason", f"invalid combination: {e}")
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+            return None, None, {}
+
+    def _propose_random(self, study, n, draw):
+        claimed = len(self.coord.claimed(study.study_name))
+        seed = (self.worker_seed * 1_000_003 + claimed * 1009 + draw) % 2**63
+        arch = self.space.sample(seed)
+        return (None, None, {}) if self.coord.owner(str(arch)) else (arch, None, {"generation": 0})
+
+    def _propose_modular(self, study, n, draw):
+        pop = self.cfg.population_for(n)
+        claimed = len(self.coord.claimed(study.study_name))
+        generation = 1 + claimed // pop
+        pool = [p for p in self._parents() if p[1] < generation]
+        if not pool:
+            raise HwnasError("the modular stage needs finished structural trials; run --stage structural first "
+                             "(or --stage both)")
+        rng = random.Random((self.worker_seed, generation, claimed, draw).__hash__())
+        parent = choose_parent([p[0] for p in pool], pop, rng)
+        try:
+            child = mutate(self.space, parent, rng.randrange(2**31))
+        except HwnasError:
+            return None, None, {}
+        if self.coord.owner(str(child)):
+            return None, None, {}
+        return child, None, {"generation": generation, "parent": parent.arch, "parent_trial": parent.trial}
+
+    def _parents(self) -> list[tuple[Parent, int]]:
+        """Every completed structural (generation 0) and modular candidate, with its generation."""
+        import optuna
+
+        out = []
+        for stage in ("structural", "modular"):
+            study = self._study(stage, 1) if stage == "structural" or stage in self.studies else None
+            if study is None:
+                continue
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                h = t.user_attrs.get("hwnas", {})
+                gen = 0 if stage == "structural" else int(h.get("generation", 1))
+                out.append((Parent(h["arch"], t.values[0], t.values[1], f"{stage}#{t.number}"), gen))
+        return out
+
+    def _structural_records_or_fail(self) -> None:
+        if not any(True for _ in self._parents()):
+            raise HwnasError(f"--stage modular needs a finished structural stage in study {self.cfg.study!r} of "
+                             f"{self.url}; run --stage structural first (same --out/--storage/--study)")
+
+    # ------------------------------------------------------------------ training one candidate
+    def _evaluate(self, study, number: int, arch: Arch, meta: dict, overhead_s: float) -> None:
+        import optuna
+        import torch
+
+        from hwnas.train import train
+
+        run_dir = Path(self.cfg.out) / "trials" / slug(str(arch))
+        label = f"{meta['stage']} #{number}"
+        t_train = time.perf_counter()
+        values, reason = None, None
+
+        def on_train(done: int, total: int, item: str) -> None:
+            if self.progress:
+                self.progress(self._done, self.total, f"{self._front} | {label} {arch} {item}")
+
+        try:
+            res = train(arch, self.cfg.data, run_dir, self.train_cfg, progress=on_train)
+            m = res.metrics
+            values = [float(m["map"]), float(meta["predicted_latency_ms"])]
+            extra = {"map50": m["map50"], "train_s": m["train_seconds"], "train_images_per_s": m["train_images_per_s"],
+                     "run": str(run_dir)}
+        except torch.OutOfMemoryError as e:
+            reason, extra = f"out of memory: {str(e).splitlines()[0][:200]}", {}
+        except MemoryError:
+            reason, extra = "out of memory (host)", {}
+        except HwnasError as e:  # diverged, a broken image, ...
+            reason, extra = str(e), {}
+        except RuntimeError as e:
+            msg = str(e).splitlines()[0][:300] if str(e) else e.__class__.__name__
+            reason = ("out of memory: " if "out of memory" in msg.lower() else "runtime error: ") + msg
+            extra = {}
+        train_s = time.perf_counter() - t_train
+        if reason is not None and self.cfg.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+        t1 = time.perf_counter()
+        trial_id = self.storage.get_trial_id_from_study_id_trial_number(
+            self.storage.get_study_id_from_name(study.study_name), number)
+        self.storage.set_trial_user_attr(trial_id, "result", {**extra, "wall_s": train_s})
+        if reason is None:
+            study.tell(number, values)
+            self.outcome.trained += 1
+        else:
+            self.storage.set_trial_user_attr(trial_id, "reason", reason)
+            study.tell(number, state=optuna.trial.TrialState.FAIL)
+            self.outcome.failed += 1
+            self.say(f"trial {label} failed: {reason}")
+        overhead_s += time.perf_counter() - t1
+        self._log_bookkeeping({"study": study.study_name, "trial": number, "arch": str(arch), "train_s": train_s,
+                               "overhead_s": overhead_s, "worker": self.slot, "ok": reason is None})
+        self._tick(f"{label} done")
+
+    def _log_bookkeeping(self, rec: dict) -> None:
+        # Append-only, one line per trial: a line cut by kill -9 is skipped when read.
+        with open(Path(self.cfg.out) / "bookkeeping.jsonl", "a") as f:
+            f.write(json.dumps(rec) + "\n")
+
+    def _tick(self, item: str) -> None:
+        """Refresh the progress line (trials finished by all workers, the front so far); once a trial."""
+        if self.progress is None:
+            return
+        self._done = min(self.total, sum(1 for _ in self._finished()))
+        self._front = self._front_text()
+        self.progress(self._done, self.total, f"{self._front} | {item}")
+
+    def _finished(self):
+        import optuna
+
+        for study in self.studies.values():
+            if study.study_name.endswith("/baseline"):
+                continue
+            yield from study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
+                                                                optuna.trial.TrialState.FAIL))
+
+    def _front_text(self) -> str:
+        from hwnas.search.pareto import pareto_indices
+
+        pts = [(t.values[0], t.values[1]) for t in self._finished() if t.values]
+        if not pts:
+            return "front: -"
+        front = [pts[i] for i in pareto_indices(pts)]
+        return f"front {len(front)}: " + " ".join(f"{m:.3f}@{lat:.1f}ms" for m, lat in front[:4]) + \
+            (" ..." if len(front) > 4 else "")
+
+    # ------------------------------------------------------------------ resumption
+    def _resume_stale(self, stage: str, study) -> None:
+        """Finish candidates whose worker died mid-training (this slot's own, from a killed earlier
+        run, included), and fail trials abandoned before they were claimed."""
+        import optuna
+
+        running = {t.number: t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}
+        if not running:
+            return
+        dead = self.coord.dead_slots() | {self.slot}  # between trials, nothing of this worker is in flight
+        claims = {c.trial_number: c for c in self.coord.claimed(study.study_name)}
+        for number, t in running.items():
+            c = claims.get(number)
+            if c is None:
+                h = t.user_attrs.get("hwnas")
+                age = time.time() - t.datetime_start.timestamp() if t.datetime_start else 0.0
+                if (h is not None and h.get("worker") in dead) or age > GRACE_S:
+                    self.storage.set_trial_user_attr(t._trial_id, "reason", "abandoned before training (its worker stopped)")
+                    study.tell(number, state=optuna.trial.TrialState.PRUNED, skip_if_finished=True)
+                continue
+            if c.slot in dead and (c.slot == self.slot or self.coord.adopt(c)):
+                self.outcome.adopted += 1
+                self.say(f"resuming {stage} #{number} ({c.arch}), interrupted in a previous run")
+                meta = dict(t.user_attrs.get("hwnas", {}))
+                meta.setdefault("stage", stage)
+                meta.setdefault("predicted_latency_ms", self.table.predict(c.arch).latency_ms)
+                self._evaluate(study, number, Arch.parse(c.arch), meta, 0.0)
+
+    def _wait_for_others(self, stage: str, study) -> None:
+        import optuna
+
+        while True:
+            self._resume_stale(stage, study)
+            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+            if not running:
+                return
+            self._tick(f"{stage}: waiting for {len(running)} trial(s) of other workers")
+            time.sleep(2.0)
+
+    # ------------------------------------------------------------------ baselines and the front
+    def _run_baselines(self) -> None:
+        import optuna
+
+        study = self._study("baseline", 1)
+        for arch in self.baselines:
+            self._resume_stale("baseline", study)
+            key = f"baseline:{arch}"
+            if self.coord.owner(key):
+                continue
+            trial = study.ask()
+            pred = self.table.predict(arch)
+            meta = {"arch": str(arch), "stage": "baseline", "predicted_latency_ms": pred.latency_ms,
+                    "unit_sum_ms": pred.raw_ms, "worker": self.slot, "generation": 0}
+            trial.set_user_attr("hwnas", meta)
+            if not self.coord.claim(key, study.study_name, trial.number):
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                continue
+            self._evaluate(study, trial.number, arch, meta, 0.0)
+        self._wait_for_others("baseline", study)
+
+    def final_candidates(self) -> list:
+        """Completed trials that compete for the front (search stages, not baselines)."""
+        return [t for t in self._finished() if t.values]
+
+    def _measure_front(self) -> None:
+        """Re-measure every front member (and every baseline) end to end on the table's backend;
+        results are kept in the study, so a rerun or another worker does not measure again."""
+        if self.backend is None:
+            return
+        from hwnas.search.pareto import pareto_indices
+        from hwnas.validate import measure_detector
+
+        trials = self.final_candidates()
+        pts = [(t.values[0], t.values[1]) for t in trials]
+        archs = [trials[i].user_attrs["hwnas"]["arch"] for i in pareto_indices(pts)] + [str(a) for a in self.baselines]
+        store = self._measure_store()
+        measured = dict(store.user_attrs.get("measured_ms", {}))
+        todo = [a for a in dict.fromkeys(archs) if a not in measured]
+        for i, a in enumerate(todo):
+            if self.progress:
+                self.progress(i, len(todo), f"re-measuring {a}")
+            m1, m2 = measure_detector(self.backend, Arch.parse(a), self.table.num_classes, self.table.timing,
+                                      self.table.target.batch)
+            measured[a] = (m1 + m2) / 2
+            store.set_user_attr("measured_ms", measured)
+
+    def _measure_store(self):
+        return next(iter(s for k, s in self.studies.items() if k != "baseline"))
+
+    def measured_ms(self) -> dict[str, float]:
+        return dict(self._measure_store().user_attrs.get("measured_ms", {})) if self.studies else {}
