@@ -317,6 +317,7 @@ def search(
     threads: int = typer.Option(0, help="torch threads for training (0: torch's default)"),
     measure: bool = typer.Option(True, "--measure/--no-measure", help="re-measure the final front on the table's backend"),
     force: bool = typer.Option(False, help="re-measure even if this machine differs from the table's target"),
+    max_failures: int = typer.Option(5, "--max-failures", help="failed candidates in a row before the search stops"),
 ) -> None:
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
     from hwnas.search import Search, SearchConfig
@@ -326,7 +327,8 @@ def search(
                        structural_share=structural_share, population=population, epochs=epochs_per_trial,
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
-                       baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force)
+                       baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
+                       max_failures=max_failures)
     header = f"searching {stage} over space {space!r} ({trials} trained candidates) -> {out}"
     with _progress("search", header) as update:
         s = Search(cfg, progress=update, say=_say)

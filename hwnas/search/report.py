@@ -159,7 +159,8 @@ def plot(s: dict, path: Path) -> None:
     ax.set_xlabel("latency (ms, predicted from the table)")
     ax.set_ylabel("mAP (COCO 0.5:0.95, val)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png")

@@ -56,6 +56,7 @@ class SearchConfig:
     measure: bool = True
     force: bool = False
     max_draws: int = 200
+    max_failures: int = 5  # failed candidates in a row before the search stops (a systematic cause)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -68,8 +69,9 @@ class SearchConfig:
             raise HwnasError(f"--population {self.population}: give 0 (auto) or at least 2")
         if self.latency_max_ms is not None and not self.latency_max_ms > 0:
             raise HwnasError(f"--latency-max-ms {self.latency_max_ms}: must be > 0")
-        if self.threads < 0 or self.max_draws < 1:
-            raise HwnasError(f"--threads must be >= 0 and max_draws >= 1, got {self.threads}, {self.max_draws}")
+        if self.threads < 0 or self.max_draws < 1 or self.max_failures < 1:
+            raise HwnasError(f"--threads must be >= 0, max_draws and --max-failures >= 1; got {self.threads}, "
+                             f"{self.max_draws}, {self.max_failures}")
         if not self.study or "/" in self.study:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
 
@@ -146,6 +148,7 @@ class Search:
         self.studies: dict[str, optuna.Study] = {}
         self.slot = -1
         self._done, self._front, self.total = 0, "front: -", 0
+        self._failures_in_a_row, self._last_reason = 0, ""
 
     # ------------------------------------------------------------------ checks
     def _check_table(self) -> None:
@@ -206,6 +209,11 @@ class Search:
                 self._run_baselines()
             for stage, n in budgets.items():
                 self._run_stage(stage, n)
+                if self._failures_in_a_row >= self.cfg.max_failures:
+                    self.outcome.report = write_report(self)
+                    raise HwnasError(f"{self._failures_in_a_row} candidates in a row failed, the last with: "
+                                     f"{self._last_reason}; the search stopped (failures are listed in "
+                                     f"{self.outcome.report}); fix the cause and rerun the same command to go on")
             if self._reporter():
                 self._measure_front()
             self.outcome.report = write_report(self)
@@ -226,7 +234,7 @@ class Search:
         draws = 0
         while True:
             self._resume_stale(stage, study)
-            if len(self.coord.claimed(study.study_name)) >= n:
+            if len(self.coord.claimed(study.study_name)) >= n or self._failures_in_a_row >= self.cfg.max_failures:
                 break
             if self._one(stage, study, n, propose, draws):
                 draws = 0
@@ -366,7 +374,10 @@ class Search:
         if reason is None:
             study.tell(number, values)
             self.outcome.trained += 1
+            self._failures_in_a_row = 0
         else:
+            self._failures_in_a_row += 1
+            self._last_reason = reason
             self.storage.set_trial_user_attr(trial_id, "reason", reason)
             study.tell(number, state=optuna.trial.TrialState.FAIL)
             self.outcome.failed += 1

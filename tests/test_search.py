@@ -1,0 +1,345 @@
+"""The search: Pareto helpers by hand, proposals, and real tiny searches end to end (CLI, kill -9,
+failures, dedupe, budget, two workers on a real PostgreSQL)."""
+from __future__ import annotations
+
+import json
+import math
+import random
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, sigkill_when
+from hwnas.arch import SPACES, Arch
+from hwnas.cli import main
+from hwnas.errors import HwnasError
+from hwnas.search.coordination import Coordinator, storage_url
+from hwnas.search.pareto import (crowding, dominates, hypervolume, nondominated_ranks, pareto_indices,
+                                 select_survivors)
+from hwnas.search.proposals import (DEPTHS, Parent, choose_parent, neck_choices, stage_encoding,
+                                    structural_arch)
+from hwnas.search.runner import SearchConfig
+
+REPO = Path(__file__).resolve().parents[1]
+RES = 64
+TINY = SPACES["tiny"].with_resolutions((RES,))
+
+
+# ------------------------------------------------------------------------------ Pareto helpers, by hand
+def test_dominance_and_ranks_by_hand() -> None:
+    # (mAP, ms): a and b trade off; c is dominated by a; d by everything but c; e equals a.
+    a, b, c, d, e = (0.5, 10.0), (0.3, 5.0), (0.4, 12.0), (0.1, 20.0), (0.5, 10.0)
+    assert dominates(a, c) and not dominates(a, b) and not dominates(b, a) and not dominates(a, e)
+    assert nondominated_ranks([a, b, c, d, e]) == [0, 0, 1, 2, 0]
+    assert pareto_indices([a, b, c, d, e]) == [1, 0, 4]  # fastest first, equal points both kept
+
+
+def test_crowding_by_hand() -> None:
+    pts = [(0.1, 1.0), (0.2, 2.0), (0.4, 4.0), (0.5, 5.0)]
+    cd = crowding(pts)
+    assert math.isinf(cd[0]) and math.isinf(cd[3])
+    # point 1: neighbours 0 and 2 -> (0.4-0.1)/0.4 + (4-1)/4 = 0.75 + 0.75
+    assert cd[1] == pytest.approx(1.5) and cd[2] == pytest.approx((0.5 - 0.2) / 0.4 + (5 - 2) / 4)
+
+
+def test_survivors_take_whole_fronts_then_the_least_crowded() -> None:
+    front = [(0.1, 1.0), (0.2, 2.0), (0.25, 2.2), (0.5, 5.0)]
+    worse = [(0.05, 3.0)]
+    chosen = select_survivors(front + worse, 3)
+    # the two ends (infinite crowding) and the inner point with the larger box: (0.25, 2.2) spans
+    # 0.3/0.4 + 3/4 = 1.5, (0.2, 2.0) only 0.15/0.4 + 1.2/4 = 0.675
+    assert sorted(chosen) == [0, 2, 3]
+    assert sorted(select_survivors(front + worse, 5)) == [0, 1, 2, 3, 4]
+
+
+def test_hypervolume_by_hand() -> None:
+    # ref (0, 10 ms). Points (0.2, 2), (0.5, 6): 0.2*(10-2) + (0.5-0.2)*(10-6) = 1.6 + 1.2 = 2.8
+    assert hypervolume([(0.2, 2.0), (0.5, 6.0)], 0.0, 10.0) == pytest.approx(2.8)
+    # a dominated point and points beyond the reference add nothing
+    assert hypervolume([(0.2, 2.0), (0.5, 6.0), (0.1, 7.0), (0.9, 11.0), (0.0, 1.0)], 0.0, 10.0) == pytest.approx(2.8)
+    assert hypervolume([], 0.0, 10.0) == 0.0
+
+
+# ------------------------------------------------------------------------------ proposals
+def test_every_structural_combination_is_a_valid_arch() -> None:
+    for name in ("tiny", "small", "default"):
+        sp = SPACES[name]
+        seen = set()
+        for r in sp.resolutions:
+            for block in sp.blocks:
+                for depth in DEPTHS:
+                    for neck in neck_choices(sp):
+                        for head in sp.heads:
+                            a = structural_arch(sp, r, block, depth, neck, head)
+                            assert Arch.parse(str(a)) == a
+                            assert a.block == block and a.head == head and a.input_hw == (r, r)
+                            seen.add(str(a))
+        assert len(seen) > 10
+
+
+def test_stage_encodings_follow_the_space() -> None:
+    sp = SPACES["default"]  # max_blocks (3, 4, 5, 3)
+    assert stage_encoding(sp, "shallow") == ("1", "2", "2", "2")
+    assert stage_encoding(sp, "medium") == ("11", "21", "211", "21")
+    assert stage_encoding(sp, "deep") == ("111", "2111", "21111", "211")
+
+
+def test_parent_choice_prefers_the_front_and_is_seeded() -> None:
+    pool = [Parent(f"a{i}", m, lat, f"t{i}") for i, (m, lat) in
+            enumerate([(0.5, 10.0), (0.3, 5.0), (0.1, 20.0), (0.05, 30.0), (0.2, 25.0)])]
+    picks = [choose_parent(pool, 2, random.Random(s)).arch for s in range(50)]
+    assert set(picks) == {"a0", "a1"}  # the two survivors (the front); the dominated never breed
+    assert picks == [choose_parent(pool, 2, random.Random(s)).arch for s in range(50)]
+
+
+def test_config_rejects_bad_values(tmp_path) -> None:
+    base = dict(data=tmp_path, table=tmp_path / "t.json", out=tmp_path / "o")
+    for bad, msg in [({"stage": "sideways"}, "valid stages"), ({"trials": 0}, "--trials"),
+                     ({"stage": "both", "trials": 1}, "--trials"), ({"structural_share": 1.0}, "share"),
+                     ({"population": 1}, "--population"), ({"latency_max_ms": -1.0}, "latency"),
+                     ({"study": "a/b"}, "--study")]:
+        with pytest.raises(HwnasError, match=msg):
+            SearchConfig(**base, **bad)
+    assert SearchConfig(**base, trials=10).stage_trials() == {"structural": 5, "modular": 5}
+    assert SearchConfig(**base, trials=2).stage_trials() == {"structural": 1, "modular": 1}
+    with pytest.raises(HwnasError, match="--storage"):
+        storage_url("mongodb://x", tmp_path)
+    assert storage_url("postgresql://u@h:1/d", tmp_path) == "postgresql+psycopg2://u@h:1/d"
+
+
+def test_claims_are_exclusive_and_slots_distinct(tmp_path) -> None:
+    url = storage_url(None, tmp_path)
+    a, b = Coordinator(url, "s"), Coordinator(url, "s")
+    try:
+        assert (a.join(), b.join()) == (0, 1)
+        assert a.claim("i64/x", "s/structural", 0)
+        assert not b.claim("i64/x", "s/modular", 3)  # whichever stage proposes it again
+        assert b.claim("i64/y", "s/modular", 3)
+        assert a.owner("i64/x").slot == 0 and b.owner("i64/y").trial_number == 3
+        assert Coordinator(url, "other").claim("i64/x", "other/structural", 0)  # searches are separate
+        assert a.live_slots() == {0, 1} and not a.dead_slots()
+    finally:
+        a.leave()
+        b.leave()
+    c = Coordinator(url, "s")
+    try:
+        assert c.join() == 0  # freed slots are reused: a restarted single worker keeps its seed
+    finally:
+        c.leave()
+
+
+# ------------------------------------------------------------------------------ real tiny searches
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ort_cpu) -> dict:
+    """Generated shapes at 64 px and a real ort-cpu table of the tiny space for their 3 classes."""
+    from hwnas.data.synth import synth
+    from hwnas.latency import profile
+
+    d = tmp_path_factory.mktemp("search")
+    synth("shapes", 48, 12, RES, 0, d / "data")
+    profile(ort_cpu, d / "table.json", space="tiny", resolutions=(RES,), num_classes=3, timing=FAST)
+    return {"data": d / "data", "table": d / "table.json", "dir": d}
+
+
+def args(setup, out, *extra) -> list[str]:
+    return ["search", "--data", str(setup["data"]), "--table", str(setup["table"]), "--space", "tiny",
+            "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1", *map(str, extra)]
+
+
+def claims(db: Path) -> list[tuple]:
+    with sqlite3.connect(db) as c:
+        return c.execute("select arch, study, trial_number from hwnas_claims").fetchall()
+
+
+@pytest.fixture(scope="module")
+def both_stages(setup) -> dict:
+    out = setup["dir"] / "run"
+    rc = main(args(setup, out, "--trials", 6, "--population", 2,
+                   "--baselines", "i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn"))
+    return {"rc": rc, "out": out}
+
+
+@pytest.mark.slow
+def test_both_stages_end_to_end(both_stages) -> None:
+    assert both_stages["rc"] == 0
+    out = both_stages["out"]
+    s = json.loads((out / "search.json").read_text())
+    trained = [t for t in s["trials"] if t["state"] in ("complete", "fail") and t["stage"] != "baseline"]
+    assert len(trained) == 6 and {t["stage"] for t in trained} == {"structural", "modular"}
+    assert len({t["arch"] for t in trained}) == 6  # deduped
+    # modular children are one SM-NAS move away from a candidate evaluated before them
+    struct = {t["arch"] for t in trained if t["stage"] == "structural"}
+    for t in trained:
+        if t["stage"] == "modular":
+            assert t["parent"] in {x["arch"] for x in trained} and t["generation"] >= 1
+            assert t["parent"] in struct or t["generation"] > 1
+    # pareto.json: the non-dominated completed candidates, re-measured, with the record fields
+    front = json.loads((out / "pareto.json").read_text())
+    done = [(t["map"], t["predicted_latency_ms"]) for t in trained if t["state"] == "complete"]
+    assert front and all(not any(dominates(p, (r["map"], r["predicted_latency_ms"])) for p in done) for r in front)
+    for r in front:
+        assert {"arch", "map", "predicted_latency_ms", "measured_latency_ms", "stage", "generation"} <= set(r)
+        assert r["measured_latency_ms"] > 0 and r["predicted_latency_ms"] > 0
+    assert [f["stage"] for f in s["fronts"]][0] == "structural" and s["fronts"][-1]["stage"] == "modular"
+    assert s["baselines"] and s["baselines"][0]["measured_latency_ms"] > 0
+    assert (out / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    report = (out / "report.md").read_text()
+    assert "Final front" in report and "How the front moved" in report and "Baselines" in report
+    assert s["bookkeeping"]["n"] == 7  # 6 candidates and the baseline
+
+
+@pytest.mark.slow
+def test_rerun_of_a_finished_search_trains_nothing(both_stages, setup, capfd) -> None:
+    out = both_stages["out"]
+    before = json.loads((out / "search.json").read_text())
+    capfd.readouterr()
+    assert main(args(setup, out, "--trials", 6, "--population", 2,
+                     "--baselines", "i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn")) == 0
+    assert "trained 0, failed 0" in capfd.readouterr().out
+    after = json.loads((out / "search.json").read_text())
+    assert [t["map"] for t in after["trials"]] == [t["map"] for t in before["trials"]]
+    # other settings on the same study are refused, not mixed in
+    assert main(args(setup, out, "--trials", 6, "--lr", "0.001")) == 1
+    assert "was started with other settings (lr differ)" in capfd.readouterr().err
+
+
+@pytest.mark.slow
+def test_modular_stage_alone_continues_a_structural_one(setup, capfd) -> None:
+    out = setup["dir"] / "split"
+    assert main(args(setup, out, "--stage", "modular", "--trials", 2, "--no-measure")) == 1
+    assert "run --stage structural first" in capfd.readouterr().err
+    assert main(args(setup, out, "--stage", "structural", "--trials", 3, "--no-measure")) == 0
+    assert main(args(setup, out, "--stage", "modular", "--trials", 2, "--no-measure")) == 0
+    s = json.loads((out / "search.json").read_text())
+    stages = [t["stage"] for t in s["trials"] if t["state"] == "complete"]
+    assert stages.count("structural") == 3 and stages.count("modular") == 2
+
+
+@pytest.mark.slow
+def test_latency_budget_filters_by_prediction(setup) -> None:
+    from hwnas.latency import LatencyTable
+
+    table = LatencyTable.load(setup["table"])
+    lat = sorted(table.predict(TINY.sample(s)).latency_ms for s in range(200))
+    budget = lat[len(lat) // 2]  # about half the space is over it
+    out = setup["dir"] / "budget"
+    assert main(args(setup, out, "--stage", "random", "--trials", 4, "--latency-max-ms", budget, "--no-measure")) == 0
+    s = json.loads((out / "search.json").read_text())
+    done = [t for t in s["trials"] if t["state"] == "complete"]
+    assert len(done) == 4 and all(t["predicted_latency_ms"] <= budget for t in done)
+    over = [t for t in s["trials"] if t["state"] == "pruned"]
+    assert over and all("over the latency budget" in t["reason"] and t["predicted_latency_ms"] > budget for t in over)
+
+
+@pytest.mark.slow
+def test_failed_candidates_are_recorded_and_a_systematic_cause_stops_the_search(setup, tmp_path, capfd) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(setup["data"], data)
+    train = json.loads((data / "train.json").read_text())
+    for im in train["images"][:40]:  # every training batch meets a truncated JPEG
+        p = data / "images" / im["file_name"]
+        p.write_bytes(p.read_bytes()[:100])
+    setup = {**setup, "data": data}
+    out = tmp_path / "run"
+    assert main(args(setup, out, "--stage", "random", "--trials", 6, "--max-failures", 3, "--no-measure")) == 1
+    err = capfd.readouterr().err
+    assert "3 candidates in a row failed" in err and "rerun the same command" in err
+    assert err.strip().splitlines()[-1].startswith("error: ")
+    s = json.loads((out / "search.json").read_text())
+    failed = [t for t in s["trials"] if t["state"] == "fail"]
+    assert len(failed) == 3 and all(t["reason"] for t in failed)
+    assert "Failed candidates" in (out / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_loses_no_trial(setup, tmp_path) -> None:
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "hwnas.cli", *args(setup, out, "--trials", 6, "--population", 2, "--no-measure")]
+    cmd[cmd.index("--epochs-per-trial") + 1] = "2"
+    book = out / "bookkeeping.jsonl"
+
+    def two_done() -> bool:
+        return book.exists() and len(book.read_text().splitlines()) >= 2
+
+    rc = sigkill_when(cmd, tmp_path / "log", two_done, 300, cwd=REPO)
+    assert rc == -signal.SIGKILL
+    with sqlite3.connect(out / "search.db") as c:
+        before = dict(c.execute("select t.number || s.study_name, v.value from trial_values v join trials t "
+                                "using (trial_id) join studies s using (study_id) where v.objective = 0").fetchall())
+    assert len(before) >= 2
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    with sqlite3.connect(out / "search.db") as c:
+        after = dict(c.execute("select t.number || s.study_name, v.value from trial_values v join trials t "
+                               "using (trial_id) join studies s using (study_id) where v.objective = 0").fetchall())
+        states = [s for (s,) in c.execute("select state from trials")]
+    assert {k: after[k] for k in before} == before  # finished trials kept as they were
+    assert len(after) == 6 and "RUNNING" not in states
+    arch = [a for a, _, _ in claims(out / "search.db")]
+    assert len(arch) == len(set(arch)) == 6  # nothing trained twice, nothing lost
+
+
+def test_bad_input_is_one_line(setup, tmp_path, capfd) -> None:
+    from hwnas.latency import LatencyTable
+
+    other = tmp_path / "t80.json"
+    t = LatencyTable.load(setup["table"])
+    t.num_classes = 80
+    t.save(other)
+    part = tmp_path / "part.json"
+    t = LatencyTable.load(setup["table"])
+    t.entries = dict(list(t.entries.items())[:5])
+    t.units = {k: t.units[k] for k in t.entries}
+    t.save(part)
+    cases = [
+        (["--table", str(other)], "profiled for 80 classes"),
+        (["--table", str(part)], "lacks"),
+        (["--stage", "both", "--trials", "1"], "--trials 1"),
+        (["--space", "huge"], "unknown search space"),
+        (["--baselines", "not-a-preset"], "unknown preset"),
+        (["--storage", "mongodb://h/x"], "--storage"),
+        (["--data", str(tmp_path / "nothing")], "nothing"),
+    ]
+    for extra, msg in cases:
+        a = args(setup, tmp_path / "o", "--no-measure")
+        for i in range(0, len(extra), 2):
+            if extra[i] in a:
+                a[a.index(extra[i]) + 1] = extra[i + 1]
+            else:
+                a += extra[i:i + 2]
+        assert main(a) in (1, 2), extra
+        err = capfd.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and msg in err[0], (extra, err)
+        assert not (tmp_path / "o" / "search.db").exists(), extra  # nothing written before the checks
+
+
+# ------------------------------------------------------------------------------ two workers, real PostgreSQL
+@pytest.mark.slow
+def test_two_workers_share_one_postgres_study(setup, postgres_db, tmp_path) -> None:
+    procs = []
+    for w in range(2):
+        cmd = [sys.executable, "-m", "hwnas.cli",
+               *args(setup, tmp_path / f"w{w}", "--trials", 6, "--population", 2, "--storage", postgres_db,
+                     "--study", "shared", "--no-measure")]
+        procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        time.sleep(0.5)
+    outs = [p.communicate(timeout=600) for p in procs]
+    for p, (o, e) in zip(procs, outs):
+        assert p.returncode == 0, e
+    trained = [int(o.split("trained ")[1].split(",")[0]) for o, _ in outs]
+    assert sum(trained) == 6 and min(trained) >= 1  # both worked, neither trained anything twice
+    import sqlalchemy as sa
+
+    eng = sa.create_engine(postgres_db)
+    with eng.connect() as c:
+        rows = c.execute(sa.text("select arch, slot from hwnas_claims where search = 'shared'")).fetchall()
+        complete = c.execute(sa.text("select count(*) from trials where state = 'COMPLETE'")).scalar()
+    eng.dispose()
+    assert len(rows) == len({r.arch for r in rows}) == 6 and {r.slot for r in rows} == {0, 1}
+    assert complete == 6
