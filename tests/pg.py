@@ -10,6 +10,7 @@ tests that use them are skipped, unless HWNAS_REQUIRE_POSTGRES=1 (CI) makes that
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -20,6 +21,7 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlsplit
 
 import pytest
@@ -86,15 +88,23 @@ def drop_database(url: str) -> None:
         conn.close()
 
 
-@pytest.fixture(scope="session")
-def postgres_url():
+class PostgresUnavailable(RuntimeError):
+    """The binaries, psycopg2 or (as root) the postgres user are missing."""
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Start a private server on a free loopback port, yield its URL, always stop it.
+
+    Also used by benchmarks/search_workers.py, outside pytest.
+    """
     bindir = _find_bindir()
     if bindir is None:
-        _unavailable("PostgreSQL server binaries (initdb, pg_ctl) not found")
+        raise PostgresUnavailable("PostgreSQL server binaries (initdb, pg_ctl) not found")
     try:
         import psycopg2
     except ImportError:
-        _unavailable("psycopg2 is not installed (pip install psycopg2-binary)")
+        raise PostgresUnavailable("psycopg2 is not installed (pip install psycopg2-binary)") from None
 
     # PostgreSQL refuses to run as root: then run every server command as the postgres user.
     as_user: list[str] = []
@@ -102,7 +112,7 @@ def postgres_url():
         try:
             pg_user = pwd.getpwnam("postgres")
         except KeyError:
-            _unavailable("running as root but there is no 'postgres' user to run the server as")
+            raise PostgresUnavailable("running as root but there is no 'postgres' user to run the server as") from None
         as_user = ["runuser", "-u", "postgres", "--"]
 
     # Not tmp_path_factory: its folders are mode 700 and root's, so the postgres user could not
@@ -113,17 +123,15 @@ def postgres_url():
         os.chown(root, pg_user.pw_uid, pg_user.pw_gid)
 
     def run(*cmd: str) -> subprocess.CompletedProcess:
-        return subprocess.run([*as_user, str(bindir / cmd[0]), *cmd[1:]],
-                              capture_output=True, text=True)
+        return subprocess.run([*as_user, str(bindir / cmd[0]), *cmd[1:]], capture_output=True, text=True)
 
     started = False
     try:
         # --no-sync and the fsync/full_page_writes settings below: the data is thrown away, so
         # durability only costs time. -E/--locale: don't depend on the machine's locales.
-        r = run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres",
-                "-E", "UTF8", "--locale=C", "--no-sync")
+        r = run("initdb", "-D", str(data), "-A", "trust", "-U", "postgres", "-E", "UTF8", "--locale=C", "--no-sync")
         if r.returncode:
-            pytest.fail(f"initdb failed:\n{r.stdout}{r.stderr}", pytrace=False)
+            raise RuntimeError(f"initdb failed:\n{r.stdout}{r.stderr}")
         opts = (f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c max_connections=100"
                 " -c fsync=off -c synchronous_commit=off -c full_page_writes=off")
         started = True  # from here on, always try to stop it
@@ -137,8 +145,8 @@ def postgres_url():
             except psycopg2.OperationalError as e:
                 if time.monotonic() > deadline:
                     server_log = log.read_text() if log.exists() else "(no log)"
-                    pytest.fail(f"PostgreSQL did not accept connections on port {port}: {e}\n"
-                                f"pg_ctl: {r.stdout}{r.stderr}\nlog:\n{server_log}", pytrace=False)
+                    raise RuntimeError(f"PostgreSQL did not accept connections on port {port}: {e}\n"
+                                       f"pg_ctl: {r.stdout}{r.stderr}\nlog:\n{server_log}") from None
                 time.sleep(0.1)
         yield url
     finally:
@@ -147,6 +155,21 @@ def postgres_url():
             if r.returncode and "Is server running?" not in r.stderr:
                 print(f"pg_ctl stop failed ({r.returncode}): {r.stdout}{r.stderr}")
         shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except PostgresUnavailable as e:
+        _unavailable(str(e))
+    except RuntimeError as e:
+        pytest.fail(str(e), pytrace=False)
+    try:
+        yield url
+    finally:
+        server.__exit__(None, None, None)
 
 
 @pytest.fixture

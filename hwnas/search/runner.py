@@ -231,21 +231,18 @@ class Search:
         study = self._study(stage, n)
         propose = {"structural": self._propose_structural, "modular": self._propose_modular,
                    "random": self._propose_random}[stage]
-        draws = 0
         while True:
             self._resume_stale(stage, study)
             if len(self.coord.claimed(study.study_name)) >= n or self._failures_in_a_row >= self.cfg.max_failures:
                 break
-            if self._one(stage, study, n, propose, draws):
-                draws = 0
-            else:
+            if not self._one(stage, study, n, propose):
                 self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or over "
                                           f"the latency budget; the stage ended with "
                                           f"{len(self.coord.claimed(study.study_name))} of {n} trials")
                 break
         self._wait_for_others(stage, study)
 
-    def _one(self, stage: str, study, n: int, propose, draws: int) -> bool:
+    def _one(self, stage: str, study, n: int, propose) -> bool:
         """Propose until one candidate is trainable, then train and tell it. False: nothing trainable."""
         import optuna
 
@@ -328,7 +325,10 @@ class Search:
         return out
 
     def _structural_records_or_fail(self) -> None:
-        if not any(True for _ in self._parents()):
+        import optuna
+
+        exists = f"{self.cfg.study}/structural" in optuna.study.get_all_study_names(self.storage)
+        if not exists or not self._parents():
             raise HwnasError(f"--stage modular needs a finished structural stage in study {self.cfg.study!r} of "
                              f"{self.url}; run --stage structural first (same --out/--storage/--study)")
 
@@ -497,9 +497,9 @@ class Search:
         store = self._measure_store()
         measured = dict(store.user_attrs.get("measured_ms", {}))
         todo = [a for a in dict.fromkeys(archs) if a not in measured]
-        for i, a in enumerate(todo):
-            if self.progress:
-                self.progress(i, len(todo), f"re-measuring {a}")
+        if todo:
+            self.say(f"re-measuring {len(todo)} detector(s) end to end on {self.table.target.backend}")
+        for a in todo:
             m1, m2 = measure_detector(self.backend, Arch.parse(a), self.table.num_classes, self.table.timing,
                                       self.table.target.batch)
             measured[a] = (m1 + m2) / 2
