@@ -12,7 +12,6 @@ missing and rewrites the figures.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import subprocess
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common import HWNAS, run
+from common import HWNAS, run, search_args
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,14 +45,7 @@ def front(run_dir: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="runs/bench/shapes128")
-    ap.add_argument("--table", default="latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json")
-    ap.add_argument("--space", default="small")
-    ap.add_argument("--resolutions", default="128")
-    ap.add_argument("--trials", type=int, default=12)
-    ap.add_argument("--population", type=int, default=3)
-    ap.add_argument("--epochs", type=int, default=3)
+    ap = search_args(__doc__.splitlines()[0], trials=12, population=3, epochs=3)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--baselines", default="i128/basic_c32_11-21-21-21/fpn_p3-5_c64/retina_d2_c64/bn,"
                                            "i128/basic_c32_11-21-21-21/fpn_p3-5_c64/fcos_d2_c64/bn,"

@@ -6,7 +6,6 @@ the two cores that one leaves half idle), and checks the claims: every candidate
 """
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import subprocess
@@ -17,7 +16,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
-from common import HWNAS  # noqa: E402
+from common import HWNAS, search_args  # noqa: E402
 from pg import drop_database, fresh_database, postgres_server  # noqa: E402
 
 
@@ -52,14 +51,7 @@ def claims(url: str) -> list[tuple[str, int]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="runs/bench/shapes128")
-    ap.add_argument("--table", default="latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json")
-    ap.add_argument("--space", default="small")
-    ap.add_argument("--resolutions", default="128")
-    ap.add_argument("--trials", type=int, default=8)
-    ap.add_argument("--population", type=int, default=2)
-    ap.add_argument("--epochs", type=int, default=1)
+    ap = search_args(__doc__.splitlines()[0], trials=8, population=2, epochs=1)
     ap.add_argument("--runs", default="runs/bench/workers")
     ap.add_argument("--out", default="benchmarks/results/search_workers.json")
     a = ap.parse_args()
