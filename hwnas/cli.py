@@ -255,40 +255,51 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    weights: Path = typer.Option(..., help="checkpoint (RUN/last.pt)"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt)"),
+    model: Optional[Path] = typer.Option(None, help="instead of --weights: a deployable ONNX (.onnx) or engine (.engine)"),
     data: Path = typer.Option(..., help="dataset folder"),
     split: str = typer.Option("val", help="val or train"),
     out: Path = typer.Option(Path("metrics.json"), help="metrics json"),
     detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)"),
     device: str = typer.Option("cpu"),
+    threads: int = typer.Option(1, help="onnxruntime threads (--model .onnx)"),
     batch_size: int = typer.Option(8, "--batch-size"),
     on_error: str = typer.Option("raise", "--on-error", help="broken dataset entries: raise, or skip and count"),
 ) -> None:
-    """Score a checkpoint with pycocotools (map, map50, map_small/medium/large, images/s)."""
+    """Score a checkpoint, ONNX or engine with pycocotools (map, map50, map_small/medium/large, images/s)."""
     from hwnas.data.coco import CocoDetection
     from hwnas.data.transforms import EvalTransform
-    from hwnas.evaluate import evaluate, summarize
+    from hwnas.evaluate import coco_score, detect_dataset, summarize
+    from hwnas.export.pipeline import open_model
     from hwnas.fileio import check_writable, write_json
-    from hwnas.train import load_model, resolve_device
+    from hwnas.train import resolve_device
 
+    if (weights is None) == (model is None):
+        raise HwnasError("give exactly one of --weights (a checkpoint) or --model (ONNX or engine)")
     resolve_device(device)
     detections = detections or out.with_name(out.stem + ".detections.json")
     if detections.resolve() == out.resolve():
         raise HwnasError(f"--detections and --out are both {out}; give two files")
-    model, a, names = load_model(weights)
-    ds = CocoDetection.from_dir(data, split, EvalTransform(a.input_hw), on_error)
+    m = open_model(weights or model, threads=threads, device=device, kind="checkpoint" if weights else None)
+    ds = CocoDetection.from_dir(data, split, EvalTransform(m.arch.input_hw), on_error)
     if ds.num_skipped():
         _say(f"skipped {ds.num_skipped()} broken entries of {ds.json_path}: "
              + ", ".join(f"{k} {v}" for k, v in ds.skipped.items() if v))
-    if ds.class_names != names:
-        raise HwnasError(f"{weights} was trained on classes {names}, the data has {ds.class_names}")
+    if len(m.class_names) != len(ds.class_names) or (m.kind != "onnx" and m.class_names != ds.class_names):
+        raise HwnasError(f"{weights or model} was trained on classes {m.class_names}, the data has {ds.class_names}")
+    if len(ds) == 0:
+        raise HwnasError(f"no images to evaluate in {ds.json_path}")
     check_writable(out, "metrics file")
     check_writable(detections, "detections file")
     with _progress("eval") as update:
-        m = evaluate(model, a, ds, detections=detections, device=device, batch_size=batch_size, progress=update)
-    m.update({"arch": str(a), "weights": str(weights), "data": str(data), "split": split, "detections": str(detections)})
-    write_json(out, m)
-    typer.echo(summarize(m))
+        results, ips = detect_dataset(m.detect, ds, batch_size=batch_size, progress=update)
+    write_json(detections, results)
+    metrics = coco_score(ds.json_path, results, image_ids=ds.image_ids)
+    metrics.update({"images_per_s": ips, "n_images": len(ds), "n_detections": len(results), "arch": str(m.arch),
+                    "model": str(weights or model), "kind": m.kind, "data": str(data), "split": split,
+                    "detections": str(detections)})
+    write_json(out, metrics)
+    typer.echo(summarize(metrics))
     typer.echo(f"wrote {out} and {detections}")
 
 
@@ -341,6 +352,128 @@ def search(
         meas = "-" if r["measured_latency_ms"] is None else f"{r['measured_latency_ms']:.2f}"
         typer.echo(f"  mAP {r['map']:.4f}  predicted {r['predicted_latency_ms']:7.2f} ms  measured {meas:>7} ms  {r['arch']}")
     typer.echo(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {o.report}")
+
+
+# ----------------------------------------------------------------------------- export / bench / infer
+def _batch_triple(text: Optional[str]) -> Optional[tuple[int, int, int]]:
+    if text is None:
+        return None
+    try:
+        lo, opt, hi = (int(v) for v in text.split(":"))
+    except ValueError:
+        raise HwnasError(f"--dynamic-batch {text!r}: give MIN:OPT:MAX, e.g. 1:4:8") from None
+    if not 1 <= lo <= opt <= hi:
+        raise HwnasError(f"--dynamic-batch {text!r}: need 1 <= MIN <= OPT <= MAX")
+    return lo, opt, hi
+
+
+@app.command()
+def export(
+    weights: Path = typer.Option(..., help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)"),
+    out: Path = typer.Option(..., help="engines/NAME: writes NAME.onnx, NAME.json and (engine) NAME.engine"),
+    format: str = typer.Option("onnx", "--format", help="onnx | engine"),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (explicit Q/DQ, calibrated with --calib-data)"),
+    nms: str = typer.Option("auto", help="auto | onnx (NonMaxSuppression op) | ops (plain operators, for TensorRT-RTX) | efficient (TensorRT plugin) | host (decode only)"),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="dataset whose training images calibrate int8"),
+    calib_images: int = typer.Option(64, "--calib-images", help="how many images calibrate int8"),
+    int8_target: Optional[str] = typer.Option(None, "--int8-target", help="cpu (uint8 activations, fastest in onnxruntime) | tensorrt (symmetric int8); default: tensorrt for engines, cpu for ONNX"),
+    backend: str = typer.Option("tensorrt-rtx", help="engine builder: tensorrt | tensorrt-rtx"),
+    sm: Optional[str] = typer.Option(None, help="compute capability to build for ahead of time (tensorrt-rtx): 75, 80, 86, 89, 120"),
+    batch: int = typer.Option(1, help="static batch size"),
+    dynamic_batch: Optional[str] = typer.Option(None, "--dynamic-batch", help="MIN:OPT:MAX batch profile instead of --batch"),
+    workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="builder workspace limit (MiB)"),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="builder optimisation level 0..5"),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (loaded if present, saved after the build)"),
+    version_compatible: bool = typer.Option(False, "--version-compatible", help="full TensorRT: engine runs on later versions"),
+    hardware_compatible: bool = typer.Option(False, "--hardware-compatible", help="full TensorRT: engine runs on Ampere and newer"),
+    check: Optional[Path] = typer.Option(None, help="dataset: score the export against the checkpoint on its val images"),
+    threads: int = typer.Option(1, help="onnxruntime threads for --check"),
+) -> None:
+    """Compile a trained detector into a deployable ONNX (decode + NMS inside) and optionally an engine."""
+    from hwnas.export.pipeline import ExportConfig
+    from hwnas.export.pipeline import export as run_export
+
+    cfg = ExportConfig(weights=weights, out=out, format=format, precision=precision, nms=nms, backend=backend, sm=sm,
+                       batch=batch, dynamic_batch=_batch_triple(dynamic_batch), calib_data=calib_data,
+                       calib_images=calib_images, int8_target=int8_target, workspace_mb=workspace_mb,
+                       opt_level=opt_level, timing_cache=timing_cache, version_compatible=version_compatible,
+                       hardware_compatible=hardware_compatible, check=check, threads=threads)
+    res = run_export(cfg, progress=_say)
+    m = res.manifest
+    typer.echo(f"{m.arch}: {m.precision} {m.form}-NMS form, {m.flavour} {m.library_version}"
+               + (f" sm_{m.sm}" if m.sm else "") + (f", built in {m.build_s:.1f} s" if m.flavour != "onnx" else ""))
+    if res.parity:
+        p = res.parity
+        agree = "-" if p["agreement"] is None else f"{100 * p['agreement']:.1f}%"
+        typer.echo(f"parity on {p['n_images']} images of {check}: mAP {p['map']:.4f} vs checkpoint {p['map_ref']:.4f} "
+                   f"(delta {p['delta_map_points']:+.2f} points), box agreement {agree} "
+                   f"({p['n_matched']}/{p['n_ref_boxes']} boxes at IoU >= {p['agree_iou']})")
+    for note in res.notes:
+        _say(f"note: {note}")
+    if res.int8_flag:
+        _say(f"WARNING: {res.int8_flag}")
+        for s in res.sensitivity or []:
+            _say(f"  precision lost at {s['name']}: SQNR {s['sqnr_db']:.1f} dB")
+    typer.echo("wrote " + ", ".join(map(str, res.files)))
+
+
+@app.command()
+def bench(
+    model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)"),
+    images: list[Path] = typer.Argument(None, help="image files to run on (default: random pixels)"),
+    batch: int = typer.Option(1, help="images per run"),
+    threads: int = typer.Option(1, help="CPU threads (torch and onnxruntime alike)"),
+    device: str = typer.Option("cpu", help="cpu, or cuda for checkpoints and engines"),
+    min_time: float = typer.Option(2.0, "--min-time", help="seconds of timing per figure"),
+    repeats: int = typer.Option(20, help="minimum timed runs"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON"),
+) -> None:
+    """Latency (median, p90, p99) and throughput of a model: network only and end to end."""
+    import torch
+
+    from hwnas.export.pipeline import bench as run_bench
+    from hwnas.export.pipeline import load_images, open_model
+
+    if batch < 1:
+        raise HwnasError(f"--batch must be >= 1, got {batch}")
+    m = open_model(model, threads=threads, device=device)
+    if images:
+        x, _ = load_images([images[i % len(images)] for i in range(batch)], m.arch.input_hw)
+    else:
+        x = torch.rand(batch, 3, *m.arch.input_hw, generator=torch.Generator().manual_seed(0))
+    res = run_bench(m, x, _timing(min_time, repeats))
+    res.update({"model": str(model), "kind": m.kind, "arch": str(m.arch), "batch": batch, "threads": threads,
+                "device": device})
+    if as_json:
+        typer.echo(json.dumps(res, indent=1))
+        return
+    typer.echo(f"{model} ({m.kind}, {m.arch}), batch {batch}, {threads} thread(s), {device}")
+    for k in ("network", "end_to_end"):
+        if k in res:
+            r = res[k]
+            typer.echo(f"  {k:<11} median {r['median_ms']:8.2f} ms  p90 {r['p90_ms']:8.2f}  p99 {r['p99_ms']:8.2f}  "
+                       f"{r['images_per_s']:8.1f} img/s  (n={r['n']})")
+
+
+@app.command()
+def infer(
+    model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)"),
+    images: list[Path] = typer.Argument(..., help="image files"),
+    out: Path = typer.Option(..., help="folder: detections.json and the images with boxes drawn"),
+    threads: int = typer.Option(1),
+    device: str = typer.Option("cpu"),
+    score_thresh: float = typer.Option(0.3, "--score-thresh", help="boxes drawn from this score"),
+) -> None:
+    """Detect objects in image files; write detections.json and the images with boxes drawn."""
+    from hwnas.export.pipeline import infer as run_infer
+    from hwnas.export.pipeline import open_model
+
+    m = open_model(model, threads=threads, device=device)
+    recs = run_infer(m, list(images), out, score_thresh=score_thresh)
+    for r in recs:
+        n = sum(d["score"] >= score_thresh for d in r["detections"])
+        typer.echo(f"{r['image']}: {n} detection(s) >= {score_thresh}")
+    typer.echo(f"wrote {out / 'detections.json'} and {len(recs)} image(s) in {out}")
 
 
 # ----------------------------------------------------------------------------- small helpers

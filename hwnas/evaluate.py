@@ -6,6 +6,7 @@ import copy
 import io
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -17,36 +18,60 @@ from hwnas.fileio import write_json
 _STATS = ("map", "map50", "map75", "map_small", "map_medium", "map_large")
 
 
+# A runner's detect(): images [B, 3, H, W] in [0, 1] at the arch's input size -> per image
+# dict(boxes [M, 4] x1y1x2y2 input pixels, scores [M], labels [M] in 0..K-1).
+Detect = Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]
+
+
+def to_coco_results(det: dict[str, torch.Tensor], target: dict, cat_ids: list[int]) -> list[dict]:
+    """One image's detections in COCO results format, mapped back to the original image's pixels
+    (the eval letterbox only scales and pads bottom/right: original = returned / scale)."""
+    boxes = det["boxes"].detach().cpu().float() / target["scale"]
+    h, w = target["orig_hw"]
+    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
+    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+    out = []
+    for b, s, lab in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
+        out.append({"image_id": int(target["image_id"]), "category_id": int(cat_ids[int(lab)]),
+                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+                    "score": round(float(s), 5)})
+    return out
+
+
 @torch.no_grad()
-def predict_dataset(model: torch.nn.Module, arch: Arch, dataset, *, batch_size: int = 8, device: str = "cpu",
-                    score_thresh: float = 0.05, max_dets: int = 100, progress=None) -> tuple[list[dict], float]:
-    """Run the model over ``dataset``; detections in COCO results format (original-image pixels)
-    and images per second of the whole loop (pre-processing, network and post-processing)."""
-    from hwnas.data.transforms import collate, normalize
-    from hwnas.heads import postprocess
+def detect_dataset(detect: Detect, dataset, *, batch_size: int = 8, progress=None) -> tuple[list[dict], float]:
+    """Run any ``detect`` (a PyTorch model, an ONNX graph, an engine: see :data:`Detect`) over
+    ``dataset``; detections in COCO results format (original-image pixels) and images per second
+    of the whole loop (pre-processing, inference and post-processing)."""
+    from hwnas.data.transforms import collate
 
     if batch_size < 1:
         raise HwnasError(f"--batch-size must be >= 1, got {batch_size}")
-    model.eval().to(device)
     results: list[dict] = []
     t0 = time.perf_counter()
     n = len(dataset)
     for start in range(0, n, batch_size):
         images, targets = collate([dataset[i] for i in range(start, min(n, start + batch_size))])
-        outputs = model(normalize(images.to(device)))
-        dets = postprocess(outputs, arch, len(dataset.class_names), score_thresh=score_thresh, max_dets=max_dets)
-        for det, tgt in zip(dets, targets):
-            boxes = det["boxes"].cpu() / tgt["scale"]  # back to the original image
-            h, w = tgt["orig_hw"]
-            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-            for b, s, lab in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                results.append({"image_id": int(tgt["image_id"]), "category_id": int(dataset.cat_ids[lab]),
-                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                                "score": round(float(s), 5)})
+        for det, tgt in zip(detect(images), targets):
+            results += to_coco_results(det, tgt, dataset.cat_ids)
         if progress:
             progress(min(n, start + batch_size), n, "")
     return results, n / max(time.perf_counter() - t0, 1e-9)
+
+
+def predict_dataset(model: torch.nn.Module, arch: Arch, dataset, *, batch_size: int = 8, device: str = "cpu",
+                    score_thresh: float = 0.05, max_dets: int = 100, progress=None) -> tuple[list[dict], float]:
+    """:func:`detect_dataset` with ``model`` in eager PyTorch and :func:`hwnas.heads.postprocess`."""
+    from hwnas.data.transforms import normalize
+    from hwnas.heads import postprocess
+
+    model.eval().to(device)
+
+    def detect(images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
+        outputs = model(normalize(images.to(device)))
+        return postprocess(outputs, arch, len(dataset.class_names), score_thresh=score_thresh, max_dets=max_dets)
+
+    return detect_dataset(detect, dataset, batch_size=batch_size, progress=progress)
 
 
 def coco_score(gt_json: Path, results: list[dict], image_ids: list[int] | None = None) -> dict:

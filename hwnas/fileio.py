@@ -33,6 +33,17 @@ def check_writable(path: Path, what: str = "output") -> Path:
     return path
 
 
+def _file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: mkstemp's 0600 would hide tables, engines
+    and reports from the other users of a shared folder or volume."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+FILE_MODE = _file_mode()
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
     """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
     path = Path(path)
@@ -42,6 +53,7 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     except OSError as e:
         raise HwnasError(f"cannot write {path}: {e.strerror}; check the folder exists and is writable") from None
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
             f.write(raw)
             f.flush()

@@ -27,8 +27,10 @@ def to_onnx(
     opset: int = 17,
     input_names: Sequence[str] | None = None,
     output_names: Sequence[str] | None = None,
+    dynamic_axes: dict[str, dict[int, str]] | None = None,
 ) -> bytes:
-    """Serialized, checked ONNX model of ``module(*inputs)`` with static shapes.
+    """Serialized, checked ONNX model of ``module(*inputs)`` with static shapes (but ``dynamic_axes``,
+    torch.onnx's ``{name: {axis: symbol}}``).
 
     Inputs are named ``input0..`` and outputs ``output0..`` (nested outputs flattened in order)
     unless names are given. The module is put in eval mode (its training flag is restored).
@@ -60,6 +62,7 @@ def to_onnx(
                     input_names=list(input_names),
                     output_names=list(output_names),
                     do_constant_folding=True,
+                    dynamic_axes=dynamic_axes,
                 )
     finally:
         module.train(was_training)

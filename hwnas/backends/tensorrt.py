@@ -35,7 +35,9 @@ __all__ = [
     "TensorRTBackend",
     "TensorRTRunner",
     "build_engine",
+    "check_batch_profile",
     "export_for_precision",
+    "normalize_sm",
     "offered_sms",
     "trt_module",
 ]
@@ -68,6 +70,11 @@ def offered_sms(trt: Any) -> tuple[str, ...]:
     if cc is None:
         return ()
     return tuple(n[2:] for n in cc.__members__ if n.startswith("SM"))
+
+
+def normalize_sm(sm: str | int) -> str:
+    """"sm_89", "SM89", 89 -> "89": the one spelling of a compute capability in hwnas."""
+    return str(sm).strip().lower().removeprefix("sm_").removeprefix("sm")
 
 
 def _make_logger(trt: Any) -> Any:
@@ -117,6 +124,7 @@ def build_engine(
     timing_cache: Path | None = None,
     version_compatible: bool = False,
     hardware_compatible: bool = False,
+    batch_profile: tuple[int, int, int] | None = None,
 ) -> bytes:
     """Serialized engine for an ONNX model (strongly typed: precision comes from the graph).
 
@@ -128,6 +136,9 @@ def build_engine(
     timing_cache: loaded if it exists, saved (atomically) after the build. On TensorRT-RTX the
         timing-cache calls are deprecated no-ops (it autotunes at JIT time on the GPU and has a
         runtime cache instead); the file is still written so one command line serves both flavours.
+    batch_profile: (min, opt, max) batch of an ONNX exported with a dynamic first axis (-1,
+        e.g. named "batch"): one optimisation profile sets those shapes on every dynamic input.
+        Required for such a model, refused for a static one.
     """
     trt = trt_module(flavour)
 
@@ -140,7 +151,7 @@ def build_engine(
                 f"sm={sm!r}: ahead-of-time builds for a chosen compute capability need tensorrt-rtx; "
                 f"{flavour} builds for the GPU it runs on (drop --sm)"
             )
-        sm = str(sm).lower().removeprefix("sm_").removeprefix("sm")
+        sm = normalize_sm(sm)
         if sm not in sms:
             raise HwnasError(f"sm {sm!r} is not offered by {flavour} {trt.__version__}; choose one of: {', '.join(sms)}")
         cc = getattr(trt.ComputeCapability, f"SM{sm}")
@@ -157,6 +168,8 @@ def build_engine(
         )
     if not isinstance(onnx_bytes, (bytes, bytearray)) or not onnx_bytes:
         raise HwnasError("build_engine needs serialized ONNX bytes (hwnas.onnx_export.to_onnx)")
+    if batch_profile is not None:
+        batch_profile = check_batch_profile(batch_profile)
 
     logger = _make_logger(trt)
     builder = trt.Builder(logger)
@@ -191,6 +204,7 @@ def build_engine(
         config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if hardware_compatible:
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+    _add_batch_profile(builder, network, config, batch_profile, flavour)
 
     cache_path = Path(timing_cache) if timing_cache is not None else None
     if cache_path is not None:
@@ -212,6 +226,47 @@ def build_engine(
             if tc is not None:
                 _atomic_write(cache_path, bytes(tc.serialize()))
     return bytes(engine)
+
+
+def check_batch_profile(batch_profile: Any) -> tuple[int, int, int]:
+    """(min, opt, max) batch sizes, positive integers with min <= opt <= max."""
+    ok = (isinstance(batch_profile, (tuple, list)) and len(batch_profile) == 3
+          and all(isinstance(b, int) and not isinstance(b, bool) and b > 0 for b in batch_profile))
+    if not ok or not batch_profile[0] <= batch_profile[1] <= batch_profile[2]:
+        raise HwnasError(f"batch_profile must be (min, opt, max) positive integers with min <= opt <= max, "
+                         f"got {batch_profile!r}")
+    return tuple(batch_profile)
+
+
+def _add_batch_profile(builder: Any, network: Any, config: Any, batch_profile: tuple[int, int, int] | None,
+                       flavour: str) -> None:
+    """One optimisation profile over the batch axis of every dynamic input.
+
+    Only the batch (first) axis may be dynamic: the latency tables and the input convention are
+    per resolution, so a dynamic height/width would be an export mistake, said here rather than by
+    the builder's "no optimization profile" error.
+    """
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    dynamic = [t for t in inputs if any(d < 0 for d in t.shape)]
+    if batch_profile is None:
+        if dynamic:
+            raise HwnasError(f"input {dynamic[0].name} has a dynamic shape {tuple(dynamic[0].shape)}; "
+                             "pass batch_profile=(min, opt, max) to build it for a range of batch sizes")
+        return
+    if not dynamic:
+        raise HwnasError(f"batch_profile={batch_profile} given but every input has a fixed shape "
+                         f"({', '.join(f'{t.name} {tuple(t.shape)}' for t in inputs)}); export with a "
+                         "dynamic batch axis, or drop batch_profile")
+    profile = builder.create_optimization_profile()
+    for t in dynamic:
+        shape = tuple(t.shape)
+        if any(d < 0 for d in shape[1:]):
+            raise HwnasError(f"input {t.name} {shape}: only the batch (first) axis may be dynamic; "
+                             "export with a fixed input size")
+        lo, opt, hi = ((b, *shape[1:]) for b in batch_profile)
+        profile.set_shape(t.name, lo, opt, hi)
+    if config.add_optimization_profile(profile) < 0:
+        raise HwnasError(f"{flavour} refused the batch profile {batch_profile}")
 
 
 def export_for_precision(
@@ -288,6 +343,7 @@ class TensorRTRunner:
             raise HwnasError(f"engine has {len(in_names)} inputs {in_names} but {len(inputs)} tensors were given")
         # to_onnx names inputs input0..; match by that index when present, else by engine order.
         by_index = {f"input{i}": t for i, t in enumerate(inputs)}
+        self.input_names = list(in_names)  # engine order, the order of self._inputs
         self._inputs: list[torch.Tensor] = []
         for pos, name in enumerate(in_names):
             t = by_index.get(name, inputs[pos])
@@ -295,13 +351,25 @@ class TensorRTRunner:
             self.context.set_input_shape(name, tuple(buf.shape))
             self.context.set_tensor_address(name, buf.data_ptr())
             self._inputs.append(buf)
+        # output0, output1, ..., output10; output_names lists them in the order of outputs()
+        self.output_names = sorted(out_names, key=lambda n: (len(n), n))
         self._outputs: list[torch.Tensor] = []
-        for name in sorted(out_names, key=lambda n: (len(n), n)):  # output0, output1, ..., output10
+        for name in self.output_names:
             shape = tuple(self.context.get_tensor_shape(name))
             buf = torch.empty(shape, dtype=_torch_dtype(trt, self.engine.get_tensor_dtype(name)), device=device)
             self.context.set_tensor_address(name, buf.data_ptr())
             self._outputs.append(buf)
         self.timer = CudaTimer()
+
+    def set_inputs(self, *tensors: torch.Tensor) -> None:
+        """Copy new values into the bound input buffers (same shapes; the engine keeps the addresses)."""
+        if len(tensors) != len(self._inputs):
+            raise HwnasError(f"engine has {len(self._inputs)} inputs {self.input_names} "
+                             f"but {len(tensors)} tensors were given")
+        for name, buf, t in zip(self.input_names, self._inputs, tensors):
+            if tuple(t.shape) != tuple(buf.shape):
+                raise HwnasError(f"input {name} was bound with shape {tuple(buf.shape)}, got {tuple(t.shape)}")
+            buf.copy_(t)
 
     def run(self) -> None:
         # Enqueue on the current stream; CudaTimer / outputs() synchronize.
@@ -312,6 +380,12 @@ class TensorRTRunner:
         self.run()
         torch.cuda.current_stream().synchronize()
         return [o.to(torch.float32).cpu().numpy() for o in self._outputs]
+
+    def named_outputs(self) -> dict[str, np.ndarray]:
+        """Run once; outputs by name in their engine dtypes (a deploy engine's int32 counts and classes)."""
+        self.run()
+        torch.cuda.current_stream().synchronize()
+        return {n: o.cpu().numpy() for n, o in zip(self.output_names, self._outputs)}
 
 
 class TensorRTBackend:

@@ -1,7 +1,9 @@
 """From raw detector outputs to detections: decode, score threshold, per-class NMS, top-k.
 
 :func:`decode_outputs` is plain tensor arithmetic on the whole batch (no data-dependent shapes),
-so an export can put it in the graph; :func:`postprocess` adds the per-image filtering.
+so an export can put it in the graph; :func:`select_detections` is the per-image filtering and
+NMS on decoded boxes (what a deployed graph without NMS leaves to the host); :func:`postprocess`
+is the two in a row.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from hwnas.errors import HwnasError
 from hwnas.heads.anchors import fcos_points, flatten_levels, retina_anchors
 from hwnas.heads.boxes import ROI_BOX_WEIGHTS, decode_deltas, decode_fcos
 
-__all__ = ["clip_boxes", "decode_outputs", "postprocess"]
+__all__ = ["clip_boxes", "decode_outputs", "postprocess", "select_detections"]
 
 
 def clip_boxes(boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
@@ -62,22 +64,30 @@ def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: Arch | str,
     return clip_boxes(boxes, arch.input_hw), scores
 
 
-def postprocess(outputs: tuple[torch.Tensor, ...], arch: Arch | str, num_classes: int, *,
-                score_thresh: float = 0.05, nms_thresh: float = 0.5, max_dets: int = 100,
-                pre_nms_topk: int = 1000) -> list[dict[str, torch.Tensor]]:
-    """Detections per image: ``dict(boxes [M, 4] x1y1x2y2 input pixels, scores [M] descending,
-    labels [M] int64 in 0..K-1)`` with M <= ``max_dets``.
+def _check_select_args(score_thresh: float, nms_thresh: float, max_dets: int, pre_nms_topk: int) -> None:
+    if not 0 <= score_thresh < 1 or not 0 < nms_thresh <= 1 or max_dets < 1 or pre_nms_topk < 1:
+        raise HwnasError(f"postprocess: need 0 <= score_thresh < 1, 0 < nms_thresh <= 1, max_dets >= 1, "
+                         f"pre_nms_topk >= 1; got {score_thresh}, {nms_thresh}, {max_dets}, {pre_nms_topk}")
+
+
+def select_detections(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, *,
+                      score_thresh: float = 0.05, nms_thresh: float = 0.5, max_dets: int = 100,
+                      pre_nms_topk: int = 1000) -> list[dict[str, torch.Tensor]]:
+    """Detections per image from *decoded* outputs (:func:`decode_outputs`, or an exported graph's
+    decoded ``boxes``/``scores``): boxes [B, P, 4] shared by every class, or class-specific
+    [B, N, K, 4]; scores [B, P, K]. Returns ``dict(boxes [M, 4], scores [M] descending,
+    labels [M] int64 in 0..K-1)`` per image with M <= ``max_dets``.
 
     Keeps (position, class) pairs scoring above ``score_thresh``, the best ``pre_nms_topk`` of
     them, drops empty boxes, then per-class NMS at IoU ``nms_thresh`` and the top ``max_dets``.
     """
-    if not 0 <= score_thresh < 1 or not 0 < nms_thresh <= 1 or max_dets < 1 or pre_nms_topk < 1:
-        raise HwnasError(f"postprocess: need 0 <= score_thresh < 1, 0 < nms_thresh <= 1, max_dets >= 1, "
-                         f"pre_nms_topk >= 1; got {score_thresh}, {nms_thresh}, {max_dets}, {pre_nms_topk}")
-    arch = _arch(arch)
-    with torch.no_grad():
-        # fp32 decode: half-precision pixel coordinates are off by whole pixels at 512 px.
-        boxes, scores = decode_outputs(tuple(o.float() for o in outputs), arch, num_classes)
+    _check_select_args(score_thresh, nms_thresh, max_dets, pre_nms_topk)
+    if scores.dim() != 3 or scores.shape[-1] != num_classes:
+        raise HwnasError(f"select_detections: scores must be [B, P, {num_classes}], got {list(scores.shape)}")
+    if boxes.shape[:2] != scores.shape[:2] or boxes.shape[-1] != 4 or boxes.dim() not in (3, 4) \
+            or (boxes.dim() == 4 and boxes.shape[2] != num_classes):
+        raise HwnasError(f"select_detections: boxes must be [B, P, 4] or [B, P, {num_classes}, 4] with "
+                         f"scores [B, P, {num_classes}]; got boxes {list(boxes.shape)}, scores {list(scores.shape)}")
     results = []
     for bx, sc in zip(boxes, scores):
         flat = sc.flatten()
@@ -93,3 +103,17 @@ def postprocess(outputs: tuple[torch.Tensor, ...], arch: Arch | str, num_classes
         keep = batched_nms(b, s, labels, nms_thresh)[:max_dets]  # sorted by descending score
         results.append({"boxes": b[keep], "scores": s[keep], "labels": labels[keep]})
     return results
+
+
+def postprocess(outputs: tuple[torch.Tensor, ...], arch: Arch | str, num_classes: int, *,
+                score_thresh: float = 0.05, nms_thresh: float = 0.5, max_dets: int = 100,
+                pre_nms_topk: int = 1000) -> list[dict[str, torch.Tensor]]:
+    """Detections per image from raw detector outputs: :func:`decode_outputs` then
+    :func:`select_detections` (see there for the result and the selection rule)."""
+    _check_select_args(score_thresh, nms_thresh, max_dets, pre_nms_topk)  # before any work
+    arch = _arch(arch)
+    with torch.no_grad():
+        # fp32 decode: half-precision pixel coordinates are off by whole pixels at 512 px.
+        boxes, scores = decode_outputs(tuple(o.float() for o in outputs), arch, num_classes)
+        return select_detections(boxes, scores, num_classes, score_thresh=score_thresh, nms_thresh=nms_thresh,
+                                 max_dets=max_dets, pre_nms_topk=pre_nms_topk)

@@ -1,0 +1,371 @@
+"""``hwnas export``, ``bench`` and ``infer`` behind the CLI: checkpoint -> deployable files, and any
+deployed model (checkpoint, ONNX or engine) opened behind one ``detect(images)`` interface.
+
+Files of an export to ``engines/NAME``:
+
+* ``NAME.onnx``: the deployable graph (decode and NMS inside, or decode only: the ``host`` form),
+  at the chosen precision;
+* ``NAME.engine``: with ``--format engine``, the raw TensorRT plan built from ``NAME.onnx``;
+* ``NAME.json``: the manifest (:mod:`hwnas.export.manifest`) of the engine, or of the ONNX itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from hwnas.errors import HwnasError
+
+FORMATS = ("onnx", "engine")
+PRECISIONS = ("fp32", "fp16", "int8")
+NMS_CHOICES = ("auto", "onnx", "ops", "efficient", "host")
+INT8_LOSS_FLAG = 0.01  # 1.0 mAP point: more than this lost by int8 is flagged loudly
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    weights: Path
+    out: Path  # engines/NAME (suffixes are added)
+    format: str = "onnx"
+    precision: str = "fp32"
+    nms: str = "auto"
+    backend: str = "tensorrt-rtx"
+    sm: str | None = None
+    batch: int = 1
+    dynamic_batch: tuple[int, int, int] | None = None
+    calib_data: Path | None = None
+    calib_images: int = 64
+    int8_target: str | None = None  # None: tensorrt for engines, cpu for ONNX
+    workspace_mb: int | None = None
+    opt_level: int | None = None
+    timing_cache: Path | None = None
+    version_compatible: bool = False
+    hardware_compatible: bool = False
+    check: Path | None = None  # a dataset to score the export against the checkpoint on
+    threads: int = 1
+
+    def __post_init__(self) -> None:
+        for name, value, valid in (("--format", self.format, FORMATS), ("--precision", self.precision, PRECISIONS),
+                                   ("--nms", self.nms, NMS_CHOICES), ("--backend", self.backend, ("tensorrt", "tensorrt-rtx"))):
+            if value not in valid:
+                raise HwnasError(f"{name} {value!r}: choose one of {', '.join(valid)}")
+        if self.precision == "int8" and self.calib_data is None:
+            raise HwnasError("--precision int8 needs --calib-data DIR (real images to calibrate on, e.g. the training data)")
+        if self.calib_images < 1:
+            raise HwnasError(f"--calib-images must be >= 1, got {self.calib_images}")
+        if self.int8_target not in (None, "cpu", "tensorrt"):
+            raise HwnasError(f"--int8-target {self.int8_target!r}: choose cpu or tensorrt")
+        if self.format == "onnx" and (self.sm or self.version_compatible or self.hardware_compatible):
+            raise HwnasError("--sm, --version-compatible and --hardware-compatible are engine options; add --format engine")
+        if self.dynamic_batch is not None and self.batch != 1:
+            raise HwnasError("give --batch or --dynamic-batch, not both")
+        if self.batch < 1:
+            raise HwnasError(f"--batch must be >= 1, got {self.batch}")
+
+    @property
+    def form(self) -> str:
+        """The NMS form: ONNX NonMaxSuppression where the runtime has it (onnxruntime, full TensorRT),
+        NMS from plain operators for TensorRT-RTX (it has no NMS layer)."""
+        if self.nms != "auto":
+            return self.nms
+        return "ops" if self.format == "engine" and self.backend == "tensorrt-rtx" else "onnx"
+
+    @property
+    def target(self) -> str:
+        return self.int8_target or ("tensorrt" if self.format == "engine" else "cpu")
+
+
+@dataclass
+class ExportResult:
+    files: list[Path] = field(default_factory=list)
+    manifest: Any = None
+    parity: dict | None = None
+    int8_flag: str | None = None
+    sensitivity: list[dict] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _calibration_images(data: Path, input_hw: tuple[int, int], n: int) -> list[torch.Tensor]:
+    """The first ``n`` training images, letterboxed to the input size as at inference."""
+    from hwnas.data.coco import CocoDetection
+    from hwnas.data.transforms import EvalTransform
+
+    ds = CocoDetection.from_dir(data, "train", EvalTransform(input_hw))
+    if len(ds) == 0:
+        raise HwnasError(f"{ds.json_path} holds no images to calibrate int8 on")
+    return [ds[i][0][None] for i in range(min(n, len(ds)))]
+
+
+def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> ExportResult:
+    """Checkpoint -> deployable ONNX (fp32, fp16 or int8 Q/DQ) -> optional engine, manifest, parity."""
+    from hwnas.data.transforms import MEAN, STD
+    from hwnas.export.deploy import export_deploy_onnx
+    from hwnas.export.engine import build_engine_file
+    from hwnas.fileio import check_writable, write_atomic
+    from hwnas.train import load_model
+
+    model, arch, names = load_model(cfg.weights)
+    onnx_path = cfg.out.with_suffix(".onnx")
+    engine_path = cfg.out.with_suffix(".engine")
+    check_writable(onnx_path, "ONNX file")
+    res = ExportResult()
+    calib = _calibration_images(cfg.calib_data, arch.input_hw, cfg.calib_images) if cfg.precision == "int8" else None
+
+    # RTX has no RoiAlign: a two-stage head bound for it pools with plain gathers (hwnas.roi_align).
+    roi = "gather" if (cfg.format == "engine" and cfg.backend == "tensorrt-rtx" and arch.head == "rcnn") else None
+    progress(f"exporting {arch} ({cfg.form} NMS form) to ONNX")
+    fp32 = export_deploy_onnx(model, nms=cfg.form, batch=cfg.batch, dynamic_batch=cfg.dynamic_batch, roi_impl=roi)
+    graph = fp32
+    if cfg.precision == "fp16":
+        from hwnas.export.precision import to_fp16
+
+        graph = to_fp16(fp32)
+    elif cfg.precision == "int8":
+        from hwnas.export.precision import to_int8
+
+        progress(f"calibrating int8 ({cfg.target} Q/DQ) on {len(calib)} images of {cfg.calib_data}")
+        graph = to_int8(fp32, [c.numpy() for c in calib], target=cfg.target)
+
+    fields = {"arch": str(arch), "class_names": list(names), "input": {"mean": list(MEAN), "std": list(STD)},
+              "form": cfg.form, "roi_impl": _roi_of(graph) if arch.head == "rcnn" else None,
+              "precision": cfg.precision, "int8_target": cfg.target if cfg.precision == "int8" else None}
+    if cfg.format == "onnx":
+        res.manifest = build_engine_file(graph, onnx_path, fields, flavour="onnx", batch_profile=cfg.dynamic_batch)
+        res.files += [onnx_path, onnx_path.with_suffix(".json")]
+    else:
+        write_atomic(onnx_path, graph)
+        progress(f"building a {cfg.backend} engine" + (f" for sm_{cfg.sm}" if cfg.sm else ""))
+        res.manifest = build_engine_file(
+            graph, engine_path, fields, flavour=cfg.backend, sm=cfg.sm, workspace_mb=cfg.workspace_mb,
+            opt_level=cfg.opt_level, timing_cache=cfg.timing_cache, version_compatible=cfg.version_compatible,
+            hardware_compatible=cfg.hardware_compatible, batch_profile=cfg.dynamic_batch)
+        res.files += [onnx_path, engine_path, engine_path.with_suffix(".json")]
+        if cfg.timing_cache:
+            res.files.append(cfg.timing_cache)
+
+    if cfg.check is not None:
+        res.parity = check_parity(cfg.weights, graph, cfg.check, threads=cfg.threads)
+        if cfg.format == "engine":
+            res.notes.append("parity was measured on the engine's ONNX in onnxruntime (running the engine needs a GPU)")
+        if cfg.precision == "int8" and res.parity["delta_map"] < -INT8_LOSS_FLAG:
+            from hwnas.export.precision import sensitivity
+
+            res.int8_flag = (f"int8 LOST {-res.parity['delta_map_points']:.2f} mAP points (more than "
+                             f"{100 * INT8_LOSS_FLAG:.1f}) against the checkpoint")
+            res.sensitivity = sensitivity(fp32, graph, [c.numpy() for c in calib[:8]])
+    return res
+
+
+def _roi_of(graph: bytes) -> str | None:
+    import onnx
+
+    from hwnas.export.deploy import read_metadata
+
+    meta = read_metadata({p.key: p.value for p in onnx.load_from_string(graph).metadata_props})
+    return meta.get("roi_impl")
+
+
+def check_parity(weights: Path, graph: bytes, data: Path, *, threads: int = 1, split: str = "val") -> dict:
+    """mAP and box agreement of an exported graph (in onnxruntime) against its checkpoint."""
+    from hwnas.data.coco import CocoDetection
+    from hwnas.data.transforms import EvalTransform
+    from hwnas.export.deploy import OnnxDetector, TorchDetector
+    from hwnas.export.parity import parity
+
+    ref = TorchDetector.from_checkpoint(weights)
+    cand = OnnxDetector(graph, threads=threads)
+    ds = CocoDetection.from_dir(data, split, EvalTransform(ref.arch.input_hw))
+    return parity(ref, cand, ds)
+
+
+# ============================================================================ any deployed model
+@dataclass
+class Opened:
+    """A model behind ``detect(images [B,3,H,W] in [0,1]) -> [dict(boxes, scores, labels)]``."""
+    kind: str  # checkpoint | onnx | engine
+    arch: Any
+    class_names: list[str]
+    detect: Callable[[torch.Tensor], list[dict]]
+    network: Callable[[torch.Tensor], Any] | None  # the network alone (no decode/NMS), for bench
+    timer: Any = None
+
+
+def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str | None = None) -> Opened:
+    """A checkpoint (``.pt``), a deployable ONNX (``.onnx``) or an engine (``.engine``/``.plan``);
+    ``kind`` ("checkpoint", "onnx", "engine") overrides the guess from the file name."""
+    from hwnas.arch import Arch
+    from hwnas.backends.base import CpuTimer
+
+    path = Path(path)
+    if not path.exists():
+        raise HwnasError(f"model {path} does not exist")
+    kind = kind or {".pt": "checkpoint", ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}.get(path.suffix.lower())
+    if kind == "checkpoint":
+        from hwnas.data.transforms import normalize
+        from hwnas.export.deploy import TorchDetector
+        from hwnas.train import load_model, resolve_device
+
+        resolve_device(device)
+        torch.set_num_threads(threads)
+        model, arch, names = load_model(path)
+        runner = TorchDetector(model, device=device)
+
+        @torch.no_grad()
+        def network(images: torch.Tensor):
+            out = model(normalize(images.to(device)))
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            return out
+
+        return Opened("checkpoint", arch, names, runner.detect, network, _timer(device))
+    if kind == "onnx":
+        from hwnas.export.deploy import OnnxDetector
+
+        runner = OnnxDetector(path, threads=threads)
+        names = _manifest_names(path) or [str(i) for i in range(runner.num_classes)]
+        return Opened("onnx", runner.arch, names, runner.detect, _onnx_network(path, threads), CpuTimer())
+    if kind == "engine":
+        from hwnas.export.engine import load_engine
+
+        runner = load_engine(path, device=device if device.startswith("cuda") else "cuda")
+        m = runner.manifest
+        return Opened("engine", Arch.parse(m.arch), list(m.class_names), _engine_detect(runner), None, _timer("cuda"))
+    raise HwnasError(f"model {path}: give a checkpoint (.pt), a deployable ONNX (.onnx) or an engine (.engine)")
+
+
+def _timer(device: str):
+    from hwnas.backends.base import CpuTimer, CudaTimer
+
+    return CudaTimer() if device.startswith("cuda") else CpuTimer()
+
+
+def _manifest_names(path: Path) -> list[str] | None:
+    from hwnas.export.manifest import manifest_path, read_manifest
+
+    mp = manifest_path(path)
+    return list(read_manifest(mp).class_names) if mp.exists() else None
+
+
+def _onnx_network(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
+    """The deployable graph cut where the network ends (the tensors ``/net/`` hands to ``/post/``),
+    so that bench can time the network alone next to the whole graph."""
+    import onnx
+    import onnxruntime as ort
+    from onnx.utils import Extractor
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # the extractor needs the cut's types
+    made_by_net = {o for n in model.graph.node if n.name.startswith("/net/") for o in n.output}
+    cut = list(dict.fromkeys(i for n in model.graph.node if not n.name.startswith("/net/")
+                             for i in n.input if i in made_by_net))
+    sub = Extractor(model).extract_model([model.graph.input[0].name], cut)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+    sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+    return lambda images: sess.run(None, {name: images.numpy()})
+
+
+def _engine_detect(runner) -> Callable[[torch.Tensor], list[dict]]:
+    from hwnas.export.deploy import FIXED_OUTPUTS, unpack_detections
+    from hwnas.heads.postprocess import select_detections
+
+    m = runner.manifest
+
+    def detect(images: torch.Tensor) -> list[dict]:
+        outs = {k: torch.as_tensor(v).cpu() for k, v in runner(images).items()}
+        if m.form == "host":
+            return select_detections(outs["boxes"], outs["scores"], len(m.class_names))
+        return unpack_detections(*(outs[n] for n in FIXED_OUTPUTS))
+    return detect
+
+
+# ============================================================================ bench and infer
+def load_images(paths: list[Path], input_hw: tuple[int, int]) -> tuple[torch.Tensor, list[dict]]:
+    """Image files -> a letterboxed batch [B,3,H,W] in [0,1] and, per image, what maps boxes back."""
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from hwnas.data.transforms import EvalTransform
+
+    tf = EvalTransform(input_hw)
+    batch, info = [], []
+    for p in paths:
+        try:
+            with Image.open(p) as im:
+                arr = np.asarray(im.convert("RGB"))
+        except (OSError, UnidentifiedImageError) as e:
+            raise HwnasError(f"cannot read image {p}: {e.__class__.__name__}; give JPEG or PNG files") from None
+        img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        out, _, _, scale = tf(img, torch.zeros(0, 4), 0, 0)
+        batch.append(out)
+        info.append({"path": p, "scale": scale, "orig_hw": arr.shape[:2]})
+    return torch.stack(batch), info
+
+
+def bench(model: Opened, images: torch.Tensor, timing) -> dict:
+    """Latency (median, p90, p99) and throughput, network only and end to end (the one timing
+    protocol: warm-up, repeats, outlier rejection)."""
+    from hwnas.backends.base import measure
+
+    out = {}
+    runs = {"end_to_end": lambda: model.detect(images)}
+    if model.network is not None:
+        runs = {"network": lambda: model.network(images), **runs}
+    for name, fn in runs.items():
+        samples: list[float] = []
+
+        def timed() -> None:
+            fn()
+
+        lat = measure(timed, _Recording(model.timer, samples), timing)
+        q = sorted(samples)
+        out[name] = {"median_ms": lat.median_ms, "spread_ms": lat.spread_ms, "n": lat.n,
+                     "p90_ms": q[int(0.9 * (len(q) - 1))], "p99_ms": q[int(0.99 * (len(q) - 1))],
+                     "images_per_s": 1e3 * len(images) / lat.median_ms}
+    return out
+
+
+class _Recording:
+    """A timer that also keeps every sample, for percentiles."""
+
+    def __init__(self, timer, samples: list[float]):
+        self.timer, self.samples = timer, samples
+
+    def time_once(self, run):
+        ms = self.timer.time_once(run)
+        self.samples.append(ms)
+        return ms
+
+
+def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 0.3) -> list[dict]:
+    """Detections of each image (original pixels) as ``out/detections.json`` and ``out/<name>.jpg`` with
+    the boxes drawn."""
+    from PIL import Image, ImageDraw
+
+    from hwnas.fileio import check_writable, write_json
+
+    check_writable(out / "detections.json", "output folder")
+    images, info = load_images(paths, model.arch.input_hw)
+    dets = model.detect(images)
+    records = []
+    for det, meta in zip(dets, info):
+        h, w = meta["orig_hw"]
+        boxes = (det["boxes"] / meta["scale"]).clamp(min=0)
+        boxes[:, 0::2] = boxes[:, 0::2].clamp(max=w)
+        boxes[:, 1::2] = boxes[:, 1::2].clamp(max=h)
+        rows = [{"box": [round(v, 1) for v in b], "score": round(float(s), 4), "class": model.class_names[int(c)]}
+                for b, s, c in zip(boxes.tolist(), det["scores"], det["labels"])]
+        records.append({"image": str(meta["path"]), "detections": rows})
+        with Image.open(meta["path"]) as im:
+            canvas = im.convert("RGB")
+        draw = ImageDraw.Draw(canvas)
+        for r in rows:
+            if r["score"] >= score_thresh:
+                draw.rectangle(r["box"], outline=(255, 40, 40), width=2)
+                draw.text((r["box"][0] + 2, r["box"][1] + 1), f"{r['class']} {r['score']:.2f}", fill=(255, 255, 0))
+        canvas.save(out / (Path(meta["path"]).stem + ".jpg"), quality=92)
+    write_json(out / "detections.json", records)
+    return records
