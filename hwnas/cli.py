@@ -436,7 +436,7 @@ def bench(
 
     if batch < 1:
         raise HwnasError(f"--batch must be >= 1, got {batch}")
-    m = open_model(model, threads=threads, device=device)
+    m = open_model(model, threads=threads, device=device, batch=batch)
     if images:
         x, _ = load_images([images[i % len(images)] for i in range(batch)], m.arch.input_hw)
     else:

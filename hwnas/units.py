@@ -370,10 +370,14 @@ class RoIStage(nn.Module):
             # Proposals are inputs to the box head, not something it trains through (Faster R-CNN).
             boxes = torch.cat((boxes.detach(), extra_boxes.to(boxes)), dim=1)
             k = boxes.shape[1]
+        # Proposals clamped at the image border can have no area; the level assignment takes the
+        # log of the area (-inf, which int8 calibration cannot range). Pool at least 1 px instead:
+        # the same level and nearly the same samples.
+        pool_boxes = torch.cat((boxes[..., :2], torch.maximum(boxes[..., 2:], boxes[..., :2] + 1.0)), dim=-1)
         if self.roi_impl == "gather":
-            pooled = self.gather_pool(list(feats), boxes)
+            pooled = self.gather_pool(list(feats), pool_boxes)
         else:
-            pooled = self.pool(dict(zip(self.names, feats)), list(boxes.unbind(0)), [self.image_hw] * b)
+            pooled = self.pool(dict(zip(self.names, feats)), list(pool_boxes.unbind(0)), [self.image_hw] * b)
         x = self.fc(pooled.flatten(1))
         return boxes, self.cls(x).reshape(b, k, -1), self.box(x).reshape(b, k, -1)
 

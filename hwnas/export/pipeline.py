@@ -108,8 +108,9 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     from hwnas.train import load_model
 
     model, arch, names = load_model(cfg.weights)
-    onnx_path = cfg.out.with_suffix(".onnx")
-    engine_path = cfg.out.with_suffix(".engine")
+    base = _out_base(cfg.out)
+    onnx_path = base.with_name(base.name + ".onnx")
+    engine_path = base.with_name(base.name + ".engine")
     check_writable(onnx_path, "ONNX file")
     res = ExportResult()
     calib = _calibration_images(cfg.calib_data, arch.input_hw, cfg.calib_images) if cfg.precision == "int8" else None
@@ -159,6 +160,13 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     return res
 
 
+def _out_base(out: Path) -> Path:
+    """``engines/NAME`` as given, less a suffix of the export's own files (``NAME.onnx`` -> ``NAME``).
+    Any other dot is part of the name: ``with_suffix`` would turn ``retina_v1.5`` into ``retina_v1.onnx``."""
+    out = Path(out)
+    return out.with_suffix("") if out.suffix.lower() in (".onnx", ".engine", ".plan", ".json") else out
+
+
 def _roi_of(graph: bytes) -> str | None:
     import onnx
 
@@ -193,9 +201,11 @@ class Opened:
     timer: Any = None
 
 
-def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str | None = None) -> Opened:
+def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str | None = None,
+               batch: int | None = None) -> Opened:
     """A checkpoint (``.pt``), a deployable ONNX (``.onnx``) or an engine (``.engine``/``.plan``);
-    ``kind`` ("checkpoint", "onnx", "engine") overrides the guess from the file name."""
+    ``kind`` ("checkpoint", "onnx", "engine") overrides the guess from the file name. ``batch``: the
+    batch size the caller will run the network at (checked against a static ONNX or an engine)."""
     from hwnas.arch import Arch
     from hwnas.backends.base import CpuTimer
 
@@ -225,12 +235,15 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
         from hwnas.export.deploy import OnnxDetector
 
         runner = OnnxDetector(path, threads=threads)
+        if batch is not None and runner.static_batch not in (None, batch):
+            raise HwnasError(f"{path} was exported for batch {runner.static_batch}, not {batch}; export it again "
+                             f"with --batch {batch} or a --dynamic-batch profile")
         names = _manifest_names(path) or [str(i) for i in range(runner.num_classes)]
         return Opened("onnx", runner.arch, names, runner.detect, _onnx_network(path, threads), CpuTimer())
     if kind == "engine":
         from hwnas.export.engine import load_engine
 
-        runner = load_engine(path, device=device if device.startswith("cuda") else "cuda")
+        runner = load_engine(path, batch=batch, device=device if device.startswith("cuda") else "cuda")
         m = runner.manifest
         return Opened("engine", Arch.parse(m.arch), list(m.class_names), _engine_detect(runner), None, _timer("cuda"))
     raise HwnasError(f"model {path}: give a checkpoint (.pt), a deployable ONNX (.onnx) or an engine (.engine)")
@@ -347,8 +360,19 @@ def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 
 
     from hwnas.fileio import check_writable, write_json
 
+    images, info = load_images(paths, model.arch.input_hw)  # every image readable before anything is written
+    inputs = {Path(p).resolve() for p in paths}
+    drawn: dict[Path, Path] = {}
+    for p in paths:
+        dst = (out / (Path(p).stem + ".jpg")).resolve()
+        if dst in inputs:
+            raise HwnasError(f"--out {out} would overwrite the input image {dst} with the boxes drawn; "
+                             "choose another --out folder")
+        if dst in drawn and drawn[dst].resolve() != Path(p).resolve():
+            raise HwnasError(f"images {drawn[dst]} and {p} would both be drawn to {dst}; give images with "
+                             "distinct names")
+        drawn[dst] = Path(p)
     check_writable(out / "detections.json", "output folder")
-    images, info = load_images(paths, model.arch.input_hw)
     dets = model.detect(images)
     records = []
     for det, meta in zip(dets, info):

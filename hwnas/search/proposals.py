@@ -65,6 +65,19 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
                 middle(space.neck_widths), head, depth_h, width_h, props, space.norms[0])
 
 
+def initial_structures(space: SearchSpace, population: int, seed: int) -> list[dict]:
+    """The structural stage's first generation as Optuna parameters, stratified rather than drawn
+    at random: each choice cycles through a shuffled list of its options (a Latin-hypercube design
+    over categories), so a population of 4 already holds every block family and every head type,
+    where random draws of so few often miss the best family altogether."""
+    rng = random.Random(seed)
+    dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(DEPTHS),
+            "neck": neck_choices(space), "head": list(space.heads)}
+    for options in dims.values():
+        rng.shuffle(options)
+    return [{name: options[i % len(options)] for name, options in dims.items()} for i in range(population)]
+
+
 def suggest_structural(trial, space: SearchSpace) -> Arch:
     """Ask an Optuna trial for the five structural choices."""
     return structural_arch(

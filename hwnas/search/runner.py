@@ -24,7 +24,7 @@ from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
 from hwnas.search.coordination import GRACE_S, Claim, Coordinator, storage_url
-from hwnas.search.proposals import Parent, choose_parent, mutate, suggest_structural
+from hwnas.search.proposals import Parent, choose_parent, initial_structures, mutate, suggest_structural
 
 STAGES = ("structural", "modular", "both", "random")
 GENERATION_KEY = "NSGAIISampler:generation"  # where Optuna's NSGA-II sampler records a trial's generation
@@ -229,6 +229,10 @@ class Search:
     # ------------------------------------------------------------------ stages
     def _run_stage(self, stage: str, n: int) -> None:
         study = self._study(stage, n)
+        if stage == "structural" and self.coord.claim("init:structural", study.study_name + "#init", -1):
+            # One worker, once: the first generation covers every block family and head type.
+            for params in initial_structures(self.space, self.cfg.population_for(n), self.cfg.seed):
+                study.enqueue_trial(params, skip_if_exists=True)
         propose = {"structural": self._propose_structural, "modular": self._propose_modular,
                    "random": self._propose_random}[stage]
         while True:
