@@ -9,8 +9,6 @@ running or timing an engine needs a GPU (:class:`TensorRTRunner`, torch CUDA ten
 from __future__ import annotations
 
 import copy
-import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -100,18 +98,6 @@ def _one_line(msgs: list[str], limit: int = 5) -> str:
     flat = [" ".join(m.split()) for m in msgs]
     more = f" (+{len(flat) - limit} more)" if len(flat) > limit else ""
     return "; ".join(flat[:limit]) + more
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def build_engine(
@@ -224,7 +210,10 @@ def build_engine(
             warnings.simplefilter("ignore", DeprecationWarning)
             tc = config.get_timing_cache()
             if tc is not None:
-                _atomic_write(cache_path, bytes(tc.serialize()))
+                from hwnas.fileio import write_atomic
+
+                cache_path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(cache_path, bytes(tc.serialize()))
     return bytes(engine)
 
 

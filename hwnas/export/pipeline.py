@@ -245,7 +245,9 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
 
         runner = load_engine(path, batch=batch, device=device if device.startswith("cuda") else "cuda")
         m = runner.manifest
-        return Opened("engine", Arch.parse(m.arch), list(m.class_names), _engine_detect(runner), None, _timer("cuda"))
+        bound = batch or m.build.batch or m.build.dynamic_batch[1]  # what load_engine bound
+        return Opened("engine", Arch.parse(m.arch), list(m.class_names), _engine_detect(runner, bound), None,
+                      _timer("cuda"))
     raise HwnasError(f"model {path}: give a checkpoint (.pt), a deployable ONNX (.onnx) or an engine (.engine)")
 
 
@@ -281,18 +283,24 @@ def _onnx_network(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
     return lambda images: sess.run(None, {name: images.numpy()})
 
 
-def _engine_detect(runner) -> Callable[[torch.Tensor], list[dict]]:
+def _engine_detect(runner, bound: int) -> Callable[[torch.Tensor], list[dict]]:
+    """detect() of an engine bound to ``bound`` images: fed in chunks of that size (the last one
+    zero-padded), as eval and infer pass any number of images. Needs a GPU (not run in CI)."""
     from hwnas.export.deploy import FIXED_OUTPUTS, unpack_detections
     from hwnas.heads.postprocess import select_detections
 
     m = runner.manifest
 
-    def detect(images: torch.Tensor) -> list[dict]:
-        outs = {k: torch.as_tensor(v).cpu() for k, v in runner(images).items()}
+    def one(chunk: torch.Tensor) -> list[dict]:
+        n = len(chunk)
+        if n < bound:
+            chunk = torch.cat((chunk, chunk.new_zeros(bound - n, *chunk.shape[1:])))
+        outs = {k: torch.as_tensor(v).cpu()[:n] for k, v in runner(chunk).items()}
         if m.form == "host":
             return select_detections(outs["boxes"], outs["scores"], len(m.class_names))
-        return unpack_detections(*(outs[n] for n in FIXED_OUTPUTS))
-    return detect
+        return unpack_detections(*(outs[name] for name in FIXED_OUTPUTS))
+
+    return lambda images: [d for i in range(0, len(images), bound) for d in one(images[i:i + bound])]
 
 
 # ============================================================================ bench and infer

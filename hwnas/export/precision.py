@@ -42,6 +42,7 @@ __all__ = [
 KEEP_FP32_PREFIXES = ("/post/",)
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
+ROI_STAGE_PREFIX = "/net/head_roi/"  # the two-stage head's RoI stage (hwnas.units.RoIStage)
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -345,16 +346,27 @@ def to_int8(onnx_bytes: bytes, calib_images: Iterable[Any], *, target: str,
             q.shape_inference.quant_pre_process(model, src)
         prepared = onnx.load(src)
         excluded = _excluded_nodes(prepared, _prefixes(exclude_prefixes))
-        with _quiet():
-            q.quantize_static(
-                src, dst, feeds,
-                quant_format=q.QuantFormat.QDQ,
-                per_channel=per_channel,
-                calibrate_method=_calibration_method(q, method),
-                op_types_to_quantize=list(QUANTIZED_OPS[target]),
-                nodes_to_exclude=excluded,
-                **_target_options(q, target, feeds.stride(chunk)),
-            )
+        ops = QUANTIZED_OPS[target]
+        if any(n.name.startswith(ROI_STAGE_PREFIX) for n in prepared.graph.node):
+            # A two-stage head decodes proposals and assigns pyramid levels with Add/Mul/Div inside
+            # the network: box arithmetic that must stay float. onnxruntime calibrates every tensor
+            # of every op type it quantizes, excluded nodes included (a near-constant box size
+            # breaks its histograms), so such graphs quantize the weighted ops only.
+            ops = _COMPUTE_OPS
+        try:
+            with _quiet():
+                q.quantize_static(
+                    src, dst, feeds,
+                    quant_format=q.QuantFormat.QDQ,
+                    per_channel=per_channel,
+                    calibrate_method=_calibration_method(q, method),
+                    op_types_to_quantize=list(ops),
+                    nodes_to_exclude=excluded,
+                    **_target_options(q, target, feeds.stride(chunk)),
+                )
+        except ValueError as e:  # onnxruntime's calibrators refuse degenerate or infinite ranges
+            raise HwnasError(f"int8 calibration failed ({' '.join(str(e).split())[:200]}); calibrate on more "
+                             f"or other images (--calib-images), or export fp16") from None
         return dst.read_bytes()
 
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import random
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
-from hwnas.search.coordination import GRACE_S, Claim, Coordinator, storage_url
+from hwnas.search.coordination import GRACE_S, Coordinator, storage_url
 from hwnas.search.proposals import Parent, choose_parent, initial_structures, mutate, suggest_structural
 
 STAGES = ("structural", "modular", "both", "random")
