@@ -1,6 +1,7 @@
 """Shared fixtures: one real ort-cpu latency table of the tiny space, profiled once per session."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -15,6 +16,10 @@ import torch
 from hwnas.backends import TimingConfig, get_backend
 
 pytest_plugins = ["pg"]  # tests/pg.py: a throw-away PostgreSQL server on loopback
+
+HAS_RTX = importlib.util.find_spec("tensorrt_rtx") is not None
+# TensorRT-RTX builds engines ahead of time without a GPU, so its tests run wherever it installs.
+needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install 'hwnas[tensorrt-rtx]')")
 
 # On a 2-core machine torch's own intra-op threads fight onnxruntime's: the ONNX exports of a
 # profile run ~3x slower and their spinning threads add noise to the ort timings. Tests in this

@@ -21,14 +21,7 @@ from hwnas.cli import main
 from hwnas.data.synth import synth
 from hwnas.train import TrainConfig, train
 
-try:
-    import tensorrt_rtx  # noqa: F401
-
-    HAS_RTX = True
-except ImportError:
-    HAS_RTX = False
-
-needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
+from conftest import HAS_RTX, needs_rtx
 
 SHAPES = ["circle", "rectangle", "triangle"]
 ARCHS = {

@@ -23,14 +23,7 @@ from hwnas.export.deploy import (
 from hwnas.heads.postprocess import decode_outputs, postprocess, select_detections
 from hwnas.models import Detector
 
-try:
-    import tensorrt_rtx  # noqa: F401
-
-    HAS_RTX = True
-except ImportError:
-    HAS_RTX = False
-
-needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
+from conftest import needs_rtx
 
 K = 3
 HEADS = ("retina", "fcos", "rcnn")

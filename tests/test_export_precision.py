@@ -22,14 +22,7 @@ from hwnas.heads.postprocess import decode_outputs
 from hwnas.models import Detector
 from hwnas.onnx_export import to_onnx
 
-try:
-    import tensorrt_rtx  # noqa: F401
-
-    HAS_RTX = True
-except ImportError:
-    HAS_RTX = False
-
-needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
+from conftest import needs_rtx
 
 RES = 128
 # ResNet-style (residual Adds, FPN Resize) and MobileNet-style (depthwise, ReLU6 = Clip, GroupNorm).
