@@ -45,7 +45,7 @@ def claims(url: str) -> list[tuple[str, int]]:
 
     eng = sa.create_engine(url)
     with eng.connect() as c:
-        rows = c.execute(sa.text("select arch, slot from hwnas_claims where search = 'bench'")).fetchall()
+        rows = c.execute(sa.text("select arch, slot from hwnas_claims where search = 'bench' and arch not like 'init:%'")).fetchall()
     eng.dispose()
     return [(r.arch, r.slot) for r in rows]
 

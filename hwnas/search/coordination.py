@@ -6,7 +6,8 @@ has no atomic "take this candidate" operation:
 * ``hwnas_workers``: one row per worker slot (host, pid, heartbeat). A worker takes the lowest
   free slot; its seed follows from the slot, so two workers never draw the same stream and a
   restarted single worker draws the same one again.
-* ``hwnas_claims``: one row per architecture, primary key ``(search, arch)``. Inserting the row
+* ``hwnas_claims``: one row per architecture, primary key ``(search, arch)`` (also ``baseline:<arch>``
+  for a baseline, and ``init:structural`` for the one-off seeding of the first generation). Inserting the row
   *is* the claim: the database refuses a second one, so no two workers ever train the same
   candidate, whichever stage proposed it. The row names the Optuna study and trial it feeds
   and the slot training it; a claim whose worker died (kill -9, a lost machine) is adopted by
@@ -189,6 +190,12 @@ class Coordinator:
             q = q.where(self.claims.c.study == study)
         with self.engine.connect() as c:
             return [Claim(r.arch, r.study, r.trial_number, r.slot) for r in c.execute(q)]
+
+    def release(self, arch: str) -> None:
+        """Give back this worker's claim on ``arch`` (a claim past the stage's budget)."""
+        c_ = self.claims.c
+        with self.engine.begin() as c:
+            c.execute(self.claims.delete().where((c_.search == self.search) & (c_.arch == arch) & (c_.slot == self.slot)))
 
     def owner(self, arch: str) -> Claim | None:
         c_ = self.claims.c

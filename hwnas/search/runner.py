@@ -272,6 +272,14 @@ class Search:
                 study.tell(trial, state=pruned)
                 self.outcome.pruned_duplicate += 1
                 continue
+            numbers = sorted(c.trial_number for c in self.coord.claimed(study.study_name))
+            if numbers.index(trial.number) >= n:
+                # Workers check the budget before proposing, so two may claim the last place at
+                # once: the later trial gives its claim back (the earlier one never does).
+                self.coord.release(str(arch))
+                trial.set_user_attr("reason", "the stage's budget was reached by other workers")
+                study.tell(trial, state=pruned)
+                return True
             self._evaluate(study, trial.number, arch, meta, time.perf_counter() - t0)
             return True
         return False
