@@ -45,13 +45,14 @@ def front(run_dir: Path) -> list[dict]:
 
 
 def main() -> None:
-    ap = search_args(__doc__.splitlines()[0], trials=12, population=3, epochs=3)
+    ap = search_args(__doc__.splitlines()[0], trials=12, population=4, epochs=3)
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--baselines", default="i128/basic_c32_11-21-21-21/fpn_p3-5_c64/retina_d2_c64/bn,"
                                            "i128/basic_c32_11-21-21-21/fpn_p3-5_c64/fcos_d2_c64/bn,"
                                            "i128/basic_c32_11-21-21-21/fpn_p3-5_c64/rcnn_d2_c256_n128/bn,"
                                            "i128/mbconv_c16_1-21-21-21/fpn_p3-5_c64/retina_d2_c64/bn")
     ap.add_argument("--ref-quantile", type=float, default=0.95)
+    ap.add_argument("--methods", default="sm,random", help="which searches to run now (both are reported)")
     ap.add_argument("--jobs", type=int, default=2, help="searches run side by side (one torch thread each)")
     ap.add_argument("--runs", default="runs/bench/search")
     ap.add_argument("--out", default="benchmarks/results/search_vs_random")
@@ -69,6 +70,8 @@ def main() -> None:
         base = ["--baselines", a.baselines] if s == seeds[0] and a.baselines else []
         jobs.append([*HWNAS, "search", "--stage", "both", "--seed", str(s), "--out", str(runs / f"sm-s{s}"), *common, *base])
         jobs.append([*HWNAS, "search", "--stage", "random", "--seed", str(s), "--out", str(runs / f"random-s{s}"), *common])
+    wanted = set(a.methods.split(","))
+    jobs = [j for j in jobs if ("both" in j and "sm" in wanted) or ("random" in j and "random" in wanted)]
     with ThreadPoolExecutor(a.jobs) as pool:
         walls = list(pool.map(run, jobs))
 

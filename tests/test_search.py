@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -327,8 +326,8 @@ def test_two_workers_share_one_postgres_study(setup, postgres_db, tmp_path) -> N
         cmd = [sys.executable, "-m", "hwnas.cli",
                *args(setup, tmp_path / f"w{w}", "--trials", 6, "--population", 2, "--storage", postgres_db,
                      "--study", "shared", "--no-measure")]
+        # started together, on an empty database: they race to create Optuna's tables and ours
         procs.append(subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
-        time.sleep(0.5)
     outs = [p.communicate(timeout=600) for p in procs]
     for p, (o, e) in zip(procs, outs):
         assert p.returncode == 0, e

@@ -103,6 +103,22 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
+def open_storage(url: str, tries: int = 10):
+    """Optuna's RDB storage. Workers started together on an empty database race to create
+    Optuna's tables (PostgreSQL refuses the second CREATE TYPE); the loser retries and finds them."""
+    import optuna
+    import sqlalchemy as sa
+
+    engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+    for attempt in range(tries):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.2 + random.random())
+
+
 def slug(arch: str) -> str:
     return hashlib.sha1(arch.encode()).hexdigest()[:12]
 
@@ -141,8 +157,7 @@ class Search:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.url = storage_url(cfg.storage, cfg.out)
         self.coord = Coordinator(self.url, cfg.study)
-        engine = {"connect_args": {"timeout": 60}} if self.url.startswith("sqlite") else {"pool_pre_ping": True}
-        self.storage = optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
+        self.storage = open_storage(self.url)
         self.outcome = Outcome()
         self.studies: dict[str, optuna.Study] = {}
         self.slot = -1
