@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -28,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from hwnas.arch import get_space  # noqa: E402
 from hwnas.latency import LatencyTable  # noqa: E402
-from hwnas.search.pareto import hypervolume, pareto_indices  # noqa: E402
+from hwnas.search.pareto import hypervolume  # noqa: E402
+from hwnas.search.report import final_front  # noqa: E402
 
 
 def reference_latency(table: Path, space: str, resolutions: tuple[int, ...], q: float, n: int = 2000) -> float:
@@ -39,9 +39,7 @@ def reference_latency(table: Path, space: str, resolutions: tuple[int, ...], q: 
 
 
 def front(run_dir: Path) -> list[dict]:
-    s = json.loads((run_dir / "search.json").read_text())
-    done = [t for t in s["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
-    return [done[i] for i in pareto_indices([(t["map"], t["predicted_latency_ms"]) for t in done])]
+    return final_front(json.loads((run_dir / "search.json").read_text())["trials"])
 
 
 def main() -> None:

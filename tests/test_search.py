@@ -121,6 +121,9 @@ def test_claims_are_exclusive_and_slots_distinct(tmp_path) -> None:
         assert not b.claim("i64/x", "s/modular", 3)  # whichever stage proposes it again
         assert b.claim("i64/y", "s/modular", 3)
         assert a.owner("i64/x").slot == 0 and b.owner("i64/y").trial_number == 3
+        # a stage's budget: the claim that would make one too many is given back
+        assert a.claim("i64/z", "s/modular", 4, budget=1) is False and a.owner("i64/z") is None
+        assert a.claim("i64/z", "s/structural", 4, budget=2) and len(a.claimed("s/structural")) == 2
         assert Coordinator(url, "other").claim("i64/x", "other/structural", 0)  # searches are separate
         assert a.live_slots() == {0, 1} and not a.dead_slots()
     finally:

@@ -88,15 +88,16 @@ class ExportResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _calibration_images(data: Path, input_hw: tuple[int, int], n: int) -> list[torch.Tensor]:
-    """The first ``n`` training images, letterboxed to the input size as at inference."""
+def _calibration_images(data: Path, input_hw: tuple[int, int], n: int) -> list:
+    """The first ``n`` training images, letterboxed to the input size as at inference: float32 arrays
+    [1, 3, H, W] in [0, 1], what calibration and the sensitivity hint feed onnxruntime."""
     from hwnas.data.coco import CocoDetection
     from hwnas.data.transforms import EvalTransform
 
     ds = CocoDetection.from_dir(data, "train", EvalTransform(input_hw))
     if len(ds) == 0:
         raise HwnasError(f"{ds.json_path} holds no images to calibrate int8 on")
-    return [ds[i][0][None] for i in range(min(n, len(ds)))]
+    return [ds[i][0][None].numpy() for i in range(min(n, len(ds)))]
 
 
 def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> ExportResult:
@@ -128,7 +129,7 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
         from hwnas.export.precision import to_int8
 
         progress(f"calibrating int8 ({cfg.target} Q/DQ) on {len(calib)} images of {cfg.calib_data}")
-        graph = to_int8(fp32, [c.numpy() for c in calib], target=cfg.target)
+        graph = to_int8(fp32, calib, target=cfg.target)
 
     fields = {"arch": str(arch), "class_names": list(names), "input": {"mean": list(MEAN), "std": list(STD)},
               "form": cfg.form, "roi_impl": _roi_of(graph) if arch.head == "rcnn" else None,
@@ -156,7 +157,7 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
 
             res.int8_flag = (f"int8 LOST {-res.parity['delta_map_points']:.2f} mAP points (more than "
                              f"{100 * INT8_LOSS_FLAG:.1f}) against the checkpoint")
-            res.sensitivity = sensitivity(fp32, graph, [c.numpy() for c in calib[:8]])
+            res.sensitivity = sensitivity(fp32, graph, calib[:8])
     return res
 
 
@@ -322,7 +323,7 @@ def load_images(paths: list[Path], input_hw: tuple[int, int]) -> tuple[torch.Ten
         img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
         out, _, _, scale = tf(img, torch.zeros(0, 4), 0, 0)
         batch.append(out)
-        info.append({"path": p, "scale": scale, "orig_hw": arr.shape[:2]})
+        info.append({"path": p, "scale": scale, "orig_hw": arr.shape[:2], "pixels": arr})
     return torch.stack(batch), info
 
 
@@ -337,11 +338,7 @@ def bench(model: Opened, images: torch.Tensor, timing) -> dict:
         runs = {"network": lambda: model.network(images), **runs}
     for name, fn in runs.items():
         samples: list[float] = []
-
-        def timed() -> None:
-            fn()
-
-        lat = measure(timed, _Recording(model.timer, samples), timing)
+        lat = measure(fn, _Recording(model.timer, samples), timing)
         q = sorted(samples)
         out[name] = {"median_ms": lat.median_ms, "spread_ms": lat.spread_ms, "n": lat.n,
                      "p90_ms": q[int(0.9 * (len(q) - 1))], "p99_ms": q[int(0.99 * (len(q) - 1))],
@@ -391,8 +388,7 @@ def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 
         rows = [{"box": [round(v, 1) for v in b], "score": round(float(s), 4), "class": model.class_names[int(c)]}
                 for b, s, c in zip(boxes.tolist(), det["scores"], det["labels"])]
         records.append({"image": str(meta["path"]), "detections": rows})
-        with Image.open(meta["path"]) as im:
-            canvas = im.convert("RGB")
+        canvas = Image.fromarray(meta["pixels"])  # the pixels load_images read: each file is read once
         draw = ImageDraw.Draw(canvas)
         for r in rows:
             if r["score"] >= score_thresh:

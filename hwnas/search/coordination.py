@@ -172,17 +172,29 @@ class Coordinator:
             self.engine.dispose()
 
     # ------------------------------------------------------------------ claims
-    def claim(self, arch: str, study: str, trial_number: int) -> bool:
-        """Take ``arch`` for this worker; False when any worker, in any stage, already took it."""
+    def claim(self, arch: str, study: str, trial_number: int, budget: int | None = None) -> bool:
+        """Take ``arch`` for this worker; False when any worker, in any stage, already took it, or
+        when ``study`` would then hold more than ``budget`` claims (then ``owner(arch)`` is None).
+
+        Workers check the budget before proposing, so several may claim the last places at once.
+        Each counts the claims after its own insert and gives its claim back if there are too
+        many: a claim that stays was within the budget when counted, so the budget is never
+        exceeded (two racing workers may both give back; their loops then propose again).
+        """
         import sqlalchemy as sa
 
         try:
             with self.engine.begin() as c:
                 c.execute(self.claims.insert().values(search=self.search, arch=arch, study=study,
                                                       trial_number=trial_number, slot=self.slot))
-            return True
         except sa.exc.IntegrityError:
             return False
+        if budget is not None and len(self.claimed(study)) > budget:
+            c_ = self.claims.c
+            with self.engine.begin() as c:
+                c.execute(self.claims.delete().where((c_.search == self.search) & (c_.arch == arch)))
+            return False
+        return True
 
     def claimed(self, study: str | None = None) -> list[Claim]:
         q = self.claims.select().where(self.claims.c.search == self.search)
@@ -190,12 +202,6 @@ class Coordinator:
             q = q.where(self.claims.c.study == study)
         with self.engine.connect() as c:
             return [Claim(r.arch, r.study, r.trial_number, r.slot) for r in c.execute(q)]
-
-    def release(self, arch: str) -> None:
-        """Give back this worker's claim on ``arch`` (a claim past the stage's budget)."""
-        c_ = self.claims.c
-        with self.engine.begin() as c:
-            c.execute(self.claims.delete().where((c_.search == self.search) & (c_.arch == arch) & (c_.slot == self.slot)))
 
     def owner(self, arch: str) -> Claim | None:
         c_ = self.claims.c

@@ -73,11 +73,16 @@ def bookkeeping(run_dir: Path) -> dict:
             "overhead_fraction_max": max(r["overhead_s"] / max(1e-9, r["train_s"] + r["overhead_s"]) for r in rows)}
 
 
+def final_front(recs: list[dict]) -> list[dict]:
+    """The search's front: completed candidates of the search stages (not baselines), by predicted latency."""
+    return front_of([r for r in recs if r["state"] == "complete" and r["stage"] != "baseline"])
+
+
 def summarize(search) -> dict:
     recs = trial_records(search)
     done = [r for r in recs if r["state"] == "complete" and r["stage"] != "baseline"]
     baselines = [r for r in recs if r["stage"] == "baseline" and r["state"] == "complete"]
-    front = front_of(done) if done else []
+    front = final_front(recs)
     measured = [r for r in front if r["measured_latency_ms"] is not None]
     on_measured = {r["trial"] for r in front_of(measured, "measured_latency_ms")} if measured else set()
     for r in front:

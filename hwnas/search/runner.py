@@ -26,7 +26,6 @@ from hwnas.search.coordination import GRACE_S, Coordinator, storage_url
 from hwnas.search.proposals import Parent, choose_parent, initial_structures, mutate, suggest_structural
 
 STAGES = ("structural", "modular", "both", "random")
-GENERATION_KEY = "NSGAIISampler:generation"  # where Optuna's NSGA-II sampler records a trial's generation
 Progress = Callable[[int, int, str], None]
 
 
@@ -117,6 +116,16 @@ def open_storage(url: str, tries: int = 10):
             if attempt == tries - 1:
                 raise
             time.sleep(0.2 + random.random())
+
+
+def _front_text(points: list[tuple[float, float]]) -> str:
+    from hwnas.search.pareto import pareto_indices
+
+    if not points:
+        return "front: -"
+    front = [points[i] for i in pareto_indices(points)]
+    return f"front {len(front)}: " + " ".join(f"{m:.3f}@{lat:.1f}ms" for m, lat in front[:4]) + \
+        (" ..." if len(front) > 4 else "")
 
 
 def slug(arch: str) -> str:
@@ -281,20 +290,16 @@ class Search:
                 study.tell(trial, state=pruned)
                 self.outcome.pruned_budget += 1
                 continue
-            if not self.coord.claim(str(arch), study.study_name, trial.number):
+            if not self.coord.claim(str(arch), study.study_name, trial.number, budget=n):
                 owner = self.coord.owner(str(arch))
-                trial.set_user_attr("reason", f"duplicate of {owner.study}#{owner.trial_number}" if owner else "duplicate")
+                if owner is None:  # other workers filled the stage's budget meanwhile
+                    trial.set_user_attr("reason", "the stage's budget was reached by other workers")
+                    study.tell(trial, state=pruned)
+                    return True
+                trial.set_user_attr("reason", f"duplicate of {owner.study}#{owner.trial_number}")
                 study.tell(trial, state=pruned)
                 self.outcome.pruned_duplicate += 1
                 continue
-            numbers = sorted(c.trial_number for c in self.coord.claimed(study.study_name))
-            if numbers.index(trial.number) >= n:
-                # Workers check the budget before proposing, so two may claim the last place at
-                # once: the later trial gives its claim back (the earlier one never does).
-                self.coord.release(str(arch))
-                trial.set_user_attr("reason", "the stage's budget was reached by other workers")
-                study.tell(trial, state=pruned)
-                return True
             self._evaluate(study, trial.number, arch, meta, time.perf_counter() - t0)
             return True
         return False
@@ -312,21 +317,25 @@ class Search:
             return None, None, {}
 
     def _propose_random(self, study, n, draw):
-        claimed = len(self.coord.claimed(study.study_name))
+        if draw == 0:
+            self._claimed = len(self.coord.claimed(study.study_name))
+        claimed = self._claimed
         seed = (self.worker_seed * 1_000_003 + claimed * 1009 + draw) % 2**63
         arch = self.space.sample(seed)
         return (None, None, {}) if self.coord.owner(str(arch)) else (arch, None, {"generation": 0})
 
     def _propose_modular(self, study, n, draw):
         pop = self.cfg.population_for(n)
-        claimed = len(self.coord.claimed(study.study_name))
-        generation = 1 + claimed // pop
-        pool = [p for p in self._parents() if p[1] < generation]
+        if draw == 0:  # the pool changes only between trials: read it once per trial, not per draw
+            claimed = len(self.coord.claimed(study.study_name))
+            generation = 1 + claimed // pop
+            self._pool = (claimed, generation, [p for p, g in self._parents() if g < generation])
+        claimed, generation, pool = self._pool
         if not pool:
             raise HwnasError("the modular stage needs finished structural trials; run --stage structural first "
                              "(or --stage both)")
-        rng = random.Random((self.worker_seed, generation, claimed, draw).__hash__())
-        parent = choose_parent([p[0] for p in pool], pop, rng)
+        rng = random.Random(hash((self.worker_seed, generation, claimed, draw)))
+        parent = choose_parent(pool, pop, rng)
         try:
             child = mutate(self.space, parent, rng.randrange(2**31))
         except HwnasError:
@@ -368,7 +377,7 @@ class Search:
         run_dir = Path(self.cfg.out) / "trials" / slug(str(arch))
         label = f"{meta['stage']} #{number}"
         t_train = time.perf_counter()
-        values, reason = None, None
+        values, reason, extra = None, None, {}
 
         def on_train(done: int, total: int, item: str) -> None:
             if self.progress:
@@ -381,15 +390,14 @@ class Search:
             extra = {"map50": m["map50"], "train_s": m["train_seconds"], "train_images_per_s": m["train_images_per_s"],
                      "run": str(run_dir)}
         except torch.OutOfMemoryError as e:
-            reason, extra = f"out of memory: {str(e).splitlines()[0][:200]}", {}
+            reason = f"out of memory: {str(e).splitlines()[0][:200]}"
         except MemoryError:
-            reason, extra = "out of memory (host)", {}
+            reason = "out of memory (host)"
         except HwnasError as e:  # diverged, a broken image, ...
-            reason, extra = str(e), {}
+            reason = str(e)
         except RuntimeError as e:
             msg = str(e).splitlines()[0][:300] if str(e) else e.__class__.__name__
             reason = ("out of memory: " if "out of memory" in msg.lower() else "runtime error: ") + msg
-            extra = {}
         train_s = time.perf_counter() - t_train
         if reason is not None and self.cfg.device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -422,8 +430,9 @@ class Search:
         """Refresh the progress line (trials finished by all workers, the front so far); once a trial."""
         if self.progress is None:
             return
-        self._done = min(self.total, sum(1 for _ in self._finished()))
-        self._front = self._front_text()
+        finished = list(self._finished())
+        self._done = min(self.total, len(finished))
+        self._front = _front_text([(t.values[0], t.values[1]) for t in finished if t.values])
         self.progress(self._done, self.total, f"{self._front} | {item}")
 
     def _finished(self):
@@ -434,16 +443,6 @@ class Search:
                 continue
             yield from study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
                                                                 optuna.trial.TrialState.FAIL))
-
-    def _front_text(self) -> str:
-        from hwnas.search.pareto import pareto_indices
-
-        pts = [(t.values[0], t.values[1]) for t in self._finished() if t.values]
-        if not pts:
-            return "front: -"
-        front = [pts[i] for i in pareto_indices(pts)]
-        return f"front {len(front)}: " + " ".join(f"{m:.3f}@{lat:.1f}ms" for m, lat in front[:4]) + \
-            (" ..." if len(front) > 4 else "")
 
     # ------------------------------------------------------------------ resumption
     def _resume_stale(self, stage: str, study) -> None:
@@ -505,21 +504,15 @@ class Search:
             self._evaluate(study, trial.number, arch, meta, 0.0)
         self._wait_for_others("baseline", study)
 
-    def final_candidates(self) -> list:
-        """Completed trials that compete for the front (search stages, not baselines)."""
-        return [t for t in self._finished() if t.values]
-
     def _measure_front(self) -> None:
         """Re-measure every front member (and every baseline) end to end on the table's backend;
         results are kept in the study, so a rerun or another worker does not measure again."""
         if self.backend is None:
             return
-        from hwnas.search.pareto import pareto_indices
+        from hwnas.search.report import final_front, trial_records
         from hwnas.validate import measure_detector
 
-        trials = self.final_candidates()
-        pts = [(t.values[0], t.values[1]) for t in trials]
-        archs = [trials[i].user_attrs["hwnas"]["arch"] for i in pareto_indices(pts)] + [str(a) for a in self.baselines]
+        archs = [r["arch"] for r in final_front(trial_records(self))] + [str(a) for a in self.baselines]
         store = self._measure_store()
         measured = dict(store.user_attrs.get("measured_ms", {}))
         todo = [a for a in dict.fromkeys(archs) if a not in measured]
