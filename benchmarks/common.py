@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 HWNAS = [sys.executable, "-m", "hwnas.cli"]
 
@@ -29,3 +31,31 @@ def search_args(description: str, *, trials: int, population: int, epochs: int) 
     ap.add_argument("--population", type=int, default=population)
     ap.add_argument("--epochs", type=int, default=epochs)
     return ap
+
+
+def results_args(ap: argparse.ArgumentParser, name: str, work: str, *, fresh: str, quick: str) -> argparse.Namespace:
+    """Add --work, --results, --fresh and --quick to ``ap`` and parse the command line.
+
+    The benchmark keeps its intermediate files under WORK and writes RESULTS.{json,md} (default
+    benchmarks/results/NAME); --quick, a smoke test, moves both to WORK-quick so that it never
+    touches recorded results. ``fresh`` and ``quick`` are the help texts of those two flags.
+    """
+    ap.add_argument("--work", type=Path, default=Path(work))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results") / name,
+                    help="writes RESULTS.json and .md")
+    ap.add_argument("--fresh", action="store_true", help=fresh)
+    ap.add_argument("--quick", action="store_true", help=quick)
+    args = ap.parse_args()
+    if args.quick:
+        args.work = Path(f"{work}-quick")
+        args.results = args.work / name
+    return args
+
+
+def write_results(results: Path, result: dict, text: str) -> None:
+    """RESULTS.json (``result``) and RESULTS.md (``text``); prints the text and what was written."""
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
+    results.with_suffix(".md").write_text(text)
+    print("\n" + text)
+    print(f"wrote {results.with_suffix('.json')} and {results.with_suffix('.md')}")

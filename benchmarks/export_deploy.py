@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import HWNAS as HW, run
+from common import HWNAS as HW, results_args, run, write_results
 
 # name, precision, int8 target
 EXPORTS = [("fp32", "fp32", None), ("fp16", "fp16", None), ("int8-cpu", "int8", "cpu"), ("int8-tensorrt", "int8", "tensorrt")]
@@ -161,13 +161,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, nargs="+", default=[1], help="bench thread counts, e.g. 1 2")
     ap.add_argument("--min-time", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=20)
-    ap.add_argument("--work", type=Path, default=Path("runs/bench/export"))
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/export_deploy"), help="writes RESULTS.json and .md")
-    ap.add_argument("--fresh", action="store_true", help="redo exports and parity even if saved")
-    ap.add_argument("--quick", action="store_true", help="smoke test: tiny data, 1 epoch, 8 calibration images, short timing")
-    args = ap.parse_args()
+    args = results_args(ap, "export_deploy", "runs/bench/export", fresh="redo exports and parity even if saved",
+                        quick="smoke test: tiny data, 1 epoch, 8 calibration images, short timing")
     if args.quick:
-        args.work, args.results = Path("runs/bench/export-quick"), Path("runs/bench/export-quick/export_deploy")
         args.data = args.work / "shapes"
         args.epochs, args.calib_images, args.min_time, args.repeats = 1, 8, 0.2, 5
     args.work.mkdir(parents=True, exist_ok=True)
@@ -195,12 +191,7 @@ def main() -> None:
               "checkpoint": {"weights": str(weights), "arch": load_checkpoint(weights)["arch"],
                              **{k: ck[k] for k in ("epochs", "map", "map50", "train_seconds") if k in ck}},
               "environment": env, "exports": exports, "latency": latency, "speedups": speedups, "commands": COMMANDS}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(result, indent=1, default=str))
-    text = markdown(result)
-    args.results.with_suffix(".md").write_text(text)
-    print("\n" + text)
-    print(f"wrote {args.results.with_suffix('.json')} and {args.results.with_suffix('.md')}")
+    write_results(args.results, result, markdown(result))
 
 
 if __name__ == "__main__":

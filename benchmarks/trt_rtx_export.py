@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import HWNAS as HW, run
+from common import HWNAS as HW, results_args, run, write_results
 
 HEADS = {"retina": "small-mobilenet-retinanet", "fcos": "small-resnet-fcos", "rcnn": "small-resnet-faster-rcnn"}
 SETUP: list[str] = []  # the data and training commands, for the results file
@@ -142,13 +142,9 @@ def main() -> None:
     ap.add_argument("--calib-images", type=int, default=8)
     ap.add_argument("--train-epochs", type=int, default=1, help="epochs of `hwnas train` per head (0: untrained weights)")
     ap.add_argument("--host-head", default="retina", choices=list(HEADS), help="head whose host NMS form is built too")
-    ap.add_argument("--work", type=Path, default=Path("runs/bench/trt_rtx"))
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/trt_rtx_export"), help="writes RESULTS.json and .md")
-    ap.add_argument("--fresh", action="store_true", help="rebuild rows already recorded")
-    ap.add_argument("--quick", action="store_true", help="smoke test: sm80 only, fp32 and int8, 4 calibration images")
-    args = ap.parse_args()
+    args = results_args(ap, "trt_rtx_export", "runs/bench/trt_rtx", fresh="rebuild rows already recorded",
+                        quick="smoke test: sm80 only, fp32 and int8, 4 calibration images")
     if args.quick:
-        args.work, args.results = Path("runs/bench/trt_rtx-quick"), Path("runs/bench/trt_rtx-quick/trt_rtx_export")
         args.data, args.sms, args.precisions, args.calib_images = args.work / "shapes", ["80"], ["fp32", "int8"], 4
     args.work.mkdir(parents=True, exist_ok=True)
     hw(["data", "synth", "--kind", "shapes", "--n-train", "64", "--n-val", "8", "--size", str(args.img), "--seed", "0",
@@ -180,12 +176,7 @@ def main() -> None:
               "calib_images": args.calib_images, "total_s": round(time.time() - t_all, 1), "setup": SETUP, "rows": rows,
               "weights": f"trained {args.train_epochs} epoch(s) on 64 generated images" if args.train_epochs
               else "untrained weights"}
-    args.results.parent.mkdir(parents=True, exist_ok=True)
-    args.results.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    text = markdown(result)
-    args.results.with_suffix(".md").write_text(text)
-    print("\n" + text)
-    print(f"wrote {args.results.with_suffix('.json')} and {args.results.with_suffix('.md')}")
+    write_results(args.results, result, markdown(result))
     if any(not x["ok"] for x in rows):
         sys.exit(1)
 

@@ -26,16 +26,14 @@ Detect = Callable[[torch.Tensor], list[dict[str, torch.Tensor]]]
 def to_coco_results(det: dict[str, torch.Tensor], target: dict, cat_ids: list[int]) -> list[dict]:
     """One image's detections in COCO results format, mapped back to the original image's pixels
     (the eval letterbox only scales and pads bottom/right: original = returned / scale)."""
-    boxes = det["boxes"].detach().cpu().float() / target["scale"]
-    h, w = target["orig_hw"]
-    boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
-    boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
-    out = []
-    for b, s, lab in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist()):
-        out.append({"image_id": int(target["image_id"]), "category_id": int(cat_ids[int(lab)]),
-                    "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                    "score": round(float(s), 5)})
-    return out
+    from hwnas.heads.postprocess import clip_boxes
+
+    boxes = clip_boxes(det["boxes"].detach().cpu().float() / target["scale"], target["orig_hw"])
+    image_id = int(target["image_id"])
+    return [{"image_id": image_id, "category_id": int(cat_ids[int(lab)]),
+             "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+             "score": round(float(s), 5)}
+            for b, s, lab in zip(boxes.tolist(), det["scores"].tolist(), det["labels"].tolist())]
 
 
 @torch.no_grad()

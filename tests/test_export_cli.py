@@ -21,6 +21,7 @@ from hwnas.cli import main
 from hwnas.data.synth import synth
 from hwnas.train import TrainConfig, train
 
+from cli_checks import assert_one_error, fill
 from conftest import HAS_RTX, needs_rtx
 
 SHAPES = ["circle", "rectangle", "triangle"]
@@ -260,7 +261,7 @@ def test_rtx_engine_dynamic_batch(world, tmp_path, capfd):
     dim0 = onnx.load(str(name.with_suffix(".onnx"))).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch"
     # bench checks the batch against the profile before it needs a GPU
-    _one_error(capfd, ["bench", "--model", str(name.with_suffix(".engine")), "--batch", "8"],
+    assert_one_error(capfd, ["bench", "--model", str(name.with_suffix(".engine")), "--batch", "8"],
                "batch 8 is outside the batch profile 1..4", tmp_path, tmp_path / "out")
 
 
@@ -382,33 +383,12 @@ def bad_dir(tmp_path_factory, world) -> Path:
     return d
 
 
-def _one_error(capfd, argv: list[str], expect: str, watch: Path, out_dir: Path) -> None:
-    before = {p: p.read_bytes() for p in watch.rglob("*") if p.is_file()}
-    rc = main(argv)
-    out, err = capfd.readouterr()
-    assert rc != 0, err
-    assert "Traceback" not in out + err and out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err
-    assert lines[0].startswith("error: ") and "internal error" not in lines[0], lines[0]
-    assert expect in lines[0], lines[0]
-    assert {p: p.read_bytes() for p in watch.rglob("*") if p.is_file()} == before
-    assert not out_dir.exists()  # not even the folder
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_input(name, bad_dir, world, exported, tmp_path, capfd):
     subs = {"{d}": str(bad_dir), "{o}": str(tmp_path / "out"), "{ck}": str(world["ckpt"]["retina"]),
             "{onnx}": str(_onnx(exported, "retina")), "{data}": str(world["data"])}
     argv, expect = BAD[name]
-    argv = [_sub(a, subs) for a in argv]
-    _one_error(capfd, argv, expect, bad_dir, tmp_path / "out")
-
-
-def _sub(arg: str, subs: dict[str, str]) -> str:
-    for k, v in subs.items():
-        arg = arg.replace(k, v)
-    return arg
+    assert_one_error(capfd, fill(argv, subs), expect, bad_dir, tmp_path / "out")
 
 
 @pytest.mark.trt
@@ -433,4 +413,4 @@ def test_bench_damaged_engine(damage, expect, engine, tmp_path, capfd):
     else:
         extra = ["--batch", "4"]
     argv = ["bench", "--model", str(eng), "--min-time", "0.05", "--repeats", "3", *extra]
-    _one_error(capfd, argv, expect, pair, tmp_path / "out")
+    assert_one_error(capfd, argv, expect, pair, tmp_path / "out")

@@ -16,6 +16,7 @@ import pytest
 import torch
 from torch.nn.utils import parametrize
 
+from cli_checks import assert_one_error, fill
 from conftest import sigkill_when
 from hwnas.arch import Arch
 from hwnas.cli import main
@@ -425,26 +426,9 @@ def bad_dir(tmp_path_factory, scoring_ckpt) -> Path:
 def test_bad_input(name, bad_dir, data, faces, scoring_ckpt, capfd):
     subs = {"{d}": str(bad_dir), "{data}": str(data), "{faces}": str(faces), "{ck}": str(scoring_ckpt)}
     argv, expect = BAD[name]
-    argv = [_sub(a, subs) for a in argv]
+    argv = fill(argv, subs)
     if argv[0] == "eval":
         argv += ["--out", f"{bad_dir}/eval.json"]
     elif "--out" not in argv:
         argv += ["--out", f"{bad_dir}/run-new"]
-    before = {p: p.read_bytes() for p in bad_dir.rglob("*") if p.is_file()}
-    rc = main(argv)
-    out, err = capfd.readouterr()
-    assert rc != 0, err
-    assert "Traceback" not in out + err and out == ""
-    lines = err.splitlines()
-    assert len(lines) == 1, err  # exactly one line: no progress bar, no "training ..." line
-    assert lines[0].startswith("error: ") and "internal error" not in lines[0], lines[0]
-    assert expect in lines[0], lines[0]
-    after = {p: p.read_bytes() for p in bad_dir.rglob("*") if p.is_file()}
-    assert after == before  # nothing written, nothing changed
-    assert not (bad_dir / "run-new").exists()  # not even the run folder
-
-
-def _sub(arg: str, subs: dict[str, str]) -> str:
-    for k, v in subs.items():
-        arg = arg.replace(k, v)
-    return arg
+    assert_one_error(capfd, argv, expect, bad_dir, bad_dir / "run-new")  # not even the run folder

@@ -40,7 +40,10 @@ import torch
 from torch import nn
 
 from hwnas.arch import Arch
+from hwnas.data.transforms import normalize
 from hwnas.errors import HwnasError
+from hwnas.export import nms as N
+from hwnas.heads.postprocess import decode_outputs, postprocess, select_detections
 
 __all__ = [
     "DEPLOY_FORMAT", "NMS_FORMS", "DeployConfig", "DeployModel", "OnnxDetector", "TorchDetector",
@@ -106,18 +109,12 @@ class DeployConfig:
 
 # ----------------------------------------------------------------------------- the graph
 class Normalize(nn.Module):
-    """``(images - MEAN) / STD`` with the training statistics, so users feed pixels / 255."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        from hwnas.data.transforms import MEAN, STD
-
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1), persistent=False)
+    """:func:`hwnas.data.transforms.normalize` (the training statistics) as the graph's ``pre``
+    part, so users feed pixels / 255."""
 
     def forward(self, images: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """Normalised in fp32, then cast to the network's ``dtype`` (the cast is named /pre/...)."""
-        x = (images - self.mean) / self.std
+        x = normalize(images)
         return x if x.dtype == dtype else x.to(dtype)
 
 
@@ -167,9 +164,6 @@ class DeployPost(nn.Module):
         self.m = num_candidates(arch, num_classes, config.pre_nms_topk)
 
     def forward(self, *raw: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        from hwnas.export import nms as N
-        from hwnas.heads.postprocess import decode_outputs
-
         c, k = self.config, self.num_classes
         # A half network's outputs: fp32 from here on (half pixel coordinates are off by whole
         # pixels at 512 px; see hwnas.heads.postprocess).
@@ -393,7 +387,8 @@ class OnnxDetector:
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
         if self.meta.get("format") != DEPLOY_FORMAT:
             raise HwnasError(f"not a deployed hwnas graph (metadata format {self.meta.get('format')!r}, "
-                             f"expected {DEPLOY_FORMAT!r}); export it with hwnas.export.export_deploy_onnx")
+                             f"expected {DEPLOY_FORMAT!r}); export it with `hwnas export` "
+                             "(hwnas.export.deploy.export_deploy_onnx)")
         given = {k: v for k, v in (("score_thresh", score_thresh), ("nms_thresh", nms_thresh),
                                    ("max_dets", max_dets), ("pre_nms_topk", pre_nms_topk)) if v is not None}
         if given and self.meta["config"]["nms"] != "host":
@@ -406,20 +401,9 @@ class OnnxDetector:
         b = self.session.get_inputs()[0].shape[0]
         self.static_batch = b if isinstance(b, int) else None
 
-    def _run(self, images: torch.Tensor) -> list[torch.Tensor]:
+    def _run(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         outs = self.session.run(self.output_names, {INPUT_NAME: images.numpy()})
-        return [torch.from_numpy(o) for o in outs]
-
-    def _run_chunks(self, images: torch.Tensor) -> list[torch.Tensor]:
-        step = self.static_batch or len(images)
-        parts = []
-        for i in range(0, len(images), step):
-            chunk = images[i:i + step]
-            n = len(chunk)
-            if n < step:
-                chunk = torch.cat((chunk, chunk.new_zeros(step - n, *chunk.shape[1:])))
-            parts.append([o[:n] for o in self._run(chunk)])
-        return [torch.cat(t) for t in zip(*parts)]
+        return {n: torch.from_numpy(o) for n, o in zip(self.output_names, outs)}
 
     def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """images [B, 3, H, W] float in [0, 1] at the graph's input size -> detections per image."""
@@ -428,15 +412,31 @@ class OnnxDetector:
                              f"(letterboxed to the arch's input size), got {list(images.shape)}")
         if len(images) == 0:
             return []
-        outs = dict(zip(self.output_names, self._run_chunks(images.detach().cpu().float().contiguous())))
-        if self.config.nms == "host":
-            from hwnas.heads.postprocess import select_detections
+        images = images.detach().cpu().float().contiguous()
+        outs = run_in_chunks(self._run, images, self.static_batch or len(images))
+        return to_detections(outs, self.config, self.num_classes)
 
-            c = self.config
-            return select_detections(outs["boxes"], outs["scores"], self.num_classes,
-                                     score_thresh=c.score_thresh, nms_thresh=c.nms_thresh,
-                                     max_dets=c.max_dets, pre_nms_topk=c.pre_nms_topk)
-        return unpack_detections(*(outs[n] for n in FIXED_OUTPUTS))
+
+def run_in_chunks(run, images: torch.Tensor, step: int) -> dict[str, torch.Tensor]:
+    """``run`` (a graph or engine bound to batch ``step``: images -> {output name: tensor}) over any
+    number of images, in chunks of ``step``, the last one zero-padded and its padding dropped."""
+    parts = []
+    for i in range(0, len(images), step):
+        chunk = images[i:i + step]
+        n = len(chunk)
+        if n < step:
+            chunk = torch.cat((chunk, chunk.new_zeros(step - n, *chunk.shape[1:])))
+        parts.append({k: v[:n] for k, v in run(chunk).items()})
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def to_detections(outs: dict[str, torch.Tensor], config: DeployConfig, num_classes: int) -> list[dict[str, torch.Tensor]]:
+    """A deployed graph's outputs -> detections per image (the host form's NMS runs here)."""
+    if config.nms == "host":
+        return select_detections(outs["boxes"], outs["scores"], num_classes, score_thresh=config.score_thresh,
+                                 nms_thresh=config.nms_thresh, max_dets=config.max_dets,
+                                 pre_nms_topk=config.pre_nms_topk)
+    return unpack_detections(*(outs[n] for n in FIXED_OUTPUTS))
 
 
 class TorchDetector:
@@ -461,9 +461,6 @@ class TorchDetector:
     @torch.no_grad()
     def detect(self, images: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """images [B, 3, H, W] float in [0, 1] at the arch's input size -> detections per image."""
-        from hwnas.data.transforms import normalize
-        from hwnas.heads.postprocess import postprocess
-
         outputs = self.model(normalize(images.to(self.device)))
         dets = postprocess(outputs, self.arch, self.num_classes, **self.select)
         return [{k: v.cpu() for k, v in d.items()} for d in dets]

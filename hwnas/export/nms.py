@@ -79,18 +79,20 @@ def greedy_keep(boxes: torch.Tensor, scores: torch.Tensor, labels: torch.Tensor,
 class OnnxNMS(torch.autograd.Function):
     """ONNX ``NonMaxSuppression`` (center_point_box=0): boxes [B, M, 4], scores [B, K, M] ->
     selected_indices [S, 3] int64 rows (batch, class, box), boxes scoring above ``score_thresh``
-    only, at most ``max_per_class`` per (image, class)."""
+    only, at most ``max_per_class`` per (image, class).
+
+    Eager: :func:`greedy_keep`, for scores as :func:`class_scores` lays them out (each candidate
+    scores in one class only); the rows come in (batch, box) order, not the op's (batch, class,
+    score) order, which :func:`keep_from_selected` does not depend on.
+    """
 
     @staticmethod
     def forward(ctx, boxes: torch.Tensor, scores: torch.Tensor, max_per_class: int, iou_thresh: float,
                 score_thresh: float) -> torch.Tensor:
-        rows = []
-        for b in range(boxes.shape[0]):
-            for c in range(scores.shape[1]):
-                idx = (scores[b, c] > score_thresh).nonzero().squeeze(1)
-                kept = idx[nms(boxes[b, idx], scores[b, c, idx], iou_thresh)[:max_per_class]]
-                rows.append(torch.stack((torch.full_like(kept, b), torch.full_like(kept, c), kept), 1))
-        return torch.cat(rows) if rows else torch.zeros(0, 3, dtype=torch.int64)
+        best, labels = scores.max(1)
+        keep = greedy_keep(boxes, best, labels, best > score_thresh, iou_thresh, max_per_class)
+        b, m = keep.nonzero(as_tuple=True)
+        return torch.stack((b, labels[b, m], m), 1)
 
     @staticmethod
     def symbolic(g, boxes, scores, max_per_class: int, iou_thresh: float, score_thresh: float):
@@ -126,19 +128,23 @@ def _suppressors(boxes: torch.Tensor, labels: torch.Tensor, iou_thresh: float, m
     return (class_aware_iou(boxes, labels) > iou_thresh).to(boxes.dtype) * upper
 
 
+def _cluster_step(keep: torch.Tensor, valid: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """One Cluster-NMS iteration: valid and overlapped by no kept higher box (one [B, 1, M] x
+    [B, M, M] MatMul and a compare)."""
+    hits = torch.matmul(keep.unsqueeze(1), s).squeeze(1)  # kept higher boxes overlapping each one
+    return valid * (hits < 0.5)
+
+
 def cluster_nms_keep(boxes: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, iou_thresh: float,
                      num: int, iters: int) -> torch.Tensor:
-    """Keep mask [B, M] (float 0/1) after ``iters`` Cluster-NMS iterations (see the module docstring).
-
-    Each iteration is one [B, 1, M] x [B, M, M] MatMul and a compare, unrolled in the graph.
-    ``iters`` should be odd: odd iterates never keep a box greedy NMS suppresses. ``num`` = M.
+    """Keep mask [B, M] (float 0/1) after ``iters`` Cluster-NMS iterations (see the module docstring),
+    unrolled in the graph. ``iters`` should be odd: odd iterates never keep a box greedy NMS
+    suppresses. ``num`` = M.
     """
     s = _suppressors(boxes, labels, iou_thresh, num)
-    v = valid.to(boxes.dtype)
-    keep = v
+    v = keep = valid.to(boxes.dtype)
     for _ in range(iters):
-        hits = torch.matmul(keep.unsqueeze(1), s).squeeze(1)  # kept higher boxes overlapping each one
-        keep = v * (hits < 0.5)
+        keep = _cluster_step(keep, v, s)
     return keep
 
 
@@ -147,10 +153,9 @@ def suppression_chain(boxes: torch.Tensor, labels: torch.Tensor, valid: torch.Te
     """Iterations Cluster-NMS needs to reach greedy NMS on these candidates (eager; for choosing
     and checking ``iters``): the first t with iterate t == iterate t + 1."""
     s = _suppressors(boxes, labels, iou_thresh, boxes.shape[1])
-    v = valid.to(boxes.dtype)
-    keep = v
+    v = keep = valid.to(boxes.dtype)
     for t in range(limit):
-        nxt = v * (torch.matmul(keep.unsqueeze(1), s).squeeze(1) < 0.5)
+        nxt = _cluster_step(keep, v, s)
         if torch.equal(nxt, keep):
             return t
         keep = nxt

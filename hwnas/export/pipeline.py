@@ -285,23 +285,18 @@ def _onnx_network(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
 
 
 def _engine_detect(runner, bound: int) -> Callable[[torch.Tensor], list[dict]]:
-    """detect() of an engine bound to ``bound`` images: fed in chunks of that size (the last one
-    zero-padded), as eval and infer pass any number of images. Needs a GPU (not run in CI)."""
-    from hwnas.export.deploy import FIXED_OUTPUTS, unpack_detections
-    from hwnas.heads.postprocess import select_detections
+    """detect() of an engine bound to ``bound`` images, fed in chunks of that size (eval and infer
+    pass any number). The engine manifest keeps no thresholds: a host-form engine gets NMS with
+    the defaults ``hwnas export`` exports with. Needs a GPU (not run in CI)."""
+    from hwnas.export.deploy import DeployConfig, run_in_chunks, to_detections
 
     m = runner.manifest
+    config = DeployConfig(nms=m.form)
 
-    def one(chunk: torch.Tensor) -> list[dict]:
-        n = len(chunk)
-        if n < bound:
-            chunk = torch.cat((chunk, chunk.new_zeros(bound - n, *chunk.shape[1:])))
-        outs = {k: torch.as_tensor(v).cpu()[:n] for k, v in runner(chunk).items()}
-        if m.form == "host":
-            return select_detections(outs["boxes"], outs["scores"], len(m.class_names))
-        return unpack_detections(*(outs[name] for name in FIXED_OUTPUTS))
+    def run(chunk: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(v).cpu() for k, v in runner(chunk).items()}
 
-    return lambda images: [d for i in range(0, len(images), bound) for d in one(images[i:i + bound])]
+    return lambda images: to_detections(run_in_chunks(run, images, bound), config, len(m.class_names))
 
 
 # ============================================================================ bench and infer
@@ -364,6 +359,7 @@ def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 
     from PIL import Image, ImageDraw
 
     from hwnas.fileio import check_writable, write_json
+    from hwnas.heads.postprocess import clip_boxes
 
     images, info = load_images(paths, model.arch.input_hw)  # every image readable before anything is written
     inputs = {Path(p).resolve() for p in paths}
@@ -381,10 +377,7 @@ def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 
     dets = model.detect(images)
     records = []
     for det, meta in zip(dets, info):
-        h, w = meta["orig_hw"]
-        boxes = (det["boxes"] / meta["scale"]).clamp(min=0)
-        boxes[:, 0::2] = boxes[:, 0::2].clamp(max=w)
-        boxes[:, 1::2] = boxes[:, 1::2].clamp(max=h)
+        boxes = clip_boxes(det["boxes"] / meta["scale"], meta["orig_hw"])
         rows = [{"box": [round(v, 1) for v in b], "score": round(float(s), 4), "class": model.class_names[int(c)]}
                 for b, s, c in zip(boxes.tolist(), det["scores"], det["labels"])]
         records.append({"image": str(meta["path"]), "detections": rows})

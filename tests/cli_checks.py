@@ -1,0 +1,34 @@
+"""Checks the CLI tests share: bad input ends in one ``error:`` line and leaves no trace."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from hwnas.cli import main
+
+
+def fill(argv: list[str], subs: dict[str, str]) -> list[str]:
+    """``argv`` with every placeholder key of ``subs`` (e.g. ``"{d}"``) replaced by its value."""
+    out = []
+    for arg in argv:
+        for k, v in subs.items():
+            arg = arg.replace(k, v)
+        out.append(arg)
+    return out
+
+
+def assert_one_error(capfd, argv: list[str], expect: str, watch: Path, absent: Path) -> None:
+    """``hwnas.cli.main(argv)`` refuses the way a user should see it: a non-zero exit, nothing on
+    stdout, exactly one ``error: ...`` line on stderr containing ``expect`` (no traceback, no
+    internal error), no file under ``watch`` created or changed, and ``absent`` (the output it was
+    asked to write) not created, not even as a folder."""
+    before = {p: p.read_bytes() for p in watch.rglob("*") if p.is_file()}
+    rc = main(argv)
+    out, err = capfd.readouterr()
+    assert rc != 0, err
+    assert "Traceback" not in out + err and out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err  # exactly one line: no progress bar, no progress message
+    assert lines[0].startswith("error: ") and "internal error" not in lines[0], lines[0]
+    assert expect in lines[0], lines[0]
+    assert {p: p.read_bytes() for p in watch.rglob("*") if p.is_file()} == before  # nothing written or changed
+    assert not absent.exists()
