@@ -2,6 +2,7 @@
 format, and every way check_engine / load_engine refuse an engine they must not load."""
 from __future__ import annotations
 
+import importlib.util
 import io
 import json
 import time
@@ -19,8 +20,10 @@ from hwnas.data.transforms import MEAN, STD, normalize
 from hwnas.errors import HwnasError
 from hwnas.export.engine import build_engine_file, check_engine, load_engine
 from hwnas.export.manifest import (
+    FLAVOURS,
     FORMAT,
     FORMS,
+    PRECISIONS,
     ROI_IMPLS,
     BuildOptions,
     EngineManifest,
@@ -33,20 +36,11 @@ from hwnas.heads.postprocess import decode_outputs
 from hwnas.models.detector import Detector
 from hwnas.onnx_export import to_onnx
 
-try:
-    import tensorrt_rtx  # noqa: F401
+from conftest import HAS_RTX, needs_rtx
 
-    HAS_RTX = True
-except ImportError:
-    HAS_RTX = False
-try:
-    import tensorrt  # noqa: F401
-
-    HAS_TRT = True
-except ImportError:
-    HAS_TRT = False
-
-needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
+if HAS_RTX:
+    import tensorrt_rtx
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None
 
 ARCH = "i64/basic_c16_1-21/none/retina_d1_c32/bn"  # a whole retina detector, ~1 s to build
 CLASSES = ["person", "car", "dog"]
@@ -160,9 +154,11 @@ def test_manifest_rejects_bad_fields() -> None:
 def test_manifest_choices_match_their_sources() -> None:
     """manifest.py repeats these lists so that reading a manifest imports no torch."""
     from hwnas.export.deploy import NMS_FORMS
+    from hwnas.export.pipeline import PRECISIONS as EXPORT_PRECISIONS
     from hwnas.units import ROI_IMPLS as UNIT_ROI_IMPLS
 
     assert ROI_IMPLS == UNIT_ROI_IMPLS and FORMS == NMS_FORMS
+    assert PRECISIONS == EXPORT_PRECISIONS and FLAVOURS == (*trt_backend.FLAVOURS, "onnx")
 
 
 @pytest.mark.parametrize("content,words", [
@@ -200,6 +196,7 @@ def test_onnx_flavour_builds_checks_loads_and_runs(tmp_path, model, onnx_dynamic
     assert m.build.dynamic_batch == (1, 2, 4) and m.build.batch is None and m.input.shape[0] == "batch"
     assert m.sm is None and m.engine_sha256 == m.onnx_sha256
     runner = load_engine(out)
+    assert runner.batch == 2  # the profile's opt
     x = torch.rand(3, 3, 64, 64)
     got = runner(x.numpy())
     with torch.no_grad():
@@ -208,6 +205,8 @@ def test_onnx_flavour_builds_checks_loads_and_runs(tmp_path, model, onnx_dynamic
     np.testing.assert_allclose(got["scores"], scores.numpy(), atol=1e-4)
     with pytest.raises(HwnasError, match="drop sm"):
         build_engine_file(onnx_dynamic, tmp_path / "x.onnx", FIELDS, flavour="onnx", sm="80", batch_profile=(1, 1, 1))
+    with pytest.raises(HwnasError, match="drop opt_level"):  # 0 is an option given, not "none"
+        build_engine_file(onnx_dynamic, tmp_path / "x.onnx", FIELDS, flavour="onnx", opt_level=0, batch_profile=(1, 1, 1))
 
 
 def test_build_engine_file_refuses_bad_requests_before_writing(tmp_path, onnx_static, onnx_dynamic) -> None:
@@ -303,6 +302,16 @@ def test_failed_build_writes_nothing_and_keeps_the_old_pair(pair, monkeypatch, o
     assert not (pair.parent / "new.engine").exists() and not (pair.parent / "new.json").exists()
 
 
+@pytest.mark.trt
+@needs_rtx
+def test_bad_manifest_field_refused_before_the_build(tmp_path, onnx_static) -> None:
+    """A bad form is said before the build: sm_90 (not offered) would fail the build with its own message."""
+    with pytest.raises(HwnasError) as e:
+        build_engine_file(onnx_static, tmp_path / "e.engine", {**FIELDS, "form": "plugin"}, sm="90")
+    _one_line(e, "form", "plugin")
+    assert not list(tmp_path.iterdir())
+
+
 # ------------------------------------------------------------------ check_engine refuses
 @pytest.mark.trt
 @needs_rtx
@@ -393,6 +402,14 @@ def test_load_engine_needs_a_gpu(pair) -> None:
     _one_line(e, "passed its checks", "needs a CUDA GPU")
     with pytest.raises(HwnasError, match="built for batch 1"):
         load_engine(pair, batch=4)
+
+
+@pytest.mark.trt
+@needs_rtx
+def test_load_engine_refuses_a_cpu_device(pair) -> None:
+    with pytest.raises(HwnasError) as e:
+        load_engine(pair, device="cpu")
+    _one_line(e, "device 'cpu'", "tensorrt-rtx engine", "cuda:<index>")
 
 
 def test_version_compatible_rule() -> None:

@@ -1,7 +1,8 @@
 """``tensorrt`` and ``tensorrt-rtx``: one code path over the two Python modules.
 
 Both take a strongly typed network parsed from ONNX, so precision lives in the graph (fp16 = a
-module exported in half precision; int8 = explicit Q/DQ, not wired up yet). TensorRT-RTX can build
+module exported in half precision; int8 = explicit Q/DQ from :func:`hwnas.export.precision.to_int8`,
+which :func:`build_engine` takes but the timing backend does not yet). TensorRT-RTX can build
 ahead of time for a chosen compute capability on a machine without a GPU (:func:`build_engine`);
 running or timing an engine needs a GPU (:class:`TensorRTRunner`, torch CUDA tensors as I/O).
 """
@@ -26,6 +27,7 @@ from hwnas.backends.base import (
     library_versions,
 )
 from hwnas.errors import HwnasError
+from hwnas.fileio import write_atomic
 
 __all__ = [
     "FLAVOURS",
@@ -210,8 +212,6 @@ def build_engine(
             warnings.simplefilter("ignore", DeprecationWarning)
             tc = config.get_timing_cache()
             if tc is not None:
-                from hwnas.fileio import write_atomic
-
                 cache_path.parent.mkdir(parents=True, exist_ok=True)
                 write_atomic(cache_path, bytes(tc.serialize()))
     return bytes(engine)
@@ -365,16 +365,17 @@ class TensorRTRunner:
         if not self.context.execute_async_v3(torch.cuda.current_stream().cuda_stream):
             raise HwnasError(f"TensorRT execution failed: {_one_line(self._logger.errors)}")
 
-    def outputs(self) -> list[np.ndarray]:
+    def _run_and_wait(self) -> list[torch.Tensor]:
         self.run()
         torch.cuda.current_stream().synchronize()
-        return [o.to(torch.float32).cpu().numpy() for o in self._outputs]
+        return self._outputs
+
+    def outputs(self) -> list[np.ndarray]:
+        return [o.to(torch.float32).cpu().numpy() for o in self._run_and_wait()]
 
     def named_outputs(self) -> dict[str, np.ndarray]:
         """Run once; outputs by name in their engine dtypes (a deploy engine's int32 counts and classes)."""
-        self.run()
-        torch.cuda.current_stream().synchronize()
-        return {n: o.cpu().numpy() for n, o in zip(self.output_names, self._outputs)}
+        return {n: o.cpu().numpy() for n, o in zip(self.output_names, self._run_and_wait())}
 
 
 class TensorRTBackend:

@@ -220,7 +220,7 @@ def _check_batch(batch: int, dynamic_batch: tuple[int, int, int] | None) -> int:
     return max(2, dynamic_batch[0])
 
 
-def _roi_impl(arch: Arch, nms: str, roi_impl: str | None, dynamic: bool) -> str:
+def resolve_roi_impl(arch: Arch, nms: str, roi_impl: str | None, dynamic: bool) -> str:
     """The RoIAlign form to export. torchvision's form splits the proposals per image (a Split of
     the traced batch), so it only runs at the batch it was traced with: a dynamic batch gets the
     gather form by default, and an explicit torchvision form with a dynamic batch is refused."""
@@ -319,7 +319,7 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
         raise HwnasError(f"unknown precision {precision!r}; valid: {', '.join(PRECISIONS)} "
                          f"(int8 comes from hwnas.export.precision on an fp32 graph)")
     arch: Arch = detector.arch
-    roi_impl = _roi_impl(arch, nms, roi_impl, dynamic_batch is not None)
+    roi_impl = resolve_roi_impl(arch, nms, roi_impl, dynamic_batch is not None)
     trace_batch = _check_batch(batch, dynamic_batch)
     model = DeployModel(_prepare(detector, precision, roi_impl), config).eval()
     images = torch.rand(trace_batch, 3, *arch.input_hw)

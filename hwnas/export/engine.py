@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import hwnas
 from hwnas.errors import HwnasError
 from hwnas.export.manifest import (
     FIX,
@@ -35,20 +37,30 @@ __all__ = ["EngineRunner", "build_engine_file", "check_engine", "load_engine"]
 CALLER_FIELDS = ("arch", "class_names", "input", "outputs", "form", "roi_impl", "precision", "int8_target")
 _REQUIRED_FIELDS = ("arch", "class_names", "form", "precision")
 
-# ONNX TensorProto element type -> manifest dtype name (the types an export here can produce).
-_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 6: "int32", 7: "int64", 3: "int8", 2: "uint8", 9: "bool"}
-
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _runtime_module(flavour: str) -> Any:
+    """The module that loads this flavour's files (its ``__version__`` is what the manifest records)."""
+    if flavour == "onnx":
+        from hwnas.backends.ort import import_onnxruntime
+
+        return import_onnxruntime()
+    from hwnas.backends.tensorrt import trt_module
+
+    return trt_module(flavour)
+
+
+def _gpu_sm(device: str | None = None) -> str | None:
+    """Compute capability of ``device`` (None: the current CUDA device) as "80", "89", "120"; None without a GPU."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    return f"{major}{minor}"
 
 
 # ------------------------------------------------------------------ build
@@ -61,10 +73,16 @@ def _onnx_io(onnx_bytes: bytes) -> tuple[TensorSpec, tuple[TensorSpec, ...]]:
     except Exception as e:  # protobuf raises its own DecodeError type
         raise HwnasError(f"build_engine_file needs serialized ONNX bytes ({e.__class__.__name__}: {e})") from None
 
+    def dtype(elem_type: int) -> str:
+        try:
+            return onnx.helper.tensor_dtype_to_np_dtype(elem_type).name  # "float32", "int32", ...
+        except KeyError:
+            return str(elem_type)
+
     def spec(v: Any) -> TensorSpec:
         t = v.type.tensor_type
         dims = tuple(d.dim_value if d.dim_value > 0 else (d.dim_param or "dynamic") for d in t.shape.dim)
-        return TensorSpec(v.name, dims, _ONNX_DTYPES.get(t.elem_type, str(t.elem_type)))
+        return TensorSpec(v.name, dims, dtype(t.elem_type))
 
     initializers = {i.name for i in graph.initializer}  # old exports list weights as inputs too
     inputs = [spec(v) for v in graph.input if v.name not in initializers]
@@ -75,15 +93,16 @@ def _onnx_io(onnx_bytes: bytes) -> tuple[TensorSpec, tuple[TensorSpec, ...]]:
 
 
 def _input_spec(given: Any, onnx_input: TensorSpec) -> InputSpec:
-    """Name, shape and dtype come from the graph; the caller states the convention (mean/std)."""
+    """Name, shape and dtype come from the graph; the caller states the convention (mean/std);
+    the rest (layout, channels, value range) defaults to :class:`InputSpec`'s."""
     if isinstance(given, InputSpec):
         given = given.to_dict()
     if not isinstance(given, dict) or "mean" not in given or "std" not in given:
         raise HwnasError("manifest_fields['input'] must give at least mean and std (per-channel lists "
                          "applied in the graph, or None when the graph takes normalized input)")
-    d = {"layout": "NCHW", "channels": "RGB", "value_range": [0.0, 1.0], **given,
-         "name": onnx_input.name, "shape": list(onnx_input.shape), "dtype": onnx_input.dtype}
-    return InputSpec.from_dict(d)
+    defaults = InputSpec(shape=(), mean=None, std=None).to_dict()
+    graph = {"name": onnx_input.name, "shape": list(onnx_input.shape), "dtype": onnx_input.dtype}
+    return InputSpec.from_dict({**defaults, **given, **graph})
 
 
 def _check_fields(fields: dict) -> None:
@@ -114,16 +133,6 @@ def _check_batch(onnx_input: TensorSpec, batch_profile: Any) -> tuple[int, int, 
     return None if batch_profile is None else check_batch_profile(batch_profile)
 
 
-def _library_version(flavour: str) -> str:
-    if flavour == "onnx":
-        from hwnas.backends.ort import import_onnxruntime
-
-        return import_onnxruntime().__version__
-    from hwnas.backends.tensorrt import trt_module
-
-    return trt_module(flavour).__version__
-
-
 def _built_for_sm(flavour: str, sm: str | None) -> str | None:
     """The compute capability the plan is tied to: the chosen one, or the GPU full TensorRT built on."""
     from hwnas.backends.tensorrt import normalize_sm
@@ -131,21 +140,18 @@ def _built_for_sm(flavour: str, sm: str | None) -> str | None:
     if sm is not None:
         return normalize_sm(sm)
     if flavour == "tensorrt":
-        import torch
-
-        if torch.cuda.is_available():
-            major, minor = torch.cuda.get_device_capability()
-            return f"{major}{minor}"
-    return None  # RTX without sm: not tied to one (specialised on the device at load time)
+        return _gpu_sm()
+    return None  # RTX without sm (or onnx): not tied to one (RTX specialises on the device at load time)
 
 
 def _build_plan(onnx_bytes: bytes, flavour: str, sm: str | None, options: dict[str, Any]) -> bytes:
     if flavour == "onnx":
         # The "engine" of the onnx flavour is the ONNX file itself, for onnxruntime.
         # batch_profile only records the batch range onnxruntime will be given.
-        used = {k: v for k, v in options.items() if v not in (None, False) and k != "batch_profile"}
+        # ``is``, not ``in (None, False)``: opt_level=0 == False would pass unnoticed.
+        used = [k for k, v in options.items() if v is not None and v is not False and k != "batch_profile"]
         if sm is not None or used:
-            drop = ["sm"] * (sm is not None) + list(used)
+            drop = ["sm"] * (sm is not None) + used
             raise HwnasError(f"flavour 'onnx' has no engine build; drop {', '.join(drop)}")
         return bytes(onnx_bytes)
     from hwnas.backends.tensorrt import build_engine
@@ -176,9 +182,10 @@ def build_engine_file(
     then the engine, then the manifest, each atomically (a reader that sees the new engine with
     the old manifest gets a sha256 mismatch from :func:`check_engine`, never a wrong model).
     """
+    from hwnas.backends.base import check_choice
+
     out = Path(out)
-    if flavour not in FLAVOURS:
-        raise HwnasError(f"flavour {flavour!r} is not valid; choose one of: {', '.join(FLAVOURS)}")
+    check_choice("flavour", flavour, FLAVOURS)
     if out.suffix == ".json":
         raise HwnasError(f"engine path {out} ends in .json, the manifest's name; use e.g. {out.with_suffix('.engine')}")
     _check_fields(manifest_fields)
@@ -194,15 +201,11 @@ def build_engine_file(
     options = dict(workspace_mb=workspace_mb, opt_level=opt_level, timing_cache=timing_cache,
                    version_compatible=version_compatible, hardware_compatible=hardware_compatible,
                    batch_profile=batch_profile)
-
-    t0 = time.perf_counter()
-    plan = _build_plan(onnx_bytes, flavour, sm, options)
-    build_s = time.perf_counter() - t0
-
-    import hwnas
-
     static_batch = input_spec.shape[0] if isinstance(input_spec.shape[0], int) else None
-    manifest = EngineManifest(  # validated on construction: a bad field fails before any write
+    onnx_sha256 = _sha256(onnx_bytes)
+    # Checked on construction, so a bad field (form, precision, ...) fails before a build of
+    # minutes. The engine fields hold the ONNX's until the build replaces them (as for "onnx").
+    draft = EngineManifest(
         arch=str(fields["arch"]),
         class_names=tuple(fields["class_names"]),
         input=input_spec,
@@ -212,7 +215,7 @@ def build_engine_file(
         precision=fields["precision"],
         int8_target=fields.get("int8_target"),
         flavour=flavour,
-        library_version=_library_version(flavour),
+        library_version=_runtime_module(flavour).__version__,
         sm=_built_for_sm(flavour, sm),
         build=BuildOptions(
             batch=static_batch,
@@ -221,13 +224,18 @@ def build_engine_file(
             version_compatible=version_compatible, hardware_compatible=hardware_compatible,
             timing_cache=None if timing_cache is None else str(timing_cache),
         ),
-        onnx_sha256=_sha256(onnx_bytes),
-        engine_sha256=_sha256(plan),
-        engine_bytes=len(plan),
-        build_s=round(build_s, 3),
+        onnx_sha256=onnx_sha256,
+        engine_sha256=onnx_sha256,
+        engine_bytes=len(onnx_bytes),
+        build_s=0.0,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         hwnas_version=hwnas.__version__,
     )
+
+    t0 = time.perf_counter()
+    plan = _build_plan(onnx_bytes, flavour, sm, options)
+    build_s = time.perf_counter() - t0
+    manifest = replace(draft, engine_sha256=_sha256(plan), engine_bytes=len(plan), build_s=round(build_s, 3))
     write_atomic(out, plan)
     write_manifest(manifest_path(out), manifest)
     return manifest
@@ -239,12 +247,12 @@ def _built_for(m: EngineManifest) -> str:
     return f"{m.flavour} {m.library_version}{sm}"
 
 
-def _check_file(path: Path, m: EngineManifest) -> None:
-    size = path.stat().st_size
-    if size != m.engine_bytes:
-        raise HwnasError(f"engine {path} is {size} bytes but its manifest says {m.engine_bytes} "
+def _check_plan(path: Path, m: EngineManifest, plan: bytes) -> None:
+    """``plan``: the engine file's bytes, read once for the check and the load that follows."""
+    if len(plan) != m.engine_bytes:
+        raise HwnasError(f"engine {path} is {len(plan)} bytes but its manifest says {m.engine_bytes} "
                          f"(truncated or replaced); {FIX}")
-    digest = _file_sha256(path)
+    digest = _sha256(plan)
     if digest != m.engine_sha256:
         raise HwnasError(f"engine {path} does not match its manifest (sha256 {digest[:12]}... vs "
                          f"{m.engine_sha256[:12]}...: corrupt or replaced); {FIX}")
@@ -253,13 +261,7 @@ def _check_file(path: Path, m: EngineManifest) -> None:
 def _runtime(path: Path, m: EngineManifest) -> Any:
     """The module that loads this flavour; a missing one says what the engine needs and how to get it."""
     try:
-        if m.flavour == "onnx":
-            from hwnas.backends.ort import import_onnxruntime
-
-            return import_onnxruntime()
-        from hwnas.backends.tensorrt import trt_module
-
-        return trt_module(m.flavour)
+        return _runtime_module(m.flavour)
     except HwnasError as e:
         raise HwnasError(f"engine {path} was built with {_built_for(m)}, which cannot be loaded here: {e}") from None
 
@@ -285,15 +287,19 @@ def _check_version(path: Path, m: EngineManifest, here: str) -> None:
                          f"{m.library_version}")
 
 
-def _check_gpu(path: Path, m: EngineManifest) -> None:
-    import torch
+def _check_gpu(path: Path, m: EngineManifest, device: str | None) -> None:
+    """The compute capability of ``device`` (None: the current CUDA device) against the engine's."""
+    if m.flavour == "onnx":
+        return
+    from hwnas.backends.base import is_cuda_device
 
-    if m.flavour == "onnx" or m.sm is None or not torch.cuda.is_available():
-        return  # no GPU: nothing to compare (load_engine says a GPU is needed)
-    major, minor = torch.cuda.get_device_capability()
-    here = f"{major}{minor}"
+    if device is not None and not is_cuda_device(device):
+        raise HwnasError(f"device {device!r} is not valid for a {m.flavour} engine; choose cuda or cuda:<index>")
+    here = None if m.sm is None else _gpu_sm(device)
+    if here is None:
+        return  # not tied to one GPU, or no GPU here (load_engine says a GPU is needed)
     if m.build.hardware_compatible:
-        if major < 8:  # HardwareCompatibilityLevel.AMPERE_PLUS
+        if int(here) < 80:  # HardwareCompatibilityLevel.AMPERE_PLUS
             raise HwnasError(f"engine {path} was built hardware-compatible for Ampere and newer (sm_80+) "
                              f"but this GPU is sm_{here}; rebuild it on this GPU")
         return
@@ -308,15 +314,20 @@ def check_engine(path: Path) -> EngineManifest:
     manifest describes (size, sha256) and that this machine can load it (runtime installed, same
     version unless version-compatible, same compute capability where a GPU is present unless
     hardware-compatible). Each failure is a one-line HwnasError."""
-    path = Path(path)
+    return _checked(Path(path), None)[0]
+
+
+def _checked(path: Path, device: str | None) -> tuple[EngineManifest, Any, bytes]:
+    """:func:`check_engine` for ``device``; also the flavour's runtime module and the checked file bytes."""
     if not path.is_file():
         raise HwnasError(f"engine {path} does not exist; {FIX}")
     m = read_manifest(manifest_path(path))
-    _check_file(path, m)
+    plan = path.read_bytes()
+    _check_plan(path, m, plan)
     runtime = _runtime(path, m)
     _check_version(path, m, runtime.__version__)
-    _check_gpu(path, m)
-    return m
+    _check_gpu(path, m, device)
+    return m, runtime, plan
 
 
 # ------------------------------------------------------------------ load and run
@@ -327,10 +338,12 @@ class EngineRunner:
     TensorRT flavours run on a CUDA GPU through :class:`hwnas.backends.tensorrt.TensorRTRunner`
     (torch CUDA tensors as buffers, bound once for one batch size); the onnx flavour runs in
     onnxruntime on the CPU. The TensorRT path cannot run on the machines CI uses (no GPU).
+    batch: the batch size :func:`load_engine` checked and bound (a TensorRT engine takes only it).
     """
 
-    def __init__(self, manifest: EngineManifest, session: Any) -> None:
+    def __init__(self, manifest: EngineManifest, session: Any, batch: int) -> None:
         self.manifest = manifest
+        self.batch = batch
         self._session = session  # TensorRTRunner or onnxruntime.InferenceSession
 
     @property
@@ -377,36 +390,32 @@ def _load_batch(path: Path, m: EngineManifest, batch: int | None) -> int:
     return batch
 
 
-def _tensorrt_runner(path: Path, m: EngineManifest, trt: Any, batch: int, device: str) -> Any:
+def _tensorrt_runner(path: Path, m: EngineManifest, trt: Any, plan: bytes, batch: int, device: str) -> Any:
     import torch
 
     from hwnas.backends.tensorrt import TensorRTRunner
 
-    from hwnas.backends.base import is_cuda_device
-
-    if not is_cuda_device(device):
-        raise HwnasError(f"device {device!r} is not valid for a {m.flavour} engine; choose cuda or cuda:<index>")
     if not torch.cuda.is_available():
         raise HwnasError(f"engine {path} passed its checks (built with {_built_for(m)}), but running it needs "
                          "a CUDA GPU and torch.cuda.is_available() is False here; load it on a GPU machine")
-    dtype = {"float32": torch.float32, "float16": torch.float16}[m.input.dtype]
-    images = torch.zeros((batch, *m.input.shape[1:]), dtype=dtype)
     torch.cuda.set_device(torch.device(device))
-    return TensorRTRunner(trt, path.read_bytes(), (images,), device)
+    # Zeros bind the input buffer; TensorRTRunner makes it the engine's input dtype itself.
+    return TensorRTRunner(trt, plan, (torch.zeros((batch, *m.input.shape[1:])),), device)
 
 
 def load_engine(path: Path, *, batch: int | None = None, device: str = "cuda") -> EngineRunner:
-    """:func:`check_engine`, then deserialize with the flavour's runtime.
+    """:func:`check_engine` (the compute capability of ``device``), then deserialize the checked
+    bytes with the flavour's runtime.
 
     batch: the batch size to bind (a dynamic-batch engine: within its profile, default its opt).
+    device: the CUDA device of a TensorRT flavour (the onnx flavour runs on the CPU).
     TensorRT flavours need a CUDA GPU: without one this is a one-line HwnasError after the checks.
     """
     path = Path(path)
-    m = check_engine(path)
+    m, runtime, plan = _checked(path, device)
     _check_outputs(path, m)
     batch = _load_batch(path, m, batch)
     if m.flavour == "onnx":
         # A plain session, not OrtCpuBackend: that one pins torch to its timing thread count.
-        ort = _runtime(path, m)
-        return EngineRunner(m, ort.InferenceSession(path.read_bytes(), providers=["CPUExecutionProvider"]))
-    return EngineRunner(m, _tensorrt_runner(path, m, _runtime(path, m), batch, device))
+        return EngineRunner(m, runtime.InferenceSession(plan, providers=["CPUExecutionProvider"]), batch)
+    return EngineRunner(m, _tensorrt_runner(path, m, runtime, plan, batch, device), batch)

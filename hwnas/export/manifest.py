@@ -25,14 +25,16 @@ __all__ = [
     "EngineManifest",
     "InputSpec",
     "TensorSpec",
+    "manifest_path",
     "read_manifest",
     "write_manifest",
 ]
 
 FORMAT = "hwnas-engine/1"
 FORMAT_PREFIX = "hwnas-engine/"
-# Same lists as hwnas.export.deploy.NMS_FORMS and hwnas.units.ROI_IMPLS, repeated (and checked
-# equal in the tests) so that reading a manifest imports no torch.
+# Same lists as hwnas.export.deploy.NMS_FORMS, hwnas.units.ROI_IMPLS, hwnas.export.pipeline.PRECISIONS
+# and the keys of hwnas.backends.tensorrt.FLAVOURS (+ "onnx"), repeated (and checked equal in the
+# tests) so that reading a manifest imports no torch. hwnas.export.precision imports INT8_TARGETS.
 # NMS form of the deployed graph: ONNX NonMaxSuppression, NMS written with plain ops (builds on
 # TensorRT-RTX), TensorRT's EfficientNMS plugin, or decode only with NMS on the host.
 FORMS = ("onnx", "ops", "efficient", "host")
@@ -79,10 +81,11 @@ def _str(d: dict, key: str, where: str, choices: tuple[str, ...] | None = None, 
     v = _get(d, key, where)
     if v is None and optional:
         return None
+    or_null = " or null" if optional else ""
     if not isinstance(v, str) or not v:
-        raise _Bad(f"has a bad {_label(where, key)}: {_short(v)} (expected a non-empty string)")
+        raise _Bad(f"has a bad {_label(where, key)}: {_short(v)} (expected a non-empty string{or_null})")
     if choices is not None and v not in choices:
-        raise _Bad(f"has a bad {_label(where, key)}: {_short(v)} (expected one of: {', '.join(choices)})")
+        raise _Bad(f"has a bad {_label(where, key)}: {_short(v)} (expected one of: {', '.join(choices)}{or_null})")
     return v
 
 
@@ -284,24 +287,16 @@ class EngineManifest:
     format: str = field(default=FORMAT)
 
     def __post_init__(self) -> None:
-        # Construction from code gets the same checks as reading a file.
-        self._check()
-
-    def _check(self) -> None:
+        # Construction from code (and dataclasses.replace) gets the same checks as reading a file.
         if self.format != FORMAT:
             raise _Bad(f"has format {self.format!r}, expected {FORMAT!r}")
-        if self.form not in FORMS:
-            raise _Bad(f"has a bad form {self.form!r} (expected one of: {', '.join(FORMS)})")
-        if self.roi_impl is not None and self.roi_impl not in ROI_IMPLS:
-            raise _Bad(f"has a bad roi_impl {self.roi_impl!r} (expected null or one of: {', '.join(ROI_IMPLS)})")
-        if self.precision not in PRECISIONS:
-            raise _Bad(f"has a bad precision {self.precision!r} (expected one of: {', '.join(PRECISIONS)})")
+        d = vars(self)
+        for key, choices in (("form", FORMS), ("precision", PRECISIONS), ("flavour", FLAVOURS)):
+            _str(d, key, "", choices)
+        for key, choices in (("roi_impl", ROI_IMPLS), ("int8_target", INT8_TARGETS)):
+            _str(d, key, "", choices, optional=True)
         if (self.precision == "int8") != (self.int8_target is not None):
             raise _Bad("has int8_target set without int8 precision, or int8 precision without int8_target")
-        if self.int8_target is not None and self.int8_target not in INT8_TARGETS:
-            raise _Bad(f"has a bad int8_target {self.int8_target!r} (expected one of: {', '.join(INT8_TARGETS)})")
-        if self.flavour not in FLAVOURS:
-            raise _Bad(f"has a bad flavour {self.flavour!r} (expected one of: {', '.join(FLAVOURS)})")
         if not self.class_names or not all(isinstance(c, str) and c for c in self.class_names):
             raise _Bad("has no class_names, or an empty one")
         if not self.outputs:

@@ -103,7 +103,7 @@ def _calibration_images(data: Path, input_hw: tuple[int, int], n: int) -> list:
 def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> ExportResult:
     """Checkpoint -> deployable ONNX (fp32, fp16 or int8 Q/DQ) -> optional engine, manifest, parity."""
     from hwnas.data.transforms import MEAN, STD
-    from hwnas.export.deploy import export_deploy_onnx
+    from hwnas.export.deploy import export_deploy_onnx, resolve_roi_impl
     from hwnas.export.engine import build_engine_file
     from hwnas.fileio import check_writable, write_atomic
     from hwnas.train import load_model
@@ -132,7 +132,8 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
         graph = to_int8(fp32, calib, target=cfg.target)
 
     fields = {"arch": str(arch), "class_names": list(names), "input": {"mean": list(MEAN), "std": list(STD)},
-              "form": cfg.form, "roi_impl": _roi_of(graph) if arch.head == "rcnn" else None,
+              "form": cfg.form,
+              "roi_impl": resolve_roi_impl(arch, cfg.form, roi, cfg.dynamic_batch is not None) if arch.head == "rcnn" else None,
               "precision": cfg.precision, "int8_target": cfg.target if cfg.precision == "int8" else None}
     if cfg.format == "onnx":
         res.manifest = build_engine_file(graph, onnx_path, fields, flavour="onnx", batch_profile=cfg.dynamic_batch)
@@ -166,15 +167,6 @@ def _out_base(out: Path) -> Path:
     Any other dot is part of the name: ``with_suffix`` would turn ``retina_v1.5`` into ``retina_v1.onnx``."""
     out = Path(out)
     return out.with_suffix("") if out.suffix.lower() in (".onnx", ".engine", ".plan", ".json") else out
-
-
-def _roi_of(graph: bytes) -> str | None:
-    import onnx
-
-    from hwnas.export.deploy import read_metadata
-
-    meta = read_metadata({p.key: p.value for p in onnx.load_from_string(graph).metadata_props})
-    return meta.get("roi_impl")
 
 
 def check_parity(weights: Path, graph: bytes, data: Path, *, threads: int = 1, split: str = "val") -> dict:
@@ -246,7 +238,7 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
 
         runner = load_engine(path, batch=batch, device=device if device.startswith("cuda") else "cuda")
         m = runner.manifest
-        bound = batch or m.build.batch or m.build.dynamic_batch[1]  # what load_engine bound
+        bound = runner.batch  # what load_engine checked and bound
         return Opened("engine", Arch.parse(m.arch), list(m.class_names), _engine_detect(runner, bound), None,
                       _timer("cuda"))
     raise HwnasError(f"model {path}: give a checkpoint (.pt), a deployable ONNX (.onnx) or an engine (.engine)")

@@ -26,6 +26,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from hwnas.errors import HwnasError
+from hwnas.export.manifest import INT8_TARGETS
 
 __all__ = [
     "CALIBRATION_METHODS",
@@ -289,7 +290,7 @@ def _refresh_types(model: onnx.ModelProto) -> None:
 
 
 # ====================================================================== int8
-INT8_TARGETS = ("cpu", "tensorrt")
+# INT8_TARGETS ("cpu", "tensorrt") comes from the manifest, which records the target of an int8 engine.
 CALIBRATION_METHODS = ("percentile", "minmax", "entropy")
 
 # Ops with weights: where int8 pays off on every runtime.
@@ -324,10 +325,10 @@ def to_int8(onnx_bytes: bytes, calib_images: Iterable[Any], *, target: str,
         stays at ``chunk`` images' activations whatever the number of images.
     Calibration runs with onnxruntime's default thread count.
     """
-    if target not in INT8_TARGETS:
-        raise HwnasError(f"int8 target {target!r} is not valid; choose one of: {', '.join(INT8_TARGETS)}")
-    if method not in CALIBRATION_METHODS:
-        raise HwnasError(f"calibration method {method!r} is not valid; choose one of: {', '.join(CALIBRATION_METHODS)}")
+    from hwnas.backends.base import check_choice  # torch: imported here, as onnxruntime is below
+
+    check_choice("int8 target", target, INT8_TARGETS)
+    check_choice("calibration method", method, CALIBRATION_METHODS)
     if not isinstance(chunk, int) or chunk < 1:
         raise HwnasError(f"chunk must be a positive number of images, got {chunk!r}")
     model = _load(onnx_bytes)
@@ -535,13 +536,14 @@ def sensitivity(float_bytes: bytes, int8_bytes: bytes, images: Iterable[Any], to
     _import_quantization()
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
-    float_model, int8_model = _load(float_bytes), _load(int8_bytes)
+    float_model = _load(float_bytes)
+    _load(int8_bytes)  # one clear line for bytes that are not ONNX, before onnxruntime's
     feeds = _calibration_feeds(float_model, images)
     with tempfile.TemporaryDirectory(prefix="hwnas-sens-") as tmp:
         acts = {}
-        for tag, model in (("float", float_model), ("int8", int8_model)):
+        for tag, data in (("float", float_bytes), ("int8", int8_bytes)):
             path, augmented = Path(tmp) / f"{tag}.onnx", Path(tmp) / f"{tag}.aug.onnx"
-            onnx.save(model, path)
+            path.write_bytes(bytes(data))  # as given (checked by _load above): no re-serialization
             dbg.modify_model_output_intermediate_tensors(path, augmented)
             acts[tag] = dbg.collect_activations(str(augmented), _Feeds(feeds), session_options=_debug_options(threads))
     matched = {k: v for k, v in dbg.create_activation_matching(acts["int8"], acts["float"]).items() if "float" in v}
