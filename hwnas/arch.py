@@ -14,7 +14,11 @@ Grammar (five fields separated by ``/``; see docs/arch-grammar.md)::
 * neck: ``none`` (the head runs on the last backbone level) | ``fpn_p<lo>-<hi>_c<width>`` |
   ``pafpn_p<lo>-<hi>_c<width>``; levels above the backbone's last come from strided 3x3 convs.
 * head: ``retina_d<depth>_c<width>`` (anchor-based) | ``fcos_d<depth>_c<width>`` (anchor-free) |
-  ``rcnn_d<fc layers>_c<fc width>_n<proposals>`` (RPN + RoI box head at N proposals).
+  ``rcnn_d<fc layers>_c<fc width>_n<proposals>`` (RPN + RoI box head at N proposals) |
+  ``face_d<depth>_c<width>_stc<a>_str<b>_mo<m>`` (the face head, :mod:`hwnas.heads.face`: a
+  RetinaNet head with face anchors, two-step classification on the ``a`` lowest levels, two-step
+  regression on the ``b`` highest, ``m`` max-out background logits on the lowest level; 0 turns
+  a trick off, so ``face_d2_c64_stc0_str0_mo0`` is a plain RetinaNet with face anchors).
 * norm: ``bn`` | ``gn`` (backbone and head towers).
 
 ``Arch.units(num_classes)`` yields the units the detector is assembled from, in build order;
@@ -28,11 +32,13 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from hwnas.errors import HwnasError
-from hwnas.units import HW, RETINA_ANCHORS, RPN_ANCHORS, Unit, out_hw
+from hwnas.units import FACE_ANCHORS, HW, RETINA_ANCHORS, RPN_ANCHORS, Unit, out_hw
 
 BLOCK_TYPES = ("basic", "bottleneck", "mbconv", "shuffle")
 NECKS = ("none", "fpn", "pafpn")
-HEADS = ("retina", "fcos", "rcnn")
+HEADS = ("retina", "fcos", "rcnn")  # the general-purpose heads (what the spaces search by default)
+ALL_HEADS = HEADS + ("face",)
+MAX_MAXOUT = 8
 NORMS = ("bn", "gn")
 MAX_LEVEL = 7
 GRAMMAR_HINT = "expected e.g. i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn (see docs/arch-grammar.md)"
@@ -60,6 +66,11 @@ class Arch:
     head_width: int = 128
     proposals: int = 0
     norm: str = "bn"
+    # Face head only (0 elsewhere): levels with two-step classification (lowest first), with
+    # two-step regression (highest first), and the max-out background logits of the lowest level.
+    stc_levels: int = 0
+    str_levels: int = 0
+    maxout: int = 0
 
     def __post_init__(self) -> None:
         if self.neck == "none":
@@ -100,8 +111,19 @@ class Arch:
                 raise bad(f"levels p{lo}-{hi}: need 2 <= lo <= {top} (last backbone level) and lo <= hi <= {MAX_LEVEL}")
             if not 16 <= self.neck_width <= 512 or self.neck_width % 8:
                 raise bad(f"neck width {self.neck_width}: must be a multiple of 8 in 16..512")
-        if self.head not in HEADS:
-            raise bad(f"head {self.head!r}: valid heads are {', '.join(HEADS)}")
+        if self.head not in ALL_HEADS:
+            raise bad(f"head {self.head!r}: valid heads are {', '.join(ALL_HEADS)}")
+        if self.head == "face":
+            n = len(self.out_levels)
+            if self.neck == "none":
+                raise bad("the face head needs a neck (fpn or pafpn): its tricks work across pyramid levels")
+            if self.stc_levels < 0 or self.str_levels < 0 or self.stc_levels + self.str_levels > n:
+                raise bad(f"face head stc{self.stc_levels} str{self.str_levels}: two-step classification (lowest "
+                          f"levels) and regression (highest levels) may not overlap: need stc + str <= {n} levels")
+            if not 0 <= self.maxout <= MAX_MAXOUT:
+                raise bad(f"face head mo{self.maxout}: max-out background logits must be 0..{MAX_MAXOUT}")
+        elif self.stc_levels or self.str_levels or self.maxout:
+            raise bad(f"only the face head takes stc/str/mo options (head {self.head})")
         if self.head == "rcnn":
             if self.neck == "none":
                 raise bad("the rcnn head needs a neck (fpn or pafpn)")
@@ -131,6 +153,8 @@ class Arch:
         head = f"{self.head}_d{self.head_depth}_c{self.head_width}"
         if self.head == "rcnn":
             head += f"_n{self.proposals}"
+        elif self.head == "face":
+            head += f"_stc{self.stc_levels}_str{self.str_levels}_mo{self.maxout}"
         return "/".join((size, bb, neck, head, self.norm))
 
     @classmethod
@@ -156,16 +180,21 @@ class Arch:
             if not m:
                 raise HwnasError(f"invalid arch {text!r}: neck {neck!r} should look like fpn_p3-5_c128 or none")
             neck_kind, levels, neck_width = m[1], (int(m[2]), int(m[3])), int(m[4])
-        m = re.fullmatch(r"([a-z]+)_d(\d+)_c(\d+)(?:_n(\d+))?", head)
+        m = re.fullmatch(r"([a-z]+)_d(\d+)_c(\d+)(?:_n(\d+))?(?:_stc(\d+)_str(\d+)_mo(\d+))?", head)
         if not m:
-            raise HwnasError(f"invalid arch {text!r}: head {head!r} should look like retina_d4_c128 or rcnn_d2_c512_n100")
+            raise HwnasError(f"invalid arch {text!r}: head {head!r} should look like retina_d4_c128, "
+                             f"rcnn_d2_c512_n100 or face_d2_c64_stc3_str3_mo3")
         head_kind, depth, head_width, proposals = m[1], int(m[2]), int(m[3]), int(m[4] or 0)
+        face_opts = tuple(int(v) for v in m.groups()[4:]) if m[5] is not None else (0, 0, 0)
         if head_kind == "rcnn" and not m[4]:
             raise HwnasError(f"invalid arch {text!r}: the rcnn head needs a proposal count, e.g. rcnn_d2_c512_n100")
+        if head_kind == "face" and m[5] is None:
+            raise HwnasError(f"invalid arch {text!r}: the face head names its tricks, e.g. face_d2_c64_stc3_str3_mo3 "
+                             f"(0 turns one off)")
         if levels is None:
             levels = (len(stages) + 1,) * 2
         return cls(hw, block, width, stages, neck_kind, levels, neck_width, head_kind, depth,
-                   head_width, proposals, norm)
+                   head_width, proposals, norm, *face_opts)
 
     def to_dict(self) -> dict:
         return {"arch": str(self)}
@@ -256,9 +285,10 @@ class Arch:
                 levels=self.out_levels, level_hws=tuple(self.level_hw(lv) for lv in self.out_levels),
                 image_hw=self.input_hw))
             return
-        a = RETINA_ANCHORS if self.head == "retina" else 1
-        preds = {"cls": a * k, "box": a * 4} if self.head == "retina" else {"cls": k, "box": 4, "ctr": 1}
-        for level in self.out_levels:
+        a = {"retina": RETINA_ANCHORS, "face": FACE_ANCHORS}.get(self.head, 1)
+        preds = {"cls": a * k, "box": a * 4} if self.head != "fcos" else {"cls": k, "box": 4, "ctr": 1}
+        levels = self.out_levels
+        for li, level in enumerate(levels):
             hw = self.level_hw(level)
             for tower in ("cls", "box"):
                 c = cin
@@ -267,7 +297,16 @@ class Arch:
                     c = w
             c_last = w if d else cin
             for name, cout in preds.items():
+                if name == "cls" and self.maxout and li == 0:
+                    # max-out: m background logits per anchor beside the K class logits (S3FD)
+                    name, cout = "cls_maxout", a * (k + self.maxout)
                 yield Placed(f"head.p{level}.{name}", Unit("conv", c_last, cout, hw, 3, 1))
+            # The first steps of STC/STR predict from the neck's features, before the towers, as
+            # SRN's first step predicts from the less processed backbone features.
+            if li < self.stc_levels:
+                yield Placed(f"head.p{level}.cls1", Unit("conv", cin, a * k, hw, 3, 1))
+            if li >= len(levels) - self.str_levels:
+                yield Placed(f"head.p{level}.box1", Unit("conv", cin, a * 4, hw, 3, 1))
 
 
 # =============================================================================== search space
@@ -290,6 +329,8 @@ class SearchSpace:
     rcnn_widths: tuple[int, ...] = (256, 512)
     proposals: tuple[int, ...] = (100,)
     norms: tuple[str, ...] = NORMS
+    # The face head's tricks (stc levels, str levels, max-out logits), fitted to each level range.
+    face_tricks: tuple[int, int, int] = (3, 3, 3)
     name: str = field(default="default", compare=False)
 
     def __post_init__(self) -> None:
@@ -298,6 +339,19 @@ class SearchSpace:
         for attr in ("resolutions", "blocks", "widths", "necks", "heads", "norms", "level_ranges"):
             if not getattr(self, attr):
                 raise HwnasError(f"space {self.name}: {attr} is empty")
+
+    def face_options(self, levels: tuple[int, int]) -> tuple[int, int, int]:
+        """(stc, str, mo) of a face head on ``levels``: STC keeps its lowest levels, STR gets what is left."""
+        stc, str_, mo = self.face_tricks
+        n = levels[1] - levels[0] + 1
+        stc = min(stc, n)
+        return stc, min(str_, n - stc), mo
+
+    def _arch(self, hw: int, block: str, width: int, stages: tuple[str, ...], neck: str, levels: tuple[int, int],
+              neck_width: int, head: str, depth: int, head_width: int, proposals: int, norm: str) -> Arch:
+        face = self.face_options(levels) if head == "face" else (0, 0, 0)
+        return Arch((hw, hw), block, width, stages, neck, levels, neck_width, head, depth, head_width, proposals,
+                    norm, *face)
 
     def with_resolutions(self, resolutions: tuple[int, ...]) -> "SearchSpace":
         return replace(self, resolutions=tuple(resolutions))
@@ -309,7 +363,7 @@ class SearchSpace:
         stages = [self._stage(rng, i) for i in range(self.num_stages)]
         neck = rng.choice(self.necks)
         head = rng.choice(self.heads)
-        if head == "rcnn" and neck == "none":
+        if head in ("rcnn", "face") and neck == "none":
             neck = rng.choice([n for n in self.necks if n != "none"] or ["fpn"])
         top = self.num_stages + 1
         ranges = [r for r in self.level_ranges if r[0] <= top]
@@ -319,8 +373,8 @@ class SearchSpace:
             depth, hwidth, props = rng.choice(self.rcnn_depths), rng.choice(self.rcnn_widths), rng.choice(self.proposals)
         else:
             depth, hwidth, props = rng.choice(self.head_depths), rng.choice(self.head_widths), 0
-        return Arch((r, r), rng.choice(self.blocks), rng.choice(self.widths), tuple(stages), neck, levels,
-                     rng.choice(self.neck_widths), head, depth, hwidth, props, rng.choice(self.norms))
+        return self._arch(r, rng.choice(self.blocks), rng.choice(self.widths), tuple(stages), neck, levels,
+                          rng.choice(self.neck_widths), head, depth, hwidth, props, rng.choice(self.norms))
 
     def _stage(self, rng: random.Random, i: int) -> str:
         n = rng.randint(1, self.max_blocks[i])
@@ -410,7 +464,7 @@ class SearchSpace:
         for r in self.resolutions:
             for norm in self.norms:
                 def arch(block, width, neck, levels, nw, head, enc=encs[0]):
-                    return Arch((r, r), block, width, enc, neck, levels, nw, head[0], head[1], head[2], head[3], norm)
+                    return self._arch(r, block, width, enc, neck, levels, nw, head[0], head[1], head[2], head[3], norm)
 
                 for block in self.blocks:
                     for width in self.widths:
@@ -421,7 +475,7 @@ class SearchSpace:
                                 yield arch(block, width, neck, levels, nw, first_one_stage, enc)
                         if "none" in self.necks:
                             for head in heads:
-                                if head[0] != "rcnn":
+                                if head[0] not in ("rcnn", "face"):
                                     yield arch(block, width, "none", (top, top), self.neck_widths[0], head)
                 for neck, levels, nw in necks:
                     for head in heads:
@@ -455,6 +509,12 @@ SPACES: dict[str, SearchSpace] = {
                          head_widths=(32, 48, 64), rcnn_depths=(1, 2), rcnn_widths=(128, 256), proposals=(64, 128),
                          norms=("bn",), name="small"),
     # A small space for tests and quick demos: two block types, narrow widths, small inputs.
+    # Face detectors (hwnas search --preset face): the face head on 5- or 6-level pyramids from P2,
+    # where the small faces are, around the face presets of hwnas.presets.
+    "face": SearchSpace(resolutions=(256, 320, 384), blocks=("mbconv", "basic", "shuffle"), widths=(16, 24, 32),
+                        max_blocks=(2, 3, 3, 2), necks=("fpn", "pafpn"), level_ranges=((2, 6), (2, 7)),
+                        neck_widths=(32, 48, 64), heads=("face",), head_depths=(1, 2, 3), head_widths=(32, 48, 64),
+                        norms=("bn",), name="face"),
     "tiny": SearchSpace(resolutions=(128,), blocks=("basic", "mbconv"), widths=(16, 24), max_blocks=(2, 2, 2, 2),
                         level_ranges=((3, 5), (4, 6)), neck_widths=(32,), head_depths=(1, 2), head_widths=(32,),
                         rcnn_depths=(1,), rcnn_widths=(128,), proposals=(32,), norms=("bn", "gn"), name="tiny"),

@@ -1,4 +1,4 @@
-"""Named architectures: hand-designed baselines expressed in the arch grammar."""
+"""Named architectures (hand-designed baselines and the face presets) and their training recipes."""
 from __future__ import annotations
 
 from hwnas.arch import Arch
@@ -17,7 +17,30 @@ PRESETS: dict[str, str] = {
     "small-resnet-fcos": "i256/basic_c32_11-21-21-21/fpn_p3-5_c64/fcos_d2_c64/bn",
     "small-resnet-faster-rcnn": "i256/basic_c32_11-21-21-21/fpn_p3-5_c64/rcnn_d2_c256_n128/bn",
     "small-mobilenet-retinanet": "i256/mbconv_c16_1-21-21-21/fpn_p3-5_c64/retina_d2_c64/bn",
+    # Face detectors (hwnas.heads.face): P2-P7 (strides 4-128), two-step classification on P2-P4,
+    # two-step regression on P5-P7, 3 max-out background logits on P2. 640 px is the VGA scale
+    # WIDER FACE results are quoted at. face-s is mobile-class (inverted residuals from 16
+    # channels, like the small SCRFD/RetinaFace-mobile models); face-m a ResNet-18-class model.
+    "face-s": "i640/mbconv_c16_1-21-211-21/fpn_p2-7_c64/face_d2_c64_stc3_str3_mo3/bn",
+    "face-m": "i640/basic_c64_11-21-21-21/fpn_p2-7_c128/face_d3_c128_stc3_str3_mo3/bn",
 }
+
+# Training recipes: TrainConfig fields a preset trains with unless the command line says otherwise,
+# plus ``test_scales`` (hwnas.multiscale) for evaluation. The face recipes follow AInnoFace's
+# ingredients: an IoU-family box loss (DIoU), data-anchor-sampling on half the samples, a wide
+# scale jitter for the other half, and multi-scale, flipped testing. Epochs and batch are for a GPU
+# and WIDER FACE (12,880 training images); on the generated CPU data give --epochs.
+RECIPES: dict[str, dict] = {
+    "face-s": {"epochs": 80, "batch_size": 32, "lr": 4e-3, "box_loss": "diou", "das_p": 0.5,
+               "scale_jitter": (0.3, 2.0), "test_scales": "0.5:48-,1,1f,2:-32"},
+    "face-m": {"epochs": 80, "batch_size": 16, "lr": 2e-3, "box_loss": "diou", "das_p": 0.5,
+               "scale_jitter": (0.3, 2.0), "test_scales": "0.5:48-,1,1f,2:-32"},
+}
+
+
+def recipe(name: str) -> dict:
+    """The preset's training recipe ({} for presets without one)."""
+    return dict(RECIPES.get(name, {}))
 
 
 def resolve_arch(text: str) -> Arch:

@@ -21,6 +21,7 @@ from hwnas.roi_align import GatherMultiScaleRoIAlign
 # One place for the anchor facts used by the head units and, later, by the losses.
 RETINA_ANCHORS = 9  # 3 scales x 3 aspect ratios per location (RetinaNet)
 RPN_ANCHORS = 3  # 1 scale x 3 aspect ratios per location (Faster R-CNN with FPN)
+FACE_ANCHORS = 2  # 2 scales x 1 aspect ratio (1.25) per location (the face head, after AInnoFace)
 RPN_ANCHOR_RATIOS = (0.5, 1.0, 2.0)
 RPN_ANCHOR_SIZE_PER_STRIDE = 8  # anchor side = 8 x level stride
 MBCONV_EXPANSION = 6

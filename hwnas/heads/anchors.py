@@ -18,6 +18,7 @@ them in place.
   ``4 * 2**level * {2^0, 2^(1/3), 2^(2/3)}``, ratios (h/w) ``{0.5, 1, 2}``.
 * fcos: ``A = 1``; one point per location; ``box`` holds log-distances (l, t, r, b) in units of
   the level stride (:func:`hwnas.heads.postprocess.decode_fcos`).
+* face: ``A = FACE_ANCHORS = 2``, sizes and ratio in :mod:`hwnas.heads.face`.
 * rcnn RPN: ``A = RPN_ANCHORS``; anchors from :func:`hwnas.units.rpn_anchors` (the same tensor
   the exported :class:`~hwnas.units.RoIStage` uses), same row order.
 
@@ -33,7 +34,7 @@ import torch
 
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
-from hwnas.units import HW, RETINA_ANCHORS, RPN_ANCHORS, rpn_anchors
+from hwnas.units import FACE_ANCHORS, HW, RETINA_ANCHORS, RPN_ANCHORS, rpn_anchors
 
 __all__ = [
     "RETINA_RATIOS", "RETINA_SCALES", "RETINA_SIZE_PER_STRIDE", "anchors_per_location", "default_fcos_ranges",
@@ -47,7 +48,7 @@ assert len(RETINA_RATIOS) * len(RETINA_SCALES) == RETINA_ANCHORS
 
 
 def anchors_per_location(arch: Arch) -> int:
-    return {"retina": RETINA_ANCHORS, "fcos": 1, "rcnn": RPN_ANCHORS}[arch.head]
+    return {"retina": RETINA_ANCHORS, "fcos": 1, "rcnn": RPN_ANCHORS, "face": FACE_ANCHORS}[arch.head]
 
 
 def num_positions(arch: Arch) -> int:

@@ -29,6 +29,7 @@ from hwnas.heads.anchors import (
     anchors_per_location, fcos_points, flatten_levels, num_positions, retina_anchors, rpn_anchors_for,
 )
 from hwnas.heads.anchors import fcos_ranges as point_ranges
+from hwnas.units import FACE_ANCHORS
 from hwnas.heads.boxes import (
     ROI_BOX_WEIGHTS, check_box_loss, decode_deltas, decode_fcos, encode_boxes, encode_fcos, iou_loss,
 )
@@ -41,6 +42,7 @@ _COMPONENTS = {
     "retina": ("loss_cls", "loss_box"),
     "fcos": ("loss_cls", "loss_box", "loss_ctr"),
     "rcnn": ("loss_rpn_obj", "loss_rpn_box", "loss_roi_cls", "loss_roi_box"),
+    "face": ("loss_cls", "loss_box"),  # + loss_cls1 with STC, loss_box1 with STR
 }
 
 
@@ -126,7 +128,11 @@ class DetectionLoss:
     loss_ctr (BCE, / positives);
     rcnn: loss_rpn_obj (BCE over sampled anchors), loss_rpn_box, loss_roi_cls (cross-entropy over
     sampled proposals, background = class index K), loss_roi_box (class-specific deltas with
-    weights (10, 10, 5, 5)); both box terms / sampled count, as in Faster R-CNN.
+    weights (10, 10, 5, 5)); both box terms / sampled count, as in Faster R-CNN;
+    face (:mod:`hwnas.heads.face`): loss_cls and loss_box of the second step (focal on the
+    max-out logits; on the STR levels matched to the refined anchors at ``step2_iou``; on the STC
+    levels without the anchors the first step rejects), loss_cls1 (first-step focal on the STC
+    levels) and loss_box1 (first-step box loss on the STR levels), each / its positives.
 
     ``box_loss`` (iou | giou | diou | ciou on decoded boxes, or smooth_l1 on encoded deltas)
     is used by the one-stage heads and the RPN; the RoI head uses ``roi_box_loss``.
@@ -138,6 +144,7 @@ class DetectionLoss:
                  fcos_ranges: tuple[tuple[float, float], ...] | None = None, center_radius: float | None = 1.5,
                  rpn_batch: int = 256, rpn_pos_fraction: float = 0.5, roi_batch: int = 128,
                  roi_pos_fraction: float = 0.25, roi_box_loss: str = "smooth_l1", crowd_ioa: float = 0.5,
+                 step1_iou: tuple[float, float] = (0.5, 0.4), step2_iou: tuple[float, float] = (0.6, 0.5),
                  weights: dict[str, float] | None = None) -> None:
         if num_classes < 1:
             raise HwnasError(f"num_classes must be >= 1, got {num_classes}")
@@ -153,7 +160,13 @@ class DetectionLoss:
             raise HwnasError(f"rpn_batch {rpn_batch} and roi_batch {roi_batch} must be >= 1")
         self.rpn_sampler = BalancedPositiveNegativeSampler(rpn_batch, rpn_pos_fraction)
         self.roi_sampler = BalancedPositiveNegativeSampler(roi_batch, roi_pos_fraction)
+        for name, (hi, lo) in (("step1_iou", step1_iou), ("step2_iou", step2_iou)):
+            if not 0 < lo <= hi <= 1:
+                raise HwnasError(f"{name} {(hi, lo)}: give (positive, negative) IoU thresholds with 0 < negative <= positive <= 1")
+        self.step1_iou, self.step2_iou = tuple(step1_iou), tuple(step2_iou)
         self.components = _COMPONENTS[arch.head]
+        if arch.head == "face":
+            self.components += ("loss_cls1",) * bool(arch.stc_levels) + ("loss_box1",) * bool(arch.str_levels)
         self.weights = dict(weights or {})
         unknown = set(self.weights) - set(self.components)
         if unknown:
@@ -204,6 +217,8 @@ class DetectionLoss:
     # ------------------------------------------------------------------ checks
     def _check_outputs(self, outputs: tuple[torch.Tensor, ...]) -> None:
         a, k = self.arch, self.num_classes
+        if a.head == "face":
+            return self._check_face_outputs(outputs)
         per = {"retina": 2, "fcos": 3, "rcnn": 2}[a.head]
         want = per * len(a.out_levels) + (3 if a.head == "rcnn" else 0)
         if len(outputs) != want:
@@ -221,6 +236,22 @@ class DetectionLoss:
             raise HwnasError(f"outputs cover {rows} positions, the arch {a} has {num_positions(a)}: "
                              f"images must be {a.input_hw[0]}x{a.input_hw[1]}")
 
+    def _check_face_outputs(self, outputs: tuple[torch.Tensor, ...]) -> None:
+        from hwnas.heads.face import outputs_per_level
+
+        a, k = self.arch, self.num_classes
+        names = [n for level in outputs_per_level(a) for n in level]
+        if len(outputs) != len(names):
+            raise HwnasError(f"face loss of {a}: expected {len(names)} outputs (Detector.output_names), got {len(outputs)}")
+        cls_ch = FACE_ANCHORS * (k + a.maxout)
+        if outputs[0].shape[1] != cls_ch:
+            raise HwnasError(f"class output has {outputs[0].shape[1]} channels, expected {cls_ch} for "
+                             f"num_classes={k}: build the loss with the detector's num_classes")
+        rows = sum(o.shape[2] * o.shape[3] for o, n in zip(outputs, names) if n == "box") * FACE_ANCHORS
+        if rows != num_positions(a):
+            raise HwnasError(f"outputs cover {rows} positions, the arch {a} has {num_positions(a)}: "
+                             f"images must be {a.input_hw[0]}x{a.input_hw[1]}")
+
     # ------------------------------------------------------------------ retina
     def _anchor_box_loss(self, kind: str, deltas: torch.Tensor, anchors: torch.Tensor, gt: torch.Tensor,
                          weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
@@ -234,11 +265,14 @@ class DetectionLoss:
         """One-stage targets and focal loss. ``assign(target)`` gives each anchor/point its box
         index, NEG or IGNORE. Returns (image index, anchor index, gt box) of every positive and
         the focal loss normalised by the number of positives."""
+        return self._focal(cls, targets, [assign(t) for t in targets])
+
+    def _focal(self, cls: torch.Tensor, targets: list[dict], codes: list[torch.Tensor]):
+        """:meth:`_dense_cls` on given match codes (one [rows] tensor per image)."""
         cls_t = torch.zeros_like(cls)
         valid = torch.ones(cls.shape[:2], dtype=torch.bool, device=cls.device)
         pos_img, pos_idx, pos_gt = [], [], []
-        for i, t in enumerate(targets):
-            m = assign(t)
+        for i, (t, m) in enumerate(zip(targets, codes)):
             pos = (m >= 0).nonzero().squeeze(1)
             cls_t[i][pos, t["labels"][m[pos]]] = 1.0
             valid[i] = m != IGNORE
@@ -260,6 +294,45 @@ class DetectionLoss:
         npos = max(1, len(pa))
         loss_box = self._anchor_box_loss(self.box_loss, box[pi, pa], anchors[pa], gt).sum() / npos
         return {"loss_cls": loss_cls, "loss_box": loss_box}
+
+    # ------------------------------------------------------------------ face
+    def _face(self, outputs, targets):
+        from hwnas.heads.face import STC_REJECT, face_anchors, second_step_anchors, split_outputs
+
+        f = split_outputs(outputs, self.arch, self.num_classes)
+        anchors = face_anchors(self.arch, f.cls.device)
+        p, s, r = anchors.shape[0], f.stc_rows, f.str_rows
+        hi1, lo1 = self.step1_iou
+        hi2, lo2 = self.step2_iou
+        m1 = [match(anchors, t["boxes"], t["crowd"], high=hi1, low=lo1, allow_low_quality=True,
+                    crowd_ioa=self.crowd_ioa) for t in targets]
+        with torch.no_grad():  # the second step learns from the refined anchors, it does not move them
+            anchors2 = second_step_anchors(split_outputs(tuple(o.detach() for o in outputs), self.arch,
+                                                         self.num_classes), anchors)
+        m2 = []
+        for i, t in enumerate(targets):
+            m = m1[i].clone()
+            if r:
+                m[p - r:] = match(anchors2[i, p - r:], t["boxes"], t["crowd"], high=hi2, low=lo2,
+                                  allow_low_quality=True, crowd_ioa=self.crowd_ioa)
+            if s:  # anchors the first step rejects with confidence are easy negatives: out of the second step
+                easy = (m[:s] == NEG) & (f.cls1[i].detach().sigmoid().amax(-1) < STC_REJECT)
+                m[:s][easy] = IGNORE
+            m2.append(m)
+        pi, pa, gt, loss_cls = self._focal(f.cls, targets, m2)
+        npos = max(1, len(pa))
+        parts = {"loss_cls": loss_cls,
+                 "loss_box": self._anchor_box_loss(self.box_loss, f.box[pi, pa], anchors2[pi, pa], gt).sum() / npos}
+        if s:
+            parts["loss_cls1"] = self._focal(f.cls1, targets, [m[:s] for m in m1])[3]
+        if r:
+            rows = [m[p - r:] for m in m1]
+            bi = torch.cat([torch.full_like((m >= 0).nonzero().squeeze(1), i) for i, m in enumerate(rows)])
+            ai = torch.cat([(m >= 0).nonzero().squeeze(1) for m in rows])
+            gt1 = torch.cat([t["boxes"][m[m >= 0]] for t, m in zip(targets, rows)])
+            parts["loss_box1"] = self._anchor_box_loss(self.box_loss, f.box1[bi, ai], anchors[p - r:][ai],
+                                                       gt1).sum() / max(1, len(ai))
+        return parts
 
     # ------------------------------------------------------------------ fcos
     def _fcos(self, outputs, targets):
@@ -368,6 +441,18 @@ def init_head_priors(model: nn.Module, prior_prob: float = 0.01) -> None:
     arch = getattr(model, "arch", None)
     if arch is None or arch.head == "rcnn":
         return
-    conv = model.module_for(f"head.p{arch.out_levels[0]}.cls")[0]
+    prior = -math.log((1 - prior_prob) / prior_prob)
     with torch.no_grad():
-        conv.bias.fill_(-math.log((1 - prior_prob) / prior_prob))
+        for level in arch.out_levels:  # the face head has several class predictors
+            for name in ("cls", "cls1", "cls_maxout"):
+                try:
+                    conv = model.module_for(f"head.p{level}.{name}")[0]
+                except KeyError:
+                    continue
+                if name == "cls_maxout":  # per anchor: K class logits, then the background ones at 0
+                    k = model.num_classes
+                    bias = conv.bias.view(-1, k + arch.maxout)
+                    bias[:, :k] = prior
+                    bias[:, k:] = 0.0
+                else:
+                    conv.bias.fill_(prior)

@@ -35,7 +35,7 @@ def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: Arch | str,
     retina: boxes [B, P, 4], scores sigmoid(cls) [B, P, K]; fcos: boxes [B, P, 4], scores
     sqrt(sigmoid(cls) * sigmoid(ctr)) [B, P, K]; rcnn: class-specific boxes [B, N, K, 4] (deltas
     with weights (10, 10, 5, 5) on the proposals), scores softmax over K+1 without the background
-    column K [B, N, K]. Rows follow :mod:`hwnas.heads.anchors`' layout.
+    column K [B, N, K]; face: :func:`hwnas.heads.face.decode`. Rows follow :mod:`hwnas.heads.anchors`' layout.
     """
     arch, k = _arch(arch), num_classes
     outputs = tuple(outputs)
@@ -49,6 +49,10 @@ def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: Arch | str,
         points, strides = fcos_points(arch, cls.device)
         boxes = decode_fcos(flatten_levels(outputs[1::3], 4), points.to(cls.dtype), strides.to(cls.dtype))
         scores = (cls.sigmoid() * flatten_levels(outputs[2::3], 1).sigmoid()).sqrt()
+    elif arch.head == "face":
+        from hwnas.heads.face import decode as decode_face
+
+        boxes, scores = decode_face(outputs, arch, k)
     elif arch.head == "rcnn":
         proposals, roi_cls, roi_box = outputs[-3:]
         if roi_cls.shape[-1] != k + 1:

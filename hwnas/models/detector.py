@@ -27,7 +27,9 @@ class Detector(nn.Module):
     """A whole detector whose ``forward`` returns raw tensors only (exportable as is).
 
     Outputs, in order, for a one-stage head: per level ``cls`` [B, A*K, h, w], ``box``
-    [B, A*4, h, w] (and ``ctr`` [B, 1, h, w] for FCOS). For the two-stage head: per level RPN
+    [B, A*4, h, w] (and ``ctr`` [B, 1, h, w] for FCOS; the face head's lowest level ``cls`` holds
+    A*(K+m) channels with max-out, and its two-step levels add ``cls1`` [B, A*K, h, w] or ``box1``
+    [B, A*4, h, w]: :mod:`hwnas.heads.face`). For the two-stage head: per level RPN
     ``obj`` and ``box``, then ``proposals`` [B, N, 4], ``roi_cls`` [B, N, K+1] and
     ``roi_box`` [B, N, 4K]. ``output_names`` lists them. Decoding, NMS and losses live outside.
     """
@@ -68,8 +70,24 @@ class Detector(nn.Module):
         if a.head == "rcnn":
             per = [f"p{lv}_{n}" for lv in a.out_levels for n in ("obj", "box")]
             return per + ["proposals", "roi_cls", "roi_box"]
+        if a.head == "face":
+            return [f"p{lv}_{n}" for lv, names in zip(a.out_levels, self._face_preds()) for n, _ in names]
         preds = ("cls", "box") if a.head == "retina" else ("cls", "box", "ctr")
         return [f"p{lv}_{n}" for lv in a.out_levels for n in preds]
+
+    def _face_preds(self) -> list[list[tuple[str, str]]]:
+        """Per level of the face head: (output name, module role) of each prediction, in output order."""
+        a = self.arch
+        n = len(a.out_levels)
+        out = []
+        for li in range(n):
+            preds = [("cls", "head.cls_maxout" if a.maxout and li == 0 else "head.cls"), ("box", "head.box")]
+            if li < a.stc_levels:
+                preds.append(("cls1", "head.cls1"))
+            if li >= n - a.str_levels:
+                preds.append(("box1", "head.box1"))
+            out.append(preds)
+        return out
 
     # ------------------------------------------------------------------ forward
     def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
@@ -113,12 +131,18 @@ class Detector(nn.Module):
             extra = {} if extra_boxes is None else {"extra_boxes": extra_boxes}
             return (*out, *roi(*feats, *objs, *deltas, **extra))
         d = a.head_depth
-        for level in a.out_levels:
+        face = self._face_preds() if a.head == "face" else None
+        for li, level in enumerate(a.out_levels):
             f = pyramid[level]
             cls_t, box_t = f, f
             for i in range(d):
                 cls_t = self._m(f"head.cls.{i}")(cls_t)
                 box_t = self._m(f"head.box.{i}")(box_t)
+            if face is not None:
+                # first steps (cls1, box1) predict from the neck's features, the second from the towers
+                src = {"cls": cls_t, "box": box_t, "cls1": f, "box1": f}
+                out += [self._m(role)(src[name]) for name, role in face[li]]
+                continue
             out.append(self._m("head.cls")(cls_t))
             out.append(self._m("head.box")(box_t))
             if a.head == "fcos":
