@@ -54,6 +54,14 @@ def _progress(title: str, header: str = "") -> Iterator:
             bar.stop()
 
 
+def _pair(text: str, what: str, example: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in text.split(","))
+    except ValueError:
+        raise HwnasError(f"{what} {text!r}: give two numbers A,B, e.g. {example}") from None
+    return a, b
+
+
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
     try:
         vals = tuple(int(v) for v in text.split(",") if v.strip())
@@ -214,23 +222,26 @@ def validate(
 def train(
     arch: Optional[str] = typer.Option(None, help="arch string to train"),
     preset: Optional[str] = typer.Option(None, help="preset name instead of --arch (see hwnas/presets.py)"),
-    data: Path = typer.Option(..., help="dataset folder: train.json, val.json, images/ (hwnas data synth) or COCO layout"),
-    epochs: int = typer.Option(12),
+    data: Path = typer.Option(..., help="dataset folder: hwnas data synth, COCO or WIDER FACE layout"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default: the preset's recipe, else 12)"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (overrides the arch's)"),
-    batch_size: int = typer.Option(16, "--batch-size"),
-    lr: float = typer.Option(2e-3),
-    box_loss: str = typer.Option("giou", "--box-loss", help="iou | giou | diou | ciou | smooth_l1"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the recipe's, else 16"),
+    lr: Optional[float] = typer.Option(None, help="default: the recipe's, else 0.002"),
+    box_loss: Optional[str] = typer.Option(None, "--box-loss", help="iou | giou | diou | ciou | smooth_l1 (default: the recipe's, else giou)"),
     device: str = typer.Option("cpu", help="cpu or cuda[:i]"),
     seed: int = typer.Option(0),
     on_error: str = typer.Option("raise", "--on-error", help="broken dataset entries: raise, or skip and count"),
-    scale_jitter: str = typer.Option("0.5,1.5", "--scale-jitter", help="random rescale range LOW,HIGH of training images"),
+    scale_jitter: Optional[str] = typer.Option(None, "--scale-jitter", help="random rescale range LOW,HIGH of training images (default: the recipe's, else 0.5,1.5)"),
+    das_p: Optional[float] = typer.Option(None, "--das-p", help="face head: share of samples cut by data-anchor-sampling (default: the recipe's, else 0)"),
+    step1_iou: Optional[str] = typer.Option(None, "--step1-iou", help="face head: POS,NEG IoU thresholds of the first step (default 0.5,0.4)"),
+    step2_iou: Optional[str] = typer.Option(None, "--step2-iou", help="face head: POS,NEG IoU thresholds of the second step of two-step regression (default 0.6,0.5)"),
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, detections.json (resumed if present)"),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json."""
     from dataclasses import replace
 
     from hwnas.evaluate import summarize
-    from hwnas.presets import resolve_arch
+    from hwnas.presets import recipe, resolve_arch
     from hwnas.train import TrainConfig
     from hwnas.train import train as run_train
 
@@ -239,14 +250,15 @@ def train(
     a = resolve_arch(arch or preset)
     if img_size is not None:
         a = replace(a, input_hw=(img_size, img_size))
-    # epochs, batch size, lr, box loss and device are checked here, before any file is touched
-    try:
-        lo, hi = (float(v) for v in scale_jitter.split(","))
-    except ValueError:
-        raise HwnasError(f"--scale-jitter {scale_jitter!r}: give LOW,HIGH, e.g. 0.8,1.25") from None
-    cfg = TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, box_loss=box_loss, device=device, seed=seed,
-                      on_error=on_error, scale_jitter=(lo, hi))
-    with _progress("train", f"training {a} for {epochs} epochs on {data} -> {out}") as update:
+    # The preset's recipe, then what the command line says; checked here, before any file is touched.
+    fields = {k: v for k, v in recipe(preset or "").items() if k in TrainConfig.__dataclass_fields__}
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "box_loss": box_loss, "das_p": das_p,
+             "scale_jitter": scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
+             "step1_iou": step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
+             "step2_iou": step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5")}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    cfg = TrainConfig(device=device, seed=seed, on_error=on_error, **fields)
+    with _progress("train", f"training {a} for {cfg.epochs} epochs on {data} -> {out}") as update:
         res = run_train(a, data, out, cfg, progress=update)
     m = res.metrics
     typer.echo(f"{summarize(m)} train_s={m['train_seconds']:.1f} train_images/s={m['train_images_per_s']:.1f}")
@@ -257,8 +269,12 @@ def train(
 def eval_(
     weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt)"),
     model: Optional[Path] = typer.Option(None, help="instead of --weights: a deployable ONNX (.onnx) or engine (.engine)"),
-    data: Path = typer.Option(..., help="dataset folder"),
+    data: Optional[Path] = typer.Option(None, help="dataset folder (hwnas data synth, COCO or WIDER FACE layout)"),
     split: str = typer.Option("val", help="val or train"),
+    format: str = typer.Option("coco", "--format", help="coco (pycocotools mAP) | wider (WIDER FACE easy/medium/hard AP, official protocol, plus COCO mAP)"),
+    predictions: Optional[Path] = typer.Option(None, help="wider: folder of official per-image prediction files, written (with a model) or scored (with --gt)"),
+    gt: Optional[Path] = typer.Option(None, help="wider, without a model: ground truth for --predictions (wider_face_val_bbx_gt.txt, wider_face_val.mat or a COCO json)"),
+    test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale testing of a checkpoint, e.g. 0.5:64-,1,1f,2:-128 (SCALE[f][:MIN-MAX], f flips)"),
     out: Path = typer.Option(Path("metrics.json"), help="metrics json"),
     detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)"),
     device: str = typer.Option("cpu"),
@@ -266,22 +282,55 @@ def eval_(
     batch_size: int = typer.Option(8, "--batch-size"),
     on_error: str = typer.Option("raise", "--on-error", help="broken dataset entries: raise, or skip and count"),
 ) -> None:
-    """Score a checkpoint, ONNX or engine with pycocotools (map, map50, map_small/medium/large, images/s)."""
-    from hwnas.data.coco import CocoDetection
+    """Score a checkpoint, ONNX or engine: pycocotools mAP, or the WIDER FACE protocol; or score existing
+    WIDER prediction files (--predictions DIR --gt FILE)."""
     from hwnas.data.transforms import EvalTransform
-    from hwnas.evaluate import coco_score, detect_dataset, summarize
-    from hwnas.export.pipeline import open_model
+    from hwnas.data.wider import open_dataset
+    from hwnas.evaluate import coco_score, coco_truth, detect_dataset, summarize
     from hwnas.fileio import check_writable, write_json
     from hwnas.train import resolve_device
 
+    if format not in ("coco", "wider"):
+        raise HwnasError(f"--format {format!r}: give coco or wider")
+    if gt is not None:
+        if format != "wider" or predictions is None or weights or model or data:
+            raise HwnasError("--gt scores existing prediction files: give --format wider --predictions DIR --gt FILE "
+                             "and no --weights, --model or --data")
+        from hwnas import wider_eval as W
+
+        check_writable(out, "metrics file")
+        truth, keep = W.load_gt(gt)
+        metrics = W.evaluate_wider(W.read_predictions(predictions), truth, keep)
+        metrics.update({"predictions": str(predictions), "gt": str(gt)})
+        write_json(out, metrics)
+        typer.echo(W.summarize(metrics))
+        typer.echo(f"wrote {out}")
+        return
     if (weights is None) == (model is None):
-        raise HwnasError("give exactly one of --weights (a checkpoint) or --model (ONNX or engine)")
+        raise HwnasError("give exactly one of --weights (a checkpoint) or --model (ONNX or engine), or "
+                         "--format wider --predictions DIR --gt FILE")
+    if data is None:
+        raise HwnasError("--data is missing: the dataset folder to evaluate on")
+    if predictions is not None and format != "wider":
+        raise HwnasError("--predictions writes WIDER prediction files: add --format wider")
+    if test_scales is not None and weights is None:
+        raise HwnasError("--test-scales runs a checkpoint at several input sizes: give --weights (an ONNX or engine "
+                         "has a fixed input size; export one graph per scale instead)")
     resolve_device(device)
+    scales = None
+    if test_scales is not None:
+        from hwnas.multiscale import parse_scales
+
+        scales = parse_scales(test_scales)
     detections = detections or out.with_name(out.stem + ".detections.json")
     if detections.resolve() == out.resolve():
         raise HwnasError(f"--detections and --out are both {out}; give two files")
+    if format == "wider":
+        predictions = predictions or out.with_name(out.stem + ".predictions")
+    from hwnas.export.pipeline import open_model
+
     m = open_model(weights or model, threads=threads, device=device, kind="checkpoint" if weights else None)
-    ds = CocoDetection.from_dir(data, split, EvalTransform(m.arch.input_hw), on_error)
+    ds = open_dataset(data, split, EvalTransform(m.arch.input_hw), on_error)
     if ds.num_skipped():
         _say(f"skipped {ds.num_skipped()} broken entries of {ds.json_path}: "
              + ", ".join(f"{k} {v}" for k, v in ds.skipped.items() if v))
@@ -292,15 +341,46 @@ def eval_(
     check_writable(out, "metrics file")
     check_writable(detections, "detections file")
     with _progress("eval") as update:
-        results, ips = detect_dataset(m.detect, ds, batch_size=batch_size, progress=update)
+        if scales is not None or format == "wider":
+            # the WIDER protocol ranks many low-scoring predictions: a checkpoint keeps more than mAP needs
+            from hwnas.export.deploy import TorchDetector
+            from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, multiscale_results
+            from hwnas.train import load_model
+
+            if weights is not None:
+                net = load_model(weights)[0]
+                if scales is not None:
+                    results, ips = multiscale_results(net, ds, scales, batch_size=batch_size, device=device,
+                                                      progress=update)
+                else:
+                    runner = TorchDetector(net, device=device, score_thresh=WIDER_SCORE_THRESH, max_dets=WIDER_MAX_DETS)
+                    results, ips = detect_dataset(runner.detect, ds, batch_size=batch_size, progress=update)
+            else:
+                results, ips = detect_dataset(m.detect, ds, batch_size=batch_size, progress=update)
+        else:
+            results, ips = detect_dataset(m.detect, ds, batch_size=batch_size, progress=update)
     write_json(detections, results)
-    metrics = coco_score(ds.json_path, results, image_ids=ds.image_ids)
+    if format == "wider":
+        from hwnas.face_eval import score_faces
+
+        metrics = score_faces(results, ds, predictions)
+    else:
+        metrics = coco_score(coco_truth(ds), results, image_ids=ds.image_ids)
     metrics.update({"images_per_s": ips, "n_images": len(ds), "n_detections": len(results), "arch": str(m.arch),
                     "model": str(weights or model), "kind": m.kind, "data": str(data), "split": split,
-                    "detections": str(detections)})
+                    "detections": str(detections), "format": format})
+    if scales is not None:
+        from hwnas.multiscale import describe
+
+        metrics["test_scales"] = describe(scales)
+    if format == "wider":
+        from hwnas.wider_eval import summarize as wider_summary
+
+        metrics["predictions"] = str(predictions)
+        typer.echo(wider_summary(metrics))
     write_json(out, metrics)
     typer.echo(summarize(metrics))
-    typer.echo(f"wrote {out} and {detections}")
+    typer.echo(f"wrote {out} and {detections}" + (f" and {predictions}/" if format == "wider" else ""))
 
 
 # ----------------------------------------------------------------------------- search
@@ -309,7 +389,8 @@ def search(
     data: Path = typer.Option(..., help="dataset folder the candidates train on (hwnas data synth, or COCO layout)"),
     table: Path = typer.Option(..., help="latency table of the target (profiled for this data's class count)"),
     out: Path = typer.Option(..., help="run folder: pareto.json, pareto.png, report.md, search.db, trials/"),
-    space: str = typer.Option("default", help="search space (default | small | tiny)"),
+    space: Optional[str] = typer.Option(None, help="search space: default | small | face | tiny (default: default)"),
+    preset: Optional[str] = typer.Option(None, help="face: search the face space with the face-s training recipe (box loss, data-anchor-sampling)"),
     resolutions: Optional[str] = typer.Option(None, help="input sizes to search, e.g. 192,256 (default: the table's)"),
     stage: str = typer.Option("both", help="structural | modular | both | random (the random-search baseline)"),
     trials: int = typer.Option(16, help="trained candidates (with --stage both: split by --structural-share)"),
@@ -334,7 +415,18 @@ def search(
     from hwnas.search import Search, SearchConfig
 
     res = _parse_ints(resolutions, "--resolutions") if resolutions else ()
-    cfg = SearchConfig(data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
+    from hwnas.presets import SEARCH_PRESETS
+
+    rec = ""
+    if preset is not None:
+        if preset not in SEARCH_PRESETS:
+            raise HwnasError(f"--preset {preset!r}: valid search presets are {', '.join(SEARCH_PRESETS)}")
+        preset_space, rec = SEARCH_PRESETS[preset]
+        if space not in (None, preset_space):
+            raise HwnasError(f"--preset {preset} searches space {preset_space!r}; drop --space {space}")
+        space = preset_space
+    space = space or "default"
+    cfg = SearchConfig(recipe=rec, data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
                        structural_share=structural_share, population=population, epochs=epochs_per_trial,
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,

@@ -72,8 +72,11 @@ def predict_dataset(model: torch.nn.Module, arch: Arch, dataset, *, batch_size: 
     return detect_dataset(detect, dataset, batch_size=batch_size, progress=progress)
 
 
-def coco_score(gt_json: Path, results: list[dict], image_ids: list[int] | None = None) -> dict:
+def coco_score(gt: Path | dict, results: list[dict], image_ids: list[int] | None = None) -> dict:
     """pycocotools bbox AP over the given images: map (0.5:0.95), map50, map75, small/medium/large.
+
+    ``gt`` is a COCO instances json file or an already-loaded dict (e.g. ``WiderFace.coco_gt()``;
+    scored on a deep copy, since ``COCOeval`` writes into the gt annotations it is given).
 
     Exactly what ``COCOeval`` reports for ``results`` (``results`` itself is left as it was:
     ``loadRes`` would add area, id and segmentation to its dicts). pycocotools writes -1 where
@@ -85,7 +88,13 @@ def coco_score(gt_json: Path, results: list[dict], image_ids: list[int] | None =
     from pycocotools.cocoeval import COCOeval
 
     with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(str(gt_json))
+        if isinstance(gt, dict):
+            doc = copy.deepcopy(gt)
+            gt = COCO()
+            gt.dataset = doc
+            gt.createIndex()
+        else:
+            gt = COCO(str(gt))
         if results:
             dt = gt.loadRes([dict(r) for r in results])
         else:
@@ -102,15 +111,21 @@ def coco_score(gt_json: Path, results: list[dict], image_ids: list[int] | None =
     return {k: float(v) for k, v in zip(_STATS, ev.stats[:6])}
 
 
+def coco_truth(dataset) -> Path | dict:
+    """What :func:`coco_score` scores ``dataset`` against: its COCO json, or, for a dataset that is
+    not a COCO file (``WiderFace``), the COCO dict it builds (``coco_gt()``)."""
+    return dataset.coco_gt() if hasattr(dataset, "coco_gt") else dataset.json_path
+
+
 def evaluate(model: torch.nn.Module, arch: Arch, dataset, *, detections: Path | None = None, device: str = "cpu",
              batch_size: int = 8, progress=None) -> dict:
-    """Score ``model`` on ``dataset`` (a CocoDetection) and optionally write the detections file."""
+    """Score ``model`` on ``dataset`` (a CocoDetection or WiderFace) and optionally write the detections file."""
     if len(dataset) == 0:
         raise HwnasError(f"no images to evaluate in {dataset.json_path}")
     results, ips = predict_dataset(model, arch, dataset, batch_size=batch_size, device=device, progress=progress)
     if detections is not None:
         write_json(detections, results)
-    metrics = coco_score(dataset.json_path, results, image_ids=dataset.image_ids)
+    metrics = coco_score(coco_truth(dataset), results, image_ids=dataset.image_ids)
     metrics["images_per_s"] = ips
     metrics["n_images"] = len(dataset)
     metrics["n_detections"] = len(results)

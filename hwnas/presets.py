@@ -38,6 +38,10 @@ RECIPES: dict[str, dict] = {
 }
 
 
+# hwnas search --preset NAME: (search space, preset whose recipe the candidates train with)
+SEARCH_PRESETS: dict[str, tuple[str, str]] = {"face": ("face", "face-s")}
+
+
 def recipe(name: str) -> dict:
     """The preset's training recipe ({} for presets without one)."""
     return dict(RECIPES.get(name, {}))

@@ -44,12 +44,24 @@ class TrainConfig:
     weight_standardization: bool = True  # with GN only
     on_error: str = "raise"  # broken dataset entries: "raise" or "skip" (and count)
     scale_jitter: tuple[float, float] = (0.5, 1.5)  # random rescale range of the training images
+    # Face head (hwnas.heads.face): share of samples cut by data-anchor-sampling, and the IoU
+    # (positive, negative) thresholds of the first and second step of its matching.
+    das_p: float = 0.0
+    step1_iou: tuple[float, float] = (0.5, 0.4)
+    step2_iou: tuple[float, float] = (0.6, 0.5)
 
     def __post_init__(self) -> None:
         from hwnas.data.coco import ON_ERROR
 
         if not 0.1 <= self.scale_jitter[0] <= self.scale_jitter[1] <= 4.0:
             raise HwnasError(f"--scale-jitter {self.scale_jitter}: need 0.1 <= LOW <= HIGH <= 4")
+        if not 0.0 <= self.das_p <= 1.0:
+            raise HwnasError(f"--das-p {self.das_p}: data-anchor-sampling probability must be in [0, 1]")
+        for name in ("step1_iou", "step2_iou"):
+            hi, lo = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise HwnasError(f"--{name.replace('_', '-')} {hi},{lo}: give POSITIVE,NEGATIVE IoU thresholds "
+                                 f"with 0 < NEGATIVE <= POSITIVE <= 1")
         if self.on_error not in ON_ERROR:
             raise HwnasError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
         if self.epochs < 1 or self.batch_size < 1:
@@ -207,7 +219,7 @@ class TrainResult:
 def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(),
           progress: Callable[[int, int, str], None] | None = None) -> TrainResult:
     """Train ``arch`` on ``data_dir`` into ``out`` (``last.pt``, ``metrics.json``), resuming from ``last.pt``."""
-    from hwnas.data.coco import CocoDetection
+    from hwnas.data.wider import open_dataset
     from hwnas.data.transforms import EvalTransform, TrainTransform, collate, normalize
     from hwnas.evaluate import evaluate
     from hwnas.fileio import check_writable
@@ -219,8 +231,17 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
     train_tf = TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter))
-    train_set = CocoDetection.from_dir(data_dir, "train", train_tf, cfg.on_error)
-    val_set = CocoDetection.from_dir(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
+    if cfg.das_p > 0:
+        if arch.head != "face":
+            raise HwnasError(f"--das-p {cfg.das_p}: data-anchor-sampling samples the face head's anchors; "
+                             f"the arch has a {arch.head} head (use --das-p 0)")
+        from hwnas.data.anchor_sampling import DataAnchorSampling
+        from hwnas.heads.face import face_anchor_sizes
+
+        train_tf = DataAnchorSampling(arch.input_hw, seed=cfg.seed, anchor_sizes=face_anchor_sizes(arch),
+                                      p=cfg.das_p, scale_range=tuple(cfg.scale_jitter))
+    train_set = open_dataset(data_dir, "train", train_tf, cfg.on_error)
+    val_set = open_dataset(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
     for ds in (train_set, val_set):  # fail now, not after the last epoch
         if len(ds) == 0:
             raise HwnasError(f"{ds.json_path} holds no images; a run needs training and validation images")
@@ -246,7 +267,8 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     if arch.norm == "gn" and cfg.weight_standardization:
         add_weight_standardization(model)
     model.to(device)
-    criterion = DetectionLoss.for_arch(arch, k, box_loss=cfg.box_loss)
+    criterion = DetectionLoss.for_arch(arch, k, box_loss=cfg.box_loss, step1_iou=tuple(cfg.step1_iou),
+                                       step2_iou=tuple(cfg.step2_iou))
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)

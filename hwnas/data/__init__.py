@@ -14,6 +14,8 @@ _EXPORTS = {
     "MEAN": "transforms", "STD": "transforms", "normalize": "transforms", "collate": "transforms",
     "build_loader": "transforms", "TrainTransform": "transforms", "EvalTransform": "transforms",
     "letterbox": "transforms", "hflip": "transforms",
+    "WiderFace": "wider", "WiderImage": "wider", "read_wider_gt": "wider", "write_wider_gt": "wider",
+    "open_dataset": "wider", "coco_to_wider": "wider",
 }
 __all__ = sorted(_EXPORTS)
 

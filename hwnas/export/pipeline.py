@@ -91,10 +91,10 @@ class ExportResult:
 def _calibration_images(data: Path, input_hw: tuple[int, int], n: int) -> list:
     """The first ``n`` training images, letterboxed to the input size as at inference: float32 arrays
     [1, 3, H, W] in [0, 1], what calibration and the sensitivity hint feed onnxruntime."""
-    from hwnas.data.coco import CocoDetection
+    from hwnas.data.wider import open_dataset
     from hwnas.data.transforms import EvalTransform
 
-    ds = CocoDetection.from_dir(data, "train", EvalTransform(input_hw))
+    ds = open_dataset(data, "train", EvalTransform(input_hw))
     if len(ds) == 0:
         raise HwnasError(f"{ds.json_path} holds no images to calibrate int8 on")
     return [ds[i][0][None].numpy() for i in range(min(n, len(ds)))]
@@ -171,14 +171,14 @@ def _out_base(out: Path) -> Path:
 
 def check_parity(weights: Path, graph: bytes, data: Path, *, threads: int = 1, split: str = "val") -> dict:
     """mAP and box agreement of an exported graph (in onnxruntime) against its checkpoint."""
-    from hwnas.data.coco import CocoDetection
+    from hwnas.data.wider import open_dataset
     from hwnas.data.transforms import EvalTransform
     from hwnas.export.deploy import OnnxDetector, TorchDetector
     from hwnas.export.parity import parity
 
     ref = TorchDetector.from_checkpoint(weights)
     cand = OnnxDetector(graph, threads=threads)
-    ds = CocoDetection.from_dir(data, split, EvalTransform(ref.arch.input_hw))
+    ds = open_dataset(data, split, EvalTransform(ref.arch.input_hw))
     return parity(ref, cand, ds)
 
 

@@ -58,6 +58,18 @@ class Detector(nn.Module):
             arch = Arch.parse(arch)
         return cls(arch, num_classes, arch.placed_units(num_classes))
 
+    def at_size(self, input_hw: tuple[int, int]) -> "Detector":
+        """This detector, with its weights, built for another input size (multi-scale testing):
+        units carry the sizes they run at (the FPN's upsampling, the RoI stage), the weights do not."""
+        if tuple(input_hw) == self.arch.input_hw:
+            return self
+        from dataclasses import replace
+
+        other = Detector.from_arch(replace(self.arch, input_hw=tuple(input_hw)), self.num_classes)
+        other.load_state_dict(self.state_dict())
+        p = next(self.parameters())
+        return other.to(p.device, p.dtype).train(self.training)
+
     def module_for(self, role: str) -> nn.Module:
         """The module that runs at ``role`` (a role of ``arch.placed_units``)."""
         return self.blocks[_shared_role(role).replace(".", "_")]

@@ -22,6 +22,7 @@ from typing import Callable
 from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
+from hwnas.presets import RECIPES, recipe
 from hwnas.search.coordination import GRACE_S, Coordinator, storage_url
 from hwnas.search.proposals import Parent, choose_parent, initial_structures, mutate, suggest_structural
 
@@ -55,6 +56,7 @@ class SearchConfig:
     force: bool = False
     max_draws: int = 200
     max_failures: int = 5  # failed candidates in a row before the search stops (a systematic cause)
+    recipe: str = ""  # a preset whose training recipe (hwnas.presets.RECIPES) the candidates train with
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -70,6 +72,8 @@ class SearchConfig:
         if self.threads < 0 or self.max_draws < 1 or self.max_failures < 1:
             raise HwnasError(f"--threads must be >= 0, max_draws and --max-failures >= 1; got {self.threads}, "
                              f"{self.max_draws}, {self.max_failures}")
+        if self.recipe and self.recipe not in RECIPES:
+            raise HwnasError(f"recipe {self.recipe!r}: presets with a recipe are {', '.join(RECIPES)}")
         if not self.study or "/" in self.study:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
 
@@ -87,7 +91,7 @@ class SearchConfig:
         what a candidate's mAP or latency means."""
         return {"space": self.space, "resolutions": list(self.resolutions), "epochs": self.epochs,
                 "batch_size": self.batch_size, "lr": self.lr, "max_train_images": self.max_train_images,
-                "latency_max_ms": self.latency_max_ms, "seed": self.seed}
+                "latency_max_ms": self.latency_max_ms, "seed": self.seed, **({"recipe": self.recipe} if self.recipe else {})}
 
 
 @dataclass
@@ -137,7 +141,7 @@ class Search:
         import optuna
         import torch
 
-        from hwnas.data.coco import CocoDetection
+        from hwnas.data.wider import open_dataset
         from hwnas.latency import LatencyTable
         from hwnas.train import TrainConfig
 
@@ -147,11 +151,14 @@ class Search:
         res = cfg.resolutions or self.table.resolutions
         self.space = get_space(cfg.space).with_resolutions(tuple(res))
         self.cfg = cfg = replace(cfg, resolutions=tuple(res))
-        train_set = CocoDetection.from_dir(cfg.data, "train")
+        train_set = open_dataset(cfg.data, "train")
         self.class_names = train_set.class_names
         self._check_table()
+        # A recipe brings its training tricks (box loss, data-anchor-sampling, jitter); the search's
+        # own budget (epochs, batch, lr) stays the same for every candidate.
+        tricks = {k: v for k, v in recipe(cfg.recipe).items() if k in ("box_loss", "das_p", "scale_jitter")}
         self.train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                     device=cfg.device, max_train_images=cfg.max_train_images)
+                                     device=cfg.device, max_train_images=cfg.max_train_images, **tricks)
         self.baselines = [self._baseline_arch(b) for b in cfg.baselines]
         self.backend = None
         if cfg.measure:

@@ -1,0 +1,108 @@
+"""Scoring a face detector the WIDER FACE way, on WIDER FACE or on generated faces.
+
+Glue between a detector (any ``detect``: checkpoint, ONNX or engine), a dataset
+(:class:`hwnas.data.wider.WiderFace` or a COCO faces set from ``hwnas data synth --kind faces``),
+optional multi-scale testing (:mod:`hwnas.multiscale`), the official-layout prediction files and
+the WIDER evaluator (:mod:`hwnas.wider_eval`), with COCO mAP from the same detections.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from hwnas.errors import HwnasError
+
+# WIDER FACE images hold up to ~1,000 faces and the protocol ranks every prediction: keep many,
+# down to a low score (the evaluator's 1000 thresholds span the normalised score range).
+WIDER_SCORE_THRESH = 0.02
+WIDER_MAX_DETS = 750
+
+
+def wider_truth(dataset) -> tuple[list, dict | None, dict[int, str]]:
+    """``(gt images, official keep-lists or None, image_id -> WIDER name)`` of ``dataset``."""
+    from hwnas.data.wider import WiderFace, coco_to_wider
+    from hwnas.wider_eval import load_gt
+
+    if isinstance(dataset, WiderFace):
+        gt, keep = load_gt(dataset.gt_path)
+        loaded = {im.name for im in dataset.wider_images()}
+        gt = [im for im in gt if im.name in loaded]  # images skipped by on_error="skip" are not scored
+        return gt, keep, {iid: im.name for iid, im in zip(dataset.image_ids, dataset.wider_images())}
+    gt = coco_to_wider(dataset.json_path)
+    # coco_to_wider keeps the json's image order, as CocoDetection's image_ids do
+    names = {im["id"]: f"synth/{im['file_name']}" for im in _coco_images(dataset.json_path)}
+    loaded = {names[i] for i in dataset.image_ids}
+    return [im for im in gt if im.name in loaded], None, {i: names[i] for i in dataset.image_ids}
+
+
+def _coco_images(path: Path) -> list[dict]:
+    from hwnas.data.coco import load_json
+
+    return load_json(path)["images"]
+
+
+def to_wider_predictions(results: list[dict], names: dict[int, str]) -> dict[str, np.ndarray]:
+    """COCO results (bbox x, y, w, h in original pixels) -> WIDER ``name -> [N, 5]`` (every
+    scored image gets an entry, empty when it has no detection)."""
+    out: dict[str, list] = {name: [] for name in names.values()}
+    for r in results:
+        out[names[r["image_id"]]].append([*r["bbox"], r["score"]])
+    return {k: np.asarray(v, np.float64).reshape(-1, 5) for k, v in out.items()}
+
+
+def multiscale_results(model: torch.nn.Module, dataset, scales: Sequence, *, batch_size: int = 4,
+                       device: str = "cpu", score_thresh: float = WIDER_SCORE_THRESH,
+                       max_dets: int = WIDER_MAX_DETS, progress=None) -> tuple[list[dict], float]:
+    """COCO results of ``model`` (a PyTorch detector) with multi-scale testing over ``dataset``'s
+    original images; images per second of the whole loop."""
+    from hwnas.data.transforms import normalize
+    from hwnas.heads.postprocess import postprocess
+    from hwnas.multiscale import multi_scale_detect
+
+    arch, k = model.arch, model.num_classes
+    if arch.head == "rcnn":
+        raise HwnasError("multi-scale testing needs a one-stage head: the rcnn head's RoI stage is built for one "
+                         "input size")
+    model = model.eval().to(device)
+    sized: dict[tuple[int, int], torch.nn.Module] = {}
+
+    @torch.no_grad()
+    def run(batch: torch.Tensor, hw: tuple[int, int]) -> list[dict]:
+        net = sized.setdefault(hw, model.at_size(hw))
+        out = net(normalize(batch.to(device)))
+        return postprocess(out, net.arch, k, score_thresh=score_thresh, max_dets=max_dets)
+
+    results: list[dict] = []
+    n, t0 = len(dataset), time.perf_counter()
+    for start in range(0, n, batch_size):
+        idx = list(range(start, min(n, start + batch_size)))
+        images = [dataset.load_image(i) for i in idx]
+        for i, det in zip(idx, multi_scale_detect(images, run, arch.input_hw, scales, max_dets=max_dets)):
+            iid, cat = dataset.image_ids[i], dataset.cat_ids
+            for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+                results.append({"image_id": int(iid), "category_id": int(cat[int(lab)]),
+                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
+                                "score": round(float(s), 5)})
+        if progress:
+            progress(idx[-1] + 1, n, "")
+    return results, n / max(time.perf_counter() - t0, 1e-9)
+
+
+def score_faces(results: list[dict], dataset, predictions_dir: Path | None = None) -> dict:
+    """WIDER easy/medium/hard AP (official protocol) and COCO mAP of ``results`` on ``dataset``;
+    writes the official per-image prediction files to ``predictions_dir`` when given."""
+    from hwnas.evaluate import coco_score
+    from hwnas.wider_eval import evaluate_wider, write_predictions
+
+    gt, keep, names = wider_truth(dataset)
+    preds = to_wider_predictions(results, names)
+    if predictions_dir is not None:
+        write_predictions(predictions_dir, preds)
+    metrics = evaluate_wider(preds, gt, keep)
+    gt_coco = dataset.coco_gt() if hasattr(dataset, "coco_gt") else dataset.json_path
+    metrics.update(coco_score(gt_coco, results, image_ids=dataset.image_ids))
+    return metrics
