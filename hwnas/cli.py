@@ -54,6 +54,22 @@ def _progress(title: str, header: str = "") -> Iterator:
             bar.stop()
 
 
+def _is_multiscale_onnx(path: Path) -> bool:
+    """Whether ``path`` is a multi-scale graph (``hwnas export --test-scales``), from its metadata."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return False
+    import onnx
+
+    from hwnas.export.deploy import read_metadata
+    from hwnas.export.multiscale import MULTISCALE_FORMAT
+
+    try:
+        meta = onnx.load(str(path), load_external_data=False).metadata_props
+    except Exception:  # not ONNX at all: open_model says so in its own words
+        return False
+    return read_metadata({p.key: p.value for p in meta}).get("format") == MULTISCALE_FORMAT
+
+
 def _pair(text: str, what: str, example: str) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in text.split(","))
@@ -313,9 +329,10 @@ def eval_(
         raise HwnasError("--data is missing: the dataset folder to evaluate on")
     if predictions is not None and format != "wider":
         raise HwnasError("--predictions writes WIDER prediction files: add --format wider")
+    multiscale_graph = model is not None and _is_multiscale_onnx(model)
     if test_scales is not None and weights is None:
-        raise HwnasError("--test-scales runs a checkpoint at several input sizes: give --weights (an ONNX or engine "
-                         "has a fixed input size; export one graph per scale instead)")
+        raise HwnasError("--test-scales runs a checkpoint at several input sizes: give --weights (a graph exported "
+                         "with `hwnas export --test-scales` carries its scales)")
     resolve_device(device)
     scales = None
     if test_scales is not None:
@@ -329,36 +346,40 @@ def eval_(
         predictions = predictions or out.with_name(out.stem + ".predictions")
     from hwnas.export.pipeline import open_model
 
-    m = open_model(weights or model, threads=threads, device=device, kind="checkpoint" if weights else None)
+    if multiscale_graph:
+        from hwnas.export.multiscale import MultiScaleOnnxDetector
+
+        m = MultiScaleOnnxDetector(model, threads=threads)
+        m.class_names, m.kind = [str(i) for i in range(m.num_classes)], "onnx-multiscale"
+    else:
+        m = open_model(weights or model, threads=threads, device=device, kind="checkpoint" if weights else None)
     ds = open_dataset(data, split, EvalTransform(m.arch.input_hw), on_error)
     if ds.num_skipped():
         _say(f"skipped {ds.num_skipped()} broken entries of {ds.json_path}: "
              + ", ".join(f"{k} {v}" for k, v in ds.skipped.items() if v))
-    if len(m.class_names) != len(ds.class_names) or (m.kind != "onnx" and m.class_names != ds.class_names):
+    if len(m.class_names) != len(ds.class_names) or (not m.kind.startswith("onnx") and m.class_names != ds.class_names):
         raise HwnasError(f"{weights or model} was trained on classes {m.class_names}, the data has {ds.class_names}")
     if len(ds) == 0:
         raise HwnasError(f"no images to evaluate in {ds.json_path}")
     check_writable(out, "metrics file")
     check_writable(detections, "detections file")
     with _progress("eval") as update:
-        if scales is not None or format == "wider":
-            # the WIDER protocol ranks many low-scoring predictions: a checkpoint keeps more than mAP needs
-            from hwnas.export.deploy import TorchDetector
-            from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, multiscale_results
-            from hwnas.train import load_model
+        from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, original_results, torch_multiscale
+        from hwnas.train import load_model
 
-            if weights is not None:
-                net = load_model(weights)[0]
-                if scales is not None:
-                    results, ips = multiscale_results(net, ds, scales, batch_size=batch_size, device=device,
-                                                      progress=update)
-                else:
-                    runner = TorchDetector(net, device=device, score_thresh=WIDER_SCORE_THRESH, max_dets=WIDER_MAX_DETS)
-                    results, ips = detect_dataset(runner.detect, ds, batch_size=batch_size, progress=update)
-            else:
-                results, ips = detect_dataset(m.detect, ds, batch_size=batch_size, progress=update)
+        if multiscale_graph or scales is not None:  # whole original images in, merged passes out
+            detect_original = m.detect_original if multiscale_graph else \
+                torch_multiscale(load_model(weights)[0], scales, device=device)
+            results, ips = original_results(detect_original, ds, batch_size=batch_size, progress=update)
         else:
-            results, ips = detect_dataset(m.detect, ds, batch_size=batch_size, progress=update)
+            detect = m.detect
+            if weights is not None and format == "wider":
+                # the WIDER protocol ranks many low-scoring predictions: keep more than mAP needs
+                from hwnas.export.deploy import TorchDetector
+
+                detect = TorchDetector(load_model(weights)[0], device=device, score_thresh=WIDER_SCORE_THRESH,
+                                       max_dets=WIDER_MAX_DETS).detect
+            results, ips = detect_dataset(detect, ds, batch_size=batch_size, progress=update)
     write_json(detections, results)
     if format == "wider":
         from hwnas.face_eval import score_faces
@@ -459,6 +480,31 @@ def _batch_triple(text: Optional[str]) -> Optional[tuple[int, int, int]]:
     return lo, opt, hi
 
 
+def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, batch: int,
+                       others: dict[str, bool]) -> None:
+    from hwnas.export.multiscale import export_multiscale_onnx
+    from hwnas.export.pipeline import _out_base
+    from hwnas.fileio import check_writable, write_atomic
+    from hwnas.multiscale import describe, parse_scales, scaled_hw
+    from hwnas.train import load_model
+
+    given = [name for name, on in others.items() if on]
+    if given:
+        raise HwnasError(f"--test-scales exports an fp32 multi-scale ONNX; drop {', '.join(given)}")
+    if nms not in ("auto", "onnx", "ops"):
+        raise HwnasError(f"--nms {nms}: a multi-scale graph takes onnx (onnxruntime, TensorRT) or ops (TensorRT-RTX)")
+    scales = parse_scales(test_scales)
+    model, arch, _ = load_model(weights)
+    path = _out_base(out)
+    path = path.with_name(path.name + ".onnx")
+    check_writable(path, "ONNX file")
+    graph = export_multiscale_onnx(model, scales, nms="onnx" if nms == "auto" else nms, batch=batch)
+    write_atomic(path, graph)
+    sizes = ", ".join(f"{h}x{w}" for h, w in (scaled_hw(arch.input_hw, s.scale) for s in scales))
+    typer.echo(f"{arch}: multi-scale graph, passes {describe(scales)} at {sizes}")
+    typer.echo(f"wrote {path} (score it with `hwnas eval --model {path} --data DIR --format wider`)")
+
+
 @app.command()
 def export(
     weights: Path = typer.Option(..., help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)"),
@@ -480,8 +526,14 @@ def export(
     hardware_compatible: bool = typer.Option(False, "--hardware-compatible", help="full TensorRT: engine runs on Ampere and newer"),
     check: Optional[Path] = typer.Option(None, help="dataset: score the export against the checkpoint on its val images"),
     threads: int = typer.Option(1, help="onnxruntime threads for --check"),
+    test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale graph: one fixed-size input per test pass, e.g. 0.5:64-,1,1f,2:-128 (fp32 ONNX; merged on the host by box voting)"),
 ) -> None:
     """Compile a trained detector into a deployable ONNX (decode + NMS inside) and optionally an engine."""
+    if test_scales is not None:
+        _export_multiscale(weights, out, test_scales, nms=nms, batch=batch,
+                           others={"--format": format != "onnx", "--precision": precision != "fp32",
+                                   "--check": check is not None, "--dynamic-batch": dynamic_batch is not None})
+        return
     from hwnas.export.pipeline import ExportConfig
     from hwnas.export.pipeline import export as run_export
 

@@ -54,11 +54,10 @@ def to_wider_predictions(results: list[dict], names: dict[int, str]) -> dict[str
     return {k: np.asarray(v, np.float64).reshape(-1, 5) for k, v in out.items()}
 
 
-def multiscale_results(model: torch.nn.Module, dataset, scales: Sequence, *, batch_size: int = 4,
-                       device: str = "cpu", score_thresh: float = WIDER_SCORE_THRESH,
-                       max_dets: int = WIDER_MAX_DETS, progress=None) -> tuple[list[dict], float]:
-    """COCO results of ``model`` (a PyTorch detector) with multi-scale testing over ``dataset``'s
-    original images; images per second of the whole loop."""
+def torch_multiscale(model: torch.nn.Module, scales: Sequence, *, device: str = "cpu",
+                     score_thresh: float = WIDER_SCORE_THRESH, max_dets: int = WIDER_MAX_DETS):
+    """``detect_original(images)`` of a PyTorch detector with multi-scale testing: original images
+    ([3, h, w] in [0, 1]) -> merged detections in original pixels (:mod:`hwnas.multiscale`)."""
     from hwnas.data.transforms import normalize
     from hwnas.heads.postprocess import postprocess
     from hwnas.multiscale import multi_scale_detect
@@ -76,12 +75,17 @@ def multiscale_results(model: torch.nn.Module, dataset, scales: Sequence, *, bat
         out = net(normalize(batch.to(device)))
         return postprocess(out, net.arch, k, score_thresh=score_thresh, max_dets=max_dets)
 
+    return lambda images: multi_scale_detect(images, run, arch.input_hw, scales, max_dets=max_dets)
+
+
+def original_results(detect_original, dataset, *, batch_size: int = 4, progress=None) -> tuple[list[dict], float]:
+    """COCO results of ``detect_original`` (original images -> detections in original pixels, e.g.
+    :func:`torch_multiscale` or a multi-scale graph) over ``dataset``; images per second."""
     results: list[dict] = []
     n, t0 = len(dataset), time.perf_counter()
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        images = [dataset.load_image(i) for i in idx]
-        for i, det in zip(idx, multi_scale_detect(images, run, arch.input_hw, scales, max_dets=max_dets)):
+        for i, det in zip(idx, detect_original([dataset.load_image(i) for i in idx])):
             iid, cat = dataset.image_ids[i], dataset.cat_ids
             for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
                 results.append({"image_id": int(iid), "category_id": int(cat[int(lab)]),

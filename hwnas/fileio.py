@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,12 @@ def check_writable(path: Path, what: str = "output") -> Path:
         raise HwnasError(f"cannot create folder {parent} for the {what}: {e.strerror}; choose another path") from None
     if path.is_dir():
         raise HwnasError(f"the {what} {path} is a folder; give a file path")
+    if _special(path):
+        # /dev/null, /dev/stdout, a FIFO: written through in place (write_atomic), so only the
+        # file itself must be writable; its folder (/dev) need not be, and gets no probe file.
+        if not os.access(path, os.W_OK):
+            raise HwnasError(f"cannot write the {what} {path}: permission denied; choose another path")
+        return path
     if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise HwnasError(f"cannot write the {what} {path}: permission denied; choose another path")
     # os.access says yes to root everywhere, and /proc or a read-only mount refuse anyway: write
@@ -44,10 +51,31 @@ def _file_mode() -> int:
 FILE_MODE = _file_mode()
 
 
+def _special(path: Path) -> bool:
+    """An existing path that is neither a regular file nor a folder: a device, a FIFO, a socket."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return False
+    return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
+
+
 def write_atomic(path: Path, data: bytes | str) -> None:
-    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half."""
+    """Write to a temp file in the same folder, fsync, then rename: readers see old or new, never half.
+
+    A device or FIFO (``--out /dev/null``, ``/dev/stdout``) is written through instead: renaming
+    over it would, for root, replace the device node itself with a regular file (and there is
+    no "old version" of a stream to keep)."""
     path = Path(path)
     raw = data.encode() if isinstance(data, str) else data
+    if _special(path):
+        try:
+            with open(path, "wb") as f:
+                f.write(raw)
+                f.flush()
+        except OSError as e:
+            raise HwnasError(f"cannot write {path}: {e.strerror}; check free space and permissions") from None
+        return
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
     except OSError as e:
@@ -75,6 +103,10 @@ def read_json(path: Path, what: str) -> Any:
     path = Path(path)
     if not path.exists():
         raise HwnasError(f"{what} {path} does not exist")
+    mode = path.stat().st_mode
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        # /dev/zero and /dev/full read endless zeros: reading one would never end (a FIFO is fine)
+        raise HwnasError(f"{what} {path} is a device, not a file; give a file path")
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

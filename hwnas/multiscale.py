@@ -25,8 +25,8 @@ from hwnas.heads.postprocess import clip_boxes
 from hwnas.heads.voting import box_vote
 
 __all__ = [
-    "DEFAULT_SCALES", "MAX_SCALE", "TestScale", "describe", "multi_scale_detect", "parse_scales",
-    "scale_hws", "scaled_hw",
+    "DEFAULT_SCALES", "MAX_SCALE", "TestScale", "describe", "letterbox_passes", "merge_passes", "multi_scale_detect",
+    "parse_scales", "scale_hws", "scaled_hw",
 ]
 
 MAX_SCALE = 8.0  # 8 x a 640 input is 5120 px a side: past that a value is a typo, not a test scale
@@ -163,27 +163,49 @@ def multi_scale_detect(images: Sequence[torch.Tensor], run: RunFn, input_hw: int
     """
     hw = as_hw(input_hw)
     scales = tuple(scales)
+    if not scales:
+        raise HwnasError(f"no test scales given; pass e.g. parse_scales({describe(DEFAULT_SCALES)!r})")
     # Checked before any pass runs, not by box_vote after all of them.
     if not 0 < vote_iou <= 1 or (max_dets is not None and max_dets < 1):
         raise HwnasError(f"vote_iou {vote_iou} must lie in (0, 1] and max_dets {max_dets} be >= 1 (or None)")
-    if not scales:
-        raise HwnasError(f"no test scales given; pass e.g. parse_scales({describe(DEFAULT_SCALES)!r})")
+    if not images:
+        return []
+    passes = letterbox_passes(images, hw, scales)
+    with torch.no_grad():
+        dets = [run(batch, size) for batch, size, _ in passes]
+    return merge_passes(images, scales, passes, dets, vote_iou, max_dets)
+
+
+Pass = tuple[torch.Tensor, HW, list[float]]
+
+
+def letterbox_passes(images: Sequence[torch.Tensor], input_hw: int | Sequence[int],
+                     scales: Sequence[TestScale]) -> list[Pass]:
+    """Per scale: ``(batch [B, 3, H, W], (H, W), letterbox factor of each image)``; a flipping
+    pass mirrors each image *before* the letterbox, so the padding stays bottom/right as in training."""
     for k, im in enumerate(images):
         if im.dim() != 3 or im.shape[0] != 3:
             raise HwnasError(f"image {k} has shape {list(im.shape)}; pass [3, H, W] RGB tensors")
-    if not images:
-        return []
+    out = []
+    for ts in scales:
+        size = scaled_hw(input_hw, ts.scale)
+        boxed = [letterbox(im.flip(-1) if ts.flip else im, size) for im in images]
+        out.append((torch.stack([b for b, _ in boxed]), size, [f for _, f in boxed]))
+    return out
+
+
+def merge_passes(images: Sequence[torch.Tensor], scales: Sequence[TestScale], passes: Sequence[Pass],
+                 dets: Sequence[list[dict[str, torch.Tensor]]], vote_iou: float = 0.5,
+                 max_dets: int | None = 750) -> list[dict[str, torch.Tensor]]:
+    """Each pass's detections (``dets[pass][image]``, in that pass's input pixels) mapped back to
+    the original images, filtered to each scale's size range, merged per image by box voting."""
     found: list[list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = [[] for _ in images]
-    with torch.no_grad():
-        for ts in scales:
-            size = scaled_hw(hw, ts.scale)
-            boxed = [letterbox(im.flip(-1) if ts.flip else im, size) for im in images]
-            dets = run(torch.stack([b for b, _ in boxed]), size)
-            if len(dets) != len(images):
-                raise HwnasError(f"the detector returned {len(dets)} results for a batch of {len(images)} images "
-                                 f"at scale {ts.scale:g}; return one dict per image")
-            for k, (im, (_, factor), det) in enumerate(zip(images, boxed, dets)):
-                found[k].append(_to_original(det, factor, tuple(im.shape[-2:]), ts))
+    for ts, (_, _, factors), per_image in zip(scales, passes, dets):
+        if len(per_image) != len(images):
+            raise HwnasError(f"the detector returned {len(per_image)} results for a batch of {len(images)} images "
+                             f"at scale {ts.scale:g}; return one dict per image")
+        for k, (im, factor, det) in enumerate(zip(images, factors, per_image)):
+            found[k].append(_to_original(det, factor, tuple(im.shape[-2:]), ts))
     results = []
     for parts in found:
         b, s, lab = (torch.cat([p[i] for p in parts]) for i in range(3))

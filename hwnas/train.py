@@ -11,6 +11,7 @@ import io
 import math
 import random
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -162,7 +163,11 @@ def load_checkpoint(path: Path) -> dict:
     if not path.exists():
         raise HwnasError(f"checkpoint {path} does not exist")
     try:
-        ck = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # a foreign pickle (e.g. protocol 4) makes the weights_only unpickler warn before it
+            # refuses: the refusal below is the one line the user sees
+            warnings.simplefilter("ignore")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises many types for truncated or foreign files
         raise HwnasError(f"checkpoint {path} is corrupt or not an hwnas checkpoint ({e.__class__.__name__}); "
                          f"retrain or point --weights at another file") from None
@@ -182,12 +187,19 @@ def load_model(path: Path):
     from hwnas.models import Detector
 
     ck = load_checkpoint(path)
-    arch = Arch.parse(ck["arch"])
+    try:
+        arch = Arch.parse(ck["arch"])
+    except HwnasError as e:  # the message alone would not say which file holds the bad string
+        raise HwnasError(f"checkpoint {path} holds an {e}; retrain or point --weights at another file") from None
     model = Detector.from_arch(arch, len(ck["class_names"]))
     try:
         model.load_state_dict(ck["state_dict"])
     except RuntimeError as e:
-        raise HwnasError(f"checkpoint {path} does not match its arch {arch}: {str(e).splitlines()[0]}") from None
+        # torch's first line is only "Error(s) in loading state_dict for Detector:"; the next names the tensor
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
+        raise HwnasError(f"checkpoint {path} does not match its arch {arch} ({detail}); retrain or point --weights "
+                         f"at another file") from None
     return model.eval(), arch, ck["class_names"]
 
 

@@ -64,14 +64,14 @@ def parity(reference: Any, candidate: Any, dataset, *, batch_size: int = 8, agre
     reference boxes (see :func:`box_agreement`; None when the reference has no box scoring
     >= ``agree_score``) with ``n_ref_boxes`` and ``n_matched``; detection counts and images/s of both.
     """
-    from hwnas.evaluate import coco_score, detect_dataset
+    from hwnas.evaluate import coco_score, coco_truth, detect_dataset
 
     if len(dataset) == 0:
         raise HwnasError(f"parity: no images in {getattr(dataset, 'json_path', 'the dataset')}")
     runs = {}
     for name, runner in (("ref", reference), ("cand", candidate)):
         results, ips = detect_dataset(_detect_fn(runner), dataset, batch_size=batch_size, progress=progress)
-        runs[name] = (results, ips, coco_score(dataset.json_path, results, image_ids=dataset.image_ids))
+        runs[name] = (results, ips, coco_score(coco_truth(dataset), results, image_ids=dataset.image_ids))
     (ref, ref_ips, ref_m), (cand, cand_ips, cand_m) = runs["ref"], runs["cand"]
     matched, total = box_agreement(ref, cand, min_score=agree_score, min_iou=agree_iou)
     delta = cand_m["map"] - ref_m["map"]
