@@ -294,3 +294,60 @@ def test_face_preset_builds_ahead_of_time_with_tensorrt_rtx():
     det = Detector.from_arch(resolve_arch("face-s"), 1).eval()
     graph = export_deploy_onnx(det, nms="ops", batch=1)
     assert len(build_engine(graph, flavour="tensorrt-rtx", sm="89")) > 0
+
+
+# ----------------------------------------------------------------------------- multi-scale graph
+MS_SCALES = "1,1f,2:-24"  # 64 px, mirrored 64 px, 128 px keeping faces up to 24 px
+
+
+def _torch_multiscale(det: Detector, images: list[torch.Tensor]) -> list[dict]:
+    from hwnas.multiscale import multi_scale_detect, parse_scales
+
+    def run(batch, hw):
+        net = det.at_size(hw)
+        with torch.no_grad():
+            return postprocess(net(normalize(batch)), net.arch, 1, score_thresh=0.02, max_dets=300)
+
+    return multi_scale_detect(images, run, ARCH.input_hw, parse_scales(MS_SCALES))
+
+
+def test_multiscale_graph_matches_eager_multiscale_testing(face_detector):
+    from hwnas.export.multiscale import MultiScaleOnnxDetector, export_multiscale_onnx
+    from hwnas.multiscale import parse_scales
+
+    import onnx
+
+    graph = export_multiscale_onnx(face_detector, parse_scales(MS_SCALES), batch=2)
+    proto = onnx.load_from_string(graph)
+    assert [i.name for i in proto.graph.input] == ["images_s0", "images_s1", "images_s2"]
+    dims = [[d.dim_value for d in i.type.tensor_type.shape.dim] for i in proto.graph.input]
+    assert dims == [[2, 3, 64, 64], [2, 3, 64, 64], [2, 3, 128, 128]]
+    # the passes share their weights: no initializer is stored twice
+    blobs = [(i.data_type, tuple(i.dims), onnx.numpy_helper.to_array(i).tobytes()) for i in proto.graph.initializer]
+    assert len(set(blobs)) == len(blobs)
+    torch.manual_seed(2)
+    images = [torch.rand(3, 64, 80), torch.rand(3, 48, 64), torch.rand(3, 64, 64)]  # any sizes; 3 = 2 + padded 1
+    ref = _torch_multiscale(face_detector, images)
+    got = MultiScaleOnnxDetector(graph).detect_original(images)
+    for r, g in zip(ref, got):
+        assert len(r["boxes"]) > 0 and len(g["boxes"]) == len(r["boxes"])
+        torch.testing.assert_close(g["scores"], r["scores"], atol=1e-5, rtol=0)
+        torch.testing.assert_close(g["boxes"], r["boxes"], atol=1e-3, rtol=0)
+
+
+def test_at_size_keeps_the_weights(face_detector):
+    big = face_detector.at_size((128, 96))
+    assert big.arch.input_hw == (128, 96) and face_detector.at_size((64, 64)) is face_detector
+    for (k, a), (k2, b) in zip(face_detector.state_dict().items(), big.state_dict().items()):
+        assert k == k2 and torch.equal(a, b)
+    assert len(big(torch.rand(1, 3, 128, 96))) == len(face_detector.output_names)
+
+
+@needs_rtx
+def test_multiscale_graph_builds_ahead_of_time_with_tensorrt_rtx(face_detector):
+    from hwnas.backends.tensorrt import build_engine
+    from hwnas.export.multiscale import export_multiscale_onnx
+    from hwnas.multiscale import parse_scales
+
+    graph = export_multiscale_onnx(face_detector, parse_scales(MS_SCALES), nms="ops")
+    assert len(build_engine(graph, flavour="tensorrt-rtx", sm="89")) > 0
