@@ -488,6 +488,8 @@ def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, 
     from hwnas.multiscale import describe, parse_scales, scaled_hw
     from hwnas.train import load_model
 
+    if weights is None:
+        raise HwnasError("--test-scales exports a trained checkpoint: give --weights")
     given = [name for name, on in others.items() if on]
     if given:
         raise HwnasError(f"--test-scales exports an fp32 multi-scale ONNX; drop {', '.join(given)}")
@@ -507,7 +509,9 @@ def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, 
 
 @app.command()
 def export(
-    weights: Path = typer.Option(..., help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)"),
+    preset: Optional[str] = typer.Option(None, help="instead of --weights: a preset or arch string, untrained (to build and time its engine before training)"),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="with --preset: classes of the untrained head (default 1 for a face head, else 80)"),
     out: Path = typer.Option(..., help="engines/NAME: writes NAME.onnx, NAME.json and (engine) NAME.engine"),
     format: str = typer.Option("onnx", "--format", help="onnx | engine"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (explicit Q/DQ, calibrated with --calib-data)"),
@@ -537,7 +541,7 @@ def export(
     from hwnas.export.pipeline import ExportConfig
     from hwnas.export.pipeline import export as run_export
 
-    cfg = ExportConfig(weights=weights, out=out, format=format, precision=precision, nms=nms, backend=backend, sm=sm,
+    cfg = ExportConfig(weights=weights, preset=preset, num_classes=num_classes, out=out, format=format, precision=precision, nms=nms, backend=backend, sm=sm,
                        batch=batch, dynamic_batch=_batch_triple(dynamic_batch), calib_data=calib_data,
                        calib_images=calib_images, int8_target=int8_target, workspace_mb=workspace_mb,
                        opt_level=opt_level, timing_cache=timing_cache, version_compatible=version_compatible,

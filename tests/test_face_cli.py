@@ -95,6 +95,19 @@ def test_multiscale_checkpoint_and_graph_agree(faces, tmp_path):
         assert graph[s] == pytest.approx(eager[s], abs=2e-3)
 
 
+def test_export_an_untrained_preset(tmp_path, capfd):
+    """``hwnas export --preset`` builds what a preset costs before it is trained."""
+    assert main(["export", "--preset", FACE, "--out", str(tmp_path / "f")]) == 0
+    m = json.loads((tmp_path / "f.json").read_text())
+    assert m["arch"] == FACE and m["class_names"] == ["face"] and m["flavour"] == "onnx"
+    assert "untrained" in capfd.readouterr().err
+    from hwnas.export.deploy import OnnxDetector
+
+    import torch
+
+    assert len(OnnxDetector(tmp_path / "f.onnx").detect(torch.rand(1, 3, 64, 64))) == 1
+
+
 def test_search_preset_face(faces, tmp_path, ort_cpu):
     """``--preset face`` searches the face space with the face recipe (a real table of the face
     space at 64 px, two candidates of one epoch)."""
@@ -125,6 +138,9 @@ BAD = {
     "unknown search preset": (["search", "--preset", "cars", "--data", "{data}", "--table", "{d}/t.json", "--out", "{o}"], "cars"),
     "preset and another space": (["search", "--preset", "face", "--space", "small", "--data", "{data}", "--table",
                                   "{d}/t.json", "--out", "{o}"], "--space"),
+    "weights and preset": (["export", "--weights", "{ckpt}", "--preset", "face-s", "--out", "{o}"], "exactly one"),
+    "preset with check": (["export", "--preset", "face-s", "--check", "{data}", "--out", "{o}"], "--check"),
+    "num classes without preset": (["export", "--weights", "{ckpt}", "--num-classes", "2", "--out", "{o}"], "--num-classes"),
     "multi-scale export as fp16": (["export", "--weights", "{ckpt}", "--out", "{o}", "--test-scales", "1",
                                     "--precision", "fp16"], "--precision"),
 }

@@ -27,7 +27,7 @@ Progress = Callable[[int, int, str], None]
 
 @dataclass(frozen=True)
 class ExportConfig:
-    weights: Path
+    weights: Path | None
     out: Path  # engines/NAME (suffixes are added)
     format: str = "onnx"
     precision: str = "fp32"
@@ -46,8 +46,16 @@ class ExportConfig:
     hardware_compatible: bool = False
     check: Path | None = None  # a dataset to score the export against the checkpoint on
     threads: int = 1
+    preset: str | None = None  # instead of weights: a preset or arch, untrained (latency, engine builds)
+    num_classes: int | None = None  # with preset: None means 1 for a face head, else 80
 
     def __post_init__(self) -> None:
+        if (self.weights is None) == (self.preset is None):
+            raise HwnasError("give exactly one of --weights (a checkpoint) or --preset (an untrained preset or arch)")
+        if self.preset is not None and self.check is not None:
+            raise HwnasError("--check compares the export with trained weights: give --weights, not --preset")
+        if self.num_classes is not None and (self.preset is None or self.num_classes < 1):
+            raise HwnasError(f"--num-classes {self.num_classes}: only with --preset, and >= 1")
         for name, value, valid in (("--format", self.format, FORMATS), ("--precision", self.precision, PRECISIONS),
                                    ("--nms", self.nms, NMS_CHOICES), ("--backend", self.backend, ("tensorrt", "tensorrt-rtx"))):
             if value not in valid:
@@ -108,12 +116,17 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     from hwnas.fileio import check_writable, write_atomic
     from hwnas.train import load_model
 
-    model, arch, names = load_model(cfg.weights)
+    if cfg.weights is not None:
+        model, arch, names = load_model(cfg.weights)
+    else:
+        model, arch, names = untrained_model(cfg.preset, cfg.num_classes)
     base = _out_base(cfg.out)
     onnx_path = base.with_name(base.name + ".onnx")
     engine_path = base.with_name(base.name + ".engine")
     check_writable(onnx_path, "ONNX file")
     res = ExportResult()
+    if cfg.preset is not None:
+        res.notes.append(f"exported an untrained {cfg.preset}: for engine builds and latency only; train it for detections")
     calib = _calibration_images(cfg.calib_data, arch.input_hw, cfg.calib_images) if cfg.precision == "int8" else None
 
     # RTX has no RoiAlign: a two-stage head bound for it pools with plain gathers (hwnas.roi_align).
@@ -167,6 +180,22 @@ def _out_base(out: Path) -> Path:
     Any other dot is part of the name: ``with_suffix`` would turn ``retina_v1.5`` into ``retina_v1.onnx``."""
     out = Path(out)
     return out.with_suffix("") if out.suffix.lower() in (".onnx", ".engine", ".plan", ".json") else out
+
+
+def untrained_model(preset: str, num_classes: int | None = None):
+    """(Detector in eval mode, Arch, class names) of a preset or arch string with seeded initial
+    weights: what its engine costs before any training (``hwnas export --preset``)."""
+    from hwnas.heads import init_head_priors
+    from hwnas.models import Detector
+    from hwnas.presets import resolve_arch
+
+    arch = resolve_arch(preset)
+    k = num_classes or (1 if arch.head == "face" else 80)
+    names = ["face"] if arch.head == "face" and k == 1 else [f"class{i}" for i in range(k)]
+    torch.manual_seed(0)
+    model = Detector.from_arch(arch, k)
+    init_head_priors(model)
+    return model.eval(), arch, names
 
 
 def check_parity(weights: Path, graph: bytes, data: Path, *, threads: int = 1, split: str = "val") -> dict:
