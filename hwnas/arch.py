@@ -347,8 +347,9 @@ class SearchSpace:
         stc = min(stc, n)
         return stc, min(str_, n - stc), mo
 
-    def _arch(self, hw: int, block: str, width: int, stages: tuple[str, ...], neck: str, levels: tuple[int, int],
+    def arch(self, hw: int, block: str, width: int, stages: tuple[str, ...], neck: str, levels: tuple[int, int],
               neck_width: int, head: str, depth: int, head_width: int, proposals: int, norm: str) -> Arch:
+        """An arch of this space's choices; a face head gets the space's tricks fitted to its levels."""
         face = self.face_options(levels) if head == "face" else (0, 0, 0)
         return Arch((hw, hw), block, width, stages, neck, levels, neck_width, head, depth, head_width, proposals,
                     norm, *face)
@@ -373,7 +374,7 @@ class SearchSpace:
             depth, hwidth, props = rng.choice(self.rcnn_depths), rng.choice(self.rcnn_widths), rng.choice(self.proposals)
         else:
             depth, hwidth, props = rng.choice(self.head_depths), rng.choice(self.head_widths), 0
-        return self._arch(r, rng.choice(self.blocks), rng.choice(self.widths), tuple(stages), neck, levels,
+        return self.arch(r, rng.choice(self.blocks), rng.choice(self.widths), tuple(stages), neck, levels,
                           rng.choice(self.neck_widths), head, depth, hwidth, props, rng.choice(self.norms))
 
     def _stage(self, rng: random.Random, i: int) -> str:
@@ -464,7 +465,7 @@ class SearchSpace:
         for r in self.resolutions:
             for norm in self.norms:
                 def arch(block, width, neck, levels, nw, head, enc=encs[0]):
-                    return self._arch(r, block, width, enc, neck, levels, nw, head[0], head[1], head[2], head[3], norm)
+                    return self.arch(r, block, width, enc, neck, levels, nw, head[0], head[1], head[2], head[3], norm)
 
                 for block in self.blocks:
                     for width in self.widths:

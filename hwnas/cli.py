@@ -575,6 +575,7 @@ def bench(
     min_time: float = typer.Option(2.0, "--min-time", help="seconds of timing per figure"),
     repeats: int = typer.Option(20, help="minimum timed runs"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
+    out: Optional[Path] = typer.Option(None, help="also write the figures to this JSON file"),
 ) -> None:
     """Latency (median, p90, p99) and throughput of a model: network only and end to end."""
     import torch
@@ -584,6 +585,10 @@ def bench(
 
     if batch < 1:
         raise HwnasError(f"--batch must be >= 1, got {batch}")
+    if out is not None:
+        from hwnas.fileio import check_writable
+
+        check_writable(out, "bench file")
     m = open_model(model, threads=threads, device=device, batch=batch)
     if images:
         x, _ = load_images([images[i % len(images)] for i in range(batch)], m.arch.input_hw)
@@ -592,6 +597,10 @@ def bench(
     res = run_bench(m, x, _timing(min_time, repeats))
     res.update({"model": str(model), "kind": m.kind, "arch": str(m.arch), "batch": batch, "threads": threads,
                 "device": device})
+    if out is not None:
+        from hwnas.fileio import write_json
+
+        write_json(out, res)
     if as_json:
         typer.echo(json.dumps(res, indent=1))
         return
@@ -625,6 +634,19 @@ def infer(
 
 
 # ----------------------------------------------------------------------------- small helpers
+@app.command()
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="folder for everything it makes (rerun to resume)"),
+    preset: Optional[str] = typer.Option(None, help="face: the face preset on generated faces (default: generated shapes)"),
+    fast: bool = typer.Option(False, "--fast", help="toy sizes: the whole pipeline in about a minute"),
+) -> None:
+    """Data, latency table, search, training, ONNX (fp32, int8), parity, benchmark and (if installed)
+    a TensorRT-RTX engine, in one command; each step is printed as the command that reruns it."""
+    from hwnas.quickstart import Quickstart
+
+    Quickstart(out, preset=preset, fast=fast, say=typer.echo).run()
+
+
 @app.command()
 def units(
     arch: str = typer.Option(..., help="arch string or preset name"),

@@ -119,7 +119,7 @@ def test_search_preset_face(faces, tmp_path, ort_cpu):
                  "--threads", "1", "--no-measure"]) == 0
     s = json.loads((tmp_path / "s" / "search.json").read_text())
     archs = [t["arch"] for t in s["trials"] if t["state"] == "complete"]
-    assert archs and all("/face_d" in a and "_stc" in a for a in archs)
+    assert archs and all("/face_d" in a and "_stc3_str" in a and a.endswith("_mo3/bn") for a in archs)
 
 
 BAD = {

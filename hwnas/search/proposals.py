@@ -47,9 +47,10 @@ def stage_encoding(space: SearchSpace, depth: str) -> tuple[str, ...]:
 
 def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str, neck: str, head: str) -> Arch:
     """The structural candidate for one combination. A two-stage head needs a neck: paired with
-    ``none`` it gets the space's first neck instead (a repair, so every combination is valid)."""
+    ``none`` it gets the space's first neck instead (a repair, so every combination is valid), and
+    so does the face head."""
     top = space.num_stages + 1
-    if neck == "none" and head == "rcnn":
+    if neck == "none" and head in ("rcnn", "face"):
         neck = next(c for c in neck_choices(space) if c != "none")
     if neck == "none":
         kind, levels = "none", (top, top)
@@ -61,8 +62,8 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
         depth_h, width_h, props = middle(space.rcnn_depths), middle(space.rcnn_widths), middle(space.proposals)
     else:
         depth_h, width_h, props = middle(space.head_depths), middle(space.head_widths), 0
-    return Arch((resolution, resolution), block, middle(space.widths), stage_encoding(space, depth), kind, levels,
-                middle(space.neck_widths), head, depth_h, width_h, props, space.norms[0])
+    return space.arch(resolution, block, middle(space.widths), stage_encoding(space, depth), kind, levels,
+                       middle(space.neck_widths), head, depth_h, width_h, props, space.norms[0])
 
 
 def initial_structures(space: SearchSpace, population: int, seed: int) -> list[dict]:
