@@ -28,14 +28,15 @@ def _progress(title: str, header: str = "") -> Iterator:
     """A progress bar with ETA on stderr; yields ``update(done, total, item)``.
 
     ``header`` and the bar appear with the first update, so whatever fails before the work
-    starts (bad data, a table or checkpoint of another run) stays a single ``error:`` line.
+    starts (bad data, a table or checkpoint of another run) stays a single ``error:`` line; the
+    bar is transient, so an error after the work (a full disk) is not left below a finished bar.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
-                   console=Console(stderr=True), transient=False, refresh_per_second=4)
+                   console=Console(stderr=True), transient=True, refresh_per_second=4)
     task: list = []
 
     def update(done: int, total: int, item: str) -> None:
@@ -51,7 +52,7 @@ def _progress(title: str, header: str = "") -> Iterator:
         yield update
     finally:
         if task:
-            bar.stop()
+            bar.live.stop()  # not bar.stop(): on a non-terminal that prints an empty line
 
 
 def _is_multiscale_onnx(path: Path) -> bool:
@@ -314,9 +315,10 @@ def eval_(
                              "and no --weights, --model or --data")
         from hwnas import wider_eval as W
 
-        check_writable(out, "metrics file")
         truth, keep = W.load_gt(gt)
-        metrics = W.evaluate_wider(W.read_predictions(predictions), truth, keep)
+        preds = W.read_predictions(predictions)
+        check_writable(out, "metrics file")  # after the inputs proved readable: no empty folder left
+        metrics = W.evaluate_wider(preds, truth, keep)
         metrics.update({"predictions": str(predictions), "gt": str(gt)})
         write_json(out, metrics)
         typer.echo(W.summarize(metrics))
@@ -361,8 +363,8 @@ def eval_(
         raise HwnasError(f"{weights or model} was trained on classes {m.class_names}, the data has {ds.class_names}")
     if len(ds) == 0:
         raise HwnasError(f"no images to evaluate in {ds.json_path}")
+    check_writable(detections, "detections file")  # first: out's folder is not made for a run that cannot write
     check_writable(out, "metrics file")
-    check_writable(detections, "detections file")
     with _progress("eval") as update:
         from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, original_results, torch_multiscale
         from hwnas.train import load_model

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 import os
+import platform
+import re
 import stat
 import tempfile
 from pathlib import Path
@@ -76,23 +78,62 @@ def write_atomic(path: Path, data: bytes | str) -> None:
         except OSError as e:
             raise HwnasError(f"cannot write {path}: {e.strerror}; check free space and permissions") from None
         return
+    _sweep_orphans(path)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(path), suffix=".tmp", dir=path.parent or ".")
     except OSError as e:
         raise HwnasError(f"cannot write {path}: {e.strerror}; check the folder exists and is writable") from None
     try:
-        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), FILE_MODE)
             f.write(raw)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:  # Ctrl-C mid-write too: no temp file left behind
         try:
             os.unlink(tmp)
         except OSError:
             pass
-        raise HwnasError(f"cannot write {path}: {e.strerror}; check free space and permissions") from None
+        if isinstance(e, OSError):
+            raise HwnasError(f"cannot write {path}: {e.strerror}; check free space and permissions") from None
+        raise
+
+
+# Temp files are named .NAME.HOST-PID.XXXXXXXX.tmp: a later write of NAME can tell the orphans of a
+# process killed with SIGKILL between mkstemp and the rename (a 25 MB graph takes tens of ms to
+# write) from the temp file of a writer still at work, and remove them.
+_HOST = re.sub(r"[^A-Za-z0-9_-]", "_", platform.node()) or "host"
+
+
+def _tmp_prefix(path: Path) -> str:
+    return f".{path.name}.{_HOST}-{os.getpid()}."
+
+
+def _sweep_orphans(path: Path) -> None:
+    """Remove temp files of earlier writes to ``path`` whose process, on this host, is gone. A pid
+    reused by a live process keeps its file (harmless: a leftover, never a lost write); files of
+    other hosts (a shared folder) are never touched, their pids meaning nothing here."""
+    orphan = re.compile(re.escape(f".{path.name}.{_HOST}-") + r"(\d+)\.[^.]+\.tmp")
+    try:
+        names = os.listdir(path.parent if str(path.parent) else ".")
+    except OSError:
+        return
+    for name in names:
+        m = orphan.fullmatch(name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # alive (ours to leave alone)
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # alive under another user, or no pid at all: leave it
+        try:
+            os.unlink(path.parent / name)
+        except OSError:
+            pass
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -383,7 +383,8 @@ class OnnxDetector:
         try:
             self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            raise HwnasError(f"onnxruntime cannot load the deployed graph: {' '.join(str(e).split())[:300]}") from None
+            raise HwnasError(f"onnxruntime cannot load the deployed graph: {' '.join(str(e).split())[:300]}; "
+                             f"export it again with hwnas export") from None
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
         if self.meta.get("format") != DEPLOY_FORMAT:
             raise HwnasError(f"not a deployed hwnas graph (metadata format {self.meta.get('format')!r}, "

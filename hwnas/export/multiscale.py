@@ -105,7 +105,8 @@ class MultiScaleOnnxDetector:
         try:
             self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types
-            raise HwnasError(f"onnxruntime cannot load the multi-scale graph: {' '.join(str(e).split())[:300]}") from None
+            raise HwnasError(f"onnxruntime cannot load the multi-scale graph: {' '.join(str(e).split())[:300]}; "
+                             f"export it again with hwnas export --test-scales") from None
         self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
         if self.meta.get("format") != MULTISCALE_FORMAT:
             raise HwnasError(f"not a multi-scale hwnas graph (format {self.meta.get('format')!r}); export one with "

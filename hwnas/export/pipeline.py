@@ -10,6 +10,7 @@ Files of an export to ``engines/NAME``:
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -283,7 +284,13 @@ def _manifest_names(path: Path) -> list[str] | None:
     from hwnas.export.manifest import manifest_path, read_manifest
 
     mp = manifest_path(path)
-    return list(read_manifest(mp).class_names) if mp.exists() else None
+    if not mp.exists():
+        return None
+    m = read_manifest(mp)
+    if m.onnx_sha256 != hashlib.sha256(Path(path).read_bytes()).hexdigest():
+        # a stale manifest (a re-export killed between its two renames, or a copied graph)
+        raise HwnasError(f"{mp} does not describe {path} (its onnx_sha256 differs); export it again with hwnas export")
+    return list(m.class_names)
 
 
 def _onnx_network(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
