@@ -28,15 +28,15 @@ def _progress(title: str, header: str = "") -> Iterator:
     """A progress bar with ETA on stderr; yields ``update(done, total, item)``.
 
     ``header`` and the bar appear with the first update, so whatever fails before the work
-    starts (bad data, a table or checkpoint of another run) stays a single ``error:`` line; the
-    bar is transient, so an error after the work (a full disk) is not left below a finished bar.
+    starts (bad data, a table or checkpoint of another run) stays a single ``error:`` line; an
+    error inside the block (a full disk when the results are written) takes the bar away with it.
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
-                   console=Console(stderr=True), transient=True, refresh_per_second=4)
+                   console=Console(stderr=True), transient=False, refresh_per_second=4)
     task: list = []
 
     def update(done: int, total: int, item: str) -> None:
@@ -50,9 +50,15 @@ def _progress(title: str, header: str = "") -> Iterator:
 
     try:
         yield update
+    except BaseException:
+        if task:
+            bar.live.transient = True
+            bar.live.stop()  # not bar.stop(): on a non-terminal that prints an empty line
+            task.clear()
+        raise
     finally:
         if task:
-            bar.live.stop()  # not bar.stop(): on a non-terminal that prints an empty line
+            bar.stop()
 
 
 def _is_multiscale_onnx(path: Path) -> bool:
@@ -382,26 +388,27 @@ def eval_(
                 detect = TorchDetector(load_model(weights)[0], device=device, score_thresh=WIDER_SCORE_THRESH,
                                        max_dets=WIDER_MAX_DETS).detect
             results, ips = detect_dataset(detect, ds, batch_size=batch_size, progress=update)
-    write_json(detections, results)
-    if format == "wider":
-        from hwnas.face_eval import score_faces
+        # written inside the progress block: a failed write (a full disk) takes the bar with it
+        write_json(detections, results)
+        if format == "wider":
+            from hwnas.face_eval import score_faces
 
-        metrics = score_faces(results, ds, predictions)
-    else:
-        metrics = coco_score(coco_truth(ds), results, image_ids=ds.image_ids)
-    metrics.update({"images_per_s": ips, "n_images": len(ds), "n_detections": len(results), "arch": str(m.arch),
-                    "model": str(weights or model), "kind": m.kind, "data": str(data), "split": split,
-                    "detections": str(detections), "format": format})
-    if scales is not None:
-        from hwnas.multiscale import describe
+            metrics = score_faces(results, ds, predictions)
+            metrics["predictions"] = str(predictions)
+        else:
+            metrics = coco_score(coco_truth(ds), results, image_ids=ds.image_ids)
+        metrics.update({"images_per_s": ips, "n_images": len(ds), "n_detections": len(results), "arch": str(m.arch),
+                        "model": str(weights or model), "kind": m.kind, "data": str(data), "split": split,
+                        "detections": str(detections), "format": format})
+        if scales is not None:
+            from hwnas.multiscale import describe
 
-        metrics["test_scales"] = describe(scales)
+            metrics["test_scales"] = describe(scales)
+        write_json(out, metrics)
     if format == "wider":
         from hwnas.wider_eval import summarize as wider_summary
 
-        metrics["predictions"] = str(predictions)
         typer.echo(wider_summary(metrics))
-    write_json(out, metrics)
     typer.echo(summarize(metrics))
     typer.echo(f"wrote {out} and {detections}" + (f" and {predictions}/" if format == "wider" else ""))
 

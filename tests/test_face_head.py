@@ -306,7 +306,7 @@ def _torch_multiscale(det: Detector, images: list[torch.Tensor]) -> list[dict]:
     def run(batch, hw):
         net = det.at_size(hw)
         with torch.no_grad():
-            return postprocess(net(normalize(batch)), net.arch, 1, score_thresh=0.02, max_dets=300)
+            return postprocess(net(normalize(batch)), net.arch, 1, score_thresh=0.02, max_dets=750)  # the graph's
 
     return multi_scale_detect(images, run, ARCH.input_hw, parse_scales(MS_SCALES))
 
