@@ -361,6 +361,25 @@ def unpack_detections(num_dets: torch.Tensor, boxes: torch.Tensor, scores: torch
     return out
 
 
+def ort_session(model: bytes | str | Path, threads: int, export_cmd: str):
+    """(onnxruntime CPU session, its hwnas metadata) of a graph; a file onnxruntime cannot load
+    is one error naming the command that makes it again."""
+    import onnxruntime as ort
+
+    if threads < 1:
+        raise HwnasError(f"threads must be >= 1, got {threads}")
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    src = model if isinstance(model, (bytes, bytearray)) else str(model)
+    try:
+        session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise HwnasError(f"onnxruntime cannot load the graph: {' '.join(str(e).split())[:300]}; "
+                         f"export it again with {export_cmd}") from None
+    return session, read_metadata(session.get_modelmeta().custom_metadata_map)
+
+
 class OnnxDetector:
     """A deployed graph (``export_deploy_onnx``) in onnxruntime on the CPU.
 
@@ -372,20 +391,7 @@ class OnnxDetector:
     def __init__(self, model: bytes | str | Path, *, threads: int = 1, score_thresh: float | None = None,
                  nms_thresh: float | None = None, max_dets: int | None = None,
                  pre_nms_topk: int | None = None) -> None:
-        import onnxruntime as ort
-
-        if threads < 1:
-            raise HwnasError(f"threads must be >= 1, got {threads}")
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        src = model if isinstance(model, (bytes, bytearray)) else str(model)
-        try:
-            self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise HwnasError(f"onnxruntime cannot load the deployed graph: {' '.join(str(e).split())[:300]}; "
-                             f"export it again with hwnas export") from None
-        self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.session, self.meta = ort_session(model, threads, "hwnas export")
         if self.meta.get("format") != DEPLOY_FORMAT:
             raise HwnasError(f"not a deployed hwnas graph (metadata format {self.meta.get('format')!r}, "
                              f"expected {DEPLOY_FORMAT!r}); export it with `hwnas export` "

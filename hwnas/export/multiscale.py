@@ -21,7 +21,7 @@ from torch import nn
 
 from hwnas.errors import HwnasError
 from hwnas.export.deploy import (
-    FIXED_OUTPUTS, DeployConfig, DeployPost, Normalize, _declare_outputs, _prepare, output_shapes, read_metadata,
+    FIXED_OUTPUTS, DeployConfig, DeployPost, Normalize, _declare_outputs, _prepare, ort_session, output_shapes,
     simplify, unpack_detections,
 )
 
@@ -93,21 +93,10 @@ class MultiScaleOnnxDetector:
 
     def __init__(self, model: bytes | str | Path, *, threads: int = 1, vote_iou: float = 0.5,
                  max_dets: int = 750) -> None:
-        import onnxruntime as ort
-
         from hwnas.arch import Arch
         from hwnas.multiscale import parse_scales
 
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-        src = model if isinstance(model, (bytes, bytearray)) else str(model)
-        try:
-            self.session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise HwnasError(f"onnxruntime cannot load the multi-scale graph: {' '.join(str(e).split())[:300]}; "
-                             f"export it again with hwnas export --test-scales") from None
-        self.meta = read_metadata(self.session.get_modelmeta().custom_metadata_map)
+        self.session, self.meta = ort_session(model, threads, "hwnas export --test-scales")
         if self.meta.get("format") != MULTISCALE_FORMAT:
             raise HwnasError(f"not a multi-scale hwnas graph (format {self.meta.get('format')!r}); export one with "
                              f"`hwnas export --test-scales ...`")
