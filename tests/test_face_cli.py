@@ -81,6 +81,30 @@ def test_wider_eval_of_prediction_files_alone(faces, tmp_path):
     assert m["n_faces"]["hard"] > 0 and m["hard"] == pytest.approx(1.0)
 
 
+def test_train_and_score_on_the_wider_face_layout(faces, tmp_path):
+    """The generated faces rewritten in the official WIDER FACE layout (gt txt and
+    WIDER_<split>/images/<event>/), trained on and scored from there."""
+    import shutil
+
+    from hwnas.data.wider import coco_to_wider, gt_file, image_root, write_wider_gt
+
+    root = tmp_path / "wider"
+    for split in ("train", "val"):
+        images = coco_to_wider(faces["data"] / f"{split}.json")
+        write_wider_gt(gt_file(root, split), images)
+        for im in images:
+            dst = image_root(root, split) / im.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(faces["data"] / "images" / im.name.split("/", 1)[1], dst)
+    assert main(["train", "--arch", FACE, "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
+                 "--batch-size", "8", "--das-p", "0.5"]) == 0
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--data", str(root), "--format", "wider",
+                 "--out", str(tmp_path / "w.json")]) == 0
+    m = json.loads((tmp_path / "w.json").read_text())
+    assert m["n_images"] == 8 and "derived from face height" in m["subsets"]
+    assert len(list((tmp_path / "w.predictions" / "synth").glob("*.txt"))) == 8
+
+
 def test_multiscale_checkpoint_and_graph_agree(faces, tmp_path):
     d = faces["dir"]
     assert main(["eval", "--weights", str(faces["ckpt"]), "--data", str(faces["data"]), "--format", "wider",
