@@ -19,7 +19,7 @@ from hwnas.errors import HwnasError
 
 @dataclass(frozen=True)
 class Plan:
-    """The sizes of one quickstart: small enough for about 15 minutes on 2 CPU cores."""
+    """The sizes of one quickstart: well inside 20 minutes on 2 CPU cores (docs/benchmarks.md §7)."""
 
     kind: str  # shapes | faces (hwnas data synth)
     size: int
@@ -43,10 +43,10 @@ class Plan:
 
 
 PLANS: dict[tuple[str, bool], Plan] = {
-    ("shapes", False): Plan("shapes", 128, 600, 150, "small", 128, 3, trials=6, population=3, epochs_per_trial=2,
-                            max_train_images=300, train_epochs=8),
-    ("faces", False): Plan("faces", 128, 600, 150, "face", 128, 1, trials=6, population=3, epochs_per_trial=2,
-                           max_train_images=300, train_epochs=8, search_preset="face", recipe="face-s"),
+    ("shapes", False): Plan("shapes", 128, 800, 200, "small", 128, 3, trials=8, population=4, epochs_per_trial=2,
+                            max_train_images=400, train_epochs=12),
+    ("faces", False): Plan("faces", 128, 800, 200, "face", 128, 1, trials=8, population=4, epochs_per_trial=2,
+                           max_train_images=400, train_epochs=12, search_preset="face", recipe="face-s"),
     # --fast: the same pipeline at toy sizes, for tests and a first look (about a minute)
     ("shapes", True): Plan("shapes", 64, 32, 8, "tiny", 64, 3, trials=2, population=2, epochs_per_trial=1,
                            max_train_images=0, train_epochs=1, batch_size=8, profile_min_time=0.005,
