@@ -358,7 +358,6 @@ def eval_(
         from hwnas.export.multiscale import MultiScaleOnnxDetector
 
         m = MultiScaleOnnxDetector(model, threads=threads)
-        m.class_names, m.kind = [str(i) for i in range(m.num_classes)], "onnx-multiscale"
     else:
         m = open_model(weights or model, threads=threads, device=device, kind="checkpoint" if weights else None)
     ds = open_dataset(data, split, EvalTransform(m.arch.input_hw), on_error)
@@ -373,11 +372,10 @@ def eval_(
     check_writable(out, "metrics file")
     with _progress("eval") as update:
         from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, original_results, torch_multiscale
-        from hwnas.train import load_model
 
         if multiscale_graph or scales is not None:  # whole original images in, merged passes out
             detect_original = m.detect_original if multiscale_graph else \
-                torch_multiscale(load_model(weights)[0], scales, device=device)
+                torch_multiscale(m.model, scales, device=device)
             results, ips = original_results(detect_original, ds, batch_size=batch_size, progress=update)
         else:
             detect = m.detect
@@ -385,7 +383,7 @@ def eval_(
                 # the WIDER protocol ranks many low-scoring predictions: keep more than mAP needs
                 from hwnas.export.deploy import TorchDetector
 
-                detect = TorchDetector(load_model(weights)[0], device=device, score_thresh=WIDER_SCORE_THRESH,
+                detect = TorchDetector(m.model, device=device, score_thresh=WIDER_SCORE_THRESH,
                                        max_dets=WIDER_MAX_DETS).detect
             results, ips = detect_dataset(detect, ds, batch_size=batch_size, progress=update)
         # written inside the progress block: a failed write (a full disk) takes the bar with it

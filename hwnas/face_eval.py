@@ -81,16 +81,17 @@ def torch_multiscale(model: torch.nn.Module, scales: Sequence, *, device: str = 
 def original_results(detect_original, dataset, *, batch_size: int = 4, progress=None) -> tuple[list[dict], float]:
     """COCO results of ``detect_original`` (original images -> detections in original pixels, e.g.
     :func:`torch_multiscale` or a multi-scale graph) over ``dataset``; images per second."""
+    from hwnas.evaluate import to_coco_results
+
     results: list[dict] = []
     n, t0 = len(dataset), time.perf_counter()
     for start in range(0, n, batch_size):
         idx = list(range(start, min(n, start + batch_size)))
-        for i, det in zip(idx, detect_original([dataset.load_image(i) for i in idx])):
-            iid, cat = dataset.image_ids[i], dataset.cat_ids
-            for b, s, lab in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-                results.append({"image_id": int(iid), "category_id": int(cat[int(lab)]),
-                                "bbox": [round(b[0], 2), round(b[1], 2), round(b[2] - b[0], 2), round(b[3] - b[1], 2)],
-                                "score": round(float(s), 5)})
+        images = [dataset.load_image(i) for i in idx]
+        for i, im, det in zip(idx, images, detect_original(images)):
+            # boxes are in original pixels already: scale 1
+            target = {"image_id": dataset.image_ids[i], "scale": 1.0, "orig_hw": tuple(im.shape[-2:])}
+            results += to_coco_results(det, target, dataset.cat_ids)
         if progress:
             progress(idx[-1] + 1, n, "")
     return results, n / max(time.perf_counter() - t0, 1e-9)

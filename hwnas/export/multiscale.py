@@ -102,6 +102,8 @@ class MultiScaleOnnxDetector:
                              f"`hwnas export --test-scales ...`")
         self.arch = Arch.parse(self.meta["arch"])
         self.num_classes = int(self.meta["num_classes"])
+        self.kind = "onnx-multiscale"
+        self.class_names = [str(i) for i in range(self.num_classes)]  # the graph carries no names
         self.scales = parse_scales(self.meta["test_scales"])
         self.batch = int(self.meta["batch"])
         self.vote_iou, self.max_dets = vote_iou, max_dets

@@ -222,6 +222,7 @@ class Opened:
     detect: Callable[[torch.Tensor], list[dict]]
     network: Callable[[torch.Tensor], Any] | None  # the network alone (no decode/NMS), for bench
     timer: Any = None
+    model: Any = None  # a checkpoint's Detector (None for ONNX and engines)
 
 
 def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str | None = None,
@@ -253,7 +254,7 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
                 torch.cuda.synchronize()
             return out
 
-        return Opened("checkpoint", arch, names, runner.detect, network, _timer(device))
+        return Opened("checkpoint", arch, names, runner.detect, network, _timer(device), model)
     if kind == "onnx":
         from hwnas.export.deploy import OnnxDetector
 
