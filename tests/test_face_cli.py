@@ -5,8 +5,6 @@ training (one epoch on 64 px generated faces), real onnxruntime."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
-
 import pytest
 
 from hwnas.cli import main
@@ -106,7 +104,6 @@ def test_train_and_score_on_the_wider_face_layout(faces, tmp_path):
 
 
 def test_multiscale_checkpoint_and_graph_agree(faces, tmp_path):
-    d = faces["dir"]
     assert main(["eval", "--weights", str(faces["ckpt"]), "--data", str(faces["data"]), "--format", "wider",
                  "--test-scales", SCALES, "--out", str(tmp_path / "ms.json")]) == 0
     assert main(["export", "--weights", str(faces["ckpt"]), "--out", str(tmp_path / "ms"), "--test-scales", SCALES]) == 0

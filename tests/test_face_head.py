@@ -3,6 +3,7 @@ outputs, the arch grammar of its tricks, and its deployable graph in onnxruntime
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
@@ -74,8 +75,11 @@ def test_detector_outputs_follow_the_walk():
     roles = {p.role for p in ARCH.placed_units(1)}
     assert {"head.p2.cls_maxout", "head.p2.cls1", "head.p6.box1"} <= roles
     assert "head.p3.cls_maxout" not in roles and "head.p4.cls1" not in roles and "head.p4.box1" not in roles
-    n_params = sum(p.numel() for p in det.parameters())
-    assert n_params == sum(p.numel() for p in Detector.from_arch(ARCH, 1).parameters())
+    # one module per role shared across levels, and every module is used by the forward
+    shared = {re.sub(r"^head\.p\d+\.", "head.", r).replace(".", "_") for r in roles}
+    assert set(det.blocks.keys()) == shared
+    sum(o.float().sum() for o in det.train()(torch.rand(2, 3, 64, 64))).backward()
+    assert all(p.grad is not None for p in det.parameters())
 
 
 def test_face_space_samples_valid_face_archs():
