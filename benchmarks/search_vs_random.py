@@ -4,7 +4,7 @@ For each seed, ``hwnas search --stage both`` and ``hwnas search --stage random``
 number of candidates with the same recipe on the same generated data; the hypervolume of each
 final front (mAP x predicted latency) is taken against one fixed reference point, chosen before
 any run from the space alone (the --ref-quantile of predicted latency over sampled archs).
-The first seed's search also trains the hand-designed baselines with the same recipe, and the
+Each seed's search also trains the hand-designed baselines with the same recipe and seed, and the
 report says, for each, which searched detector is as fast (or faster) and as accurate (or more).
 
 Runs are resumable (each is an ordinary search folder): rerunning the command finishes what is
@@ -65,7 +65,7 @@ def main() -> None:
               "--threads", "1", "--no-measure"]
     jobs = []
     for s in seeds:
-        base = ["--baselines", a.baselines] if s == seeds[0] and a.baselines else []
+        base = ["--baselines", a.baselines] if a.baselines else []
         jobs.append([*HWNAS, "search", "--stage", "both", "--seed", str(s), "--out", str(runs / f"sm-s{s}"), *common, *base])
         jobs.append([*HWNAS, "search", "--stage", "random", "--seed", str(s), "--out", str(runs / f"random-s{s}"), *common])
     wanted = set(a.methods.split(","))
@@ -84,12 +84,15 @@ def main() -> None:
                      "front_search": len(f_sm), "front_random": len(f_rand),
                      "best_map_search": best(f_sm), "best_map_random": best(f_rand)})
 
-    summary = json.loads((runs / f"sm-s{seeds[0]}" / "search.json").read_text())
-    baselines = summary["baselines"]
-    sm_done = [t for t in summary["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
-    for b in baselines:
-        better = [t for t in sm_done if t["predicted_latency_ms"] <= b["predicted_latency_ms"] and t["map"] >= b["map"]]
-        b["matched"] = min(better, key=lambda t: t["predicted_latency_ms"]) if better else None
+    baselines = []
+    for s in seeds:
+        summary = json.loads((runs / f"sm-s{s}" / "search.json").read_text())
+        sm_done = [t for t in summary["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
+        for b in summary["baselines"]:
+            better = [t for t in sm_done if t["predicted_latency_ms"] <= b["predicted_latency_ms"] and t["map"] >= b["map"]]
+            b["seed"] = s
+            b["matched"] = min(better, key=lambda t: t["predicted_latency_ms"]) if better else None
+            baselines.append(b)
 
     book = [json.loads(line) for s in seeds for kind in ("sm", "random")
             for line in (runs / f"{kind}-s{s}" / "bookkeeping.jsonl").read_text().splitlines() if line.strip()]
@@ -111,11 +114,11 @@ def main() -> None:
         lines.append(f"| {r['seed']} | {r['hv_search']:.4f} | {r['hv_random']:.4f} | {r['ratio']:.2f} | "
                      f"{r['front_search']} / {r['front_random']} | {r['best_map_search']:.4f} / {r['best_map_random']:.4f} |")
     lines += ["", f"Mean ratio {result['ratio_mean']:.2f}, smallest {result['ratio_min']:.2f}.", "",
-              "| baseline | mAP | predicted ms | searched detector at <= its latency with >= its mAP | its mAP | its ms |",
-              "|---|---|---|---|---|---|"]
+              "| seed | baseline | mAP | predicted ms | searched detector at <= its latency with >= its mAP | its mAP | its ms |",
+              "|---|---|---|---|---|---|---|"]
     for b in baselines:
         m = b["matched"]
-        lines.append(f"| `{b['arch']}` | {b['map']:.4f} | {b['predicted_latency_ms']:.2f} | "
+        lines.append(f"| {b['seed']} | `{b['arch']}` | {b['map']:.4f} | {b['predicted_latency_ms']:.2f} | "
                      + (f"`{m['arch']}` | {m['map']:.4f} | {m['predicted_latency_ms']:.2f} |" if m else "none | - | - |"))
     bk = result["bookkeeping"]
     lines += ["", f"Bookkeeping over {bk['n']} trials: median {bk['overhead_ms_median']:.0f} ms a trial, "

@@ -19,10 +19,10 @@ from hwnas.arch import SPACES, Arch
 from hwnas.cli import main
 from hwnas.errors import HwnasError
 from hwnas.search.coordination import Coordinator, storage_url
-from hwnas.search.pareto import (crowding, dominates, hypervolume, nondominated_ranks, pareto_indices,
-                                 select_survivors)
-from hwnas.search.proposals import (DEPTHS, Parent, choose_parent, neck_choices, stage_encoding,
-                                    structural_arch)
+from hwnas.search.pareto import (crowding, dominates, hypervolume, hypervolume_gain, nondominated_ranks,
+                                 pareto_indices, select_survivors)
+from hwnas.search.proposals import (DEPTHS, Parent, accuracy_slope, choose_parent, neck_choices, ranked_children,
+                                    stage_encoding, structural_arch)
 from hwnas.search.runner import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -66,6 +66,58 @@ def test_hypervolume_by_hand() -> None:
 
 
 # ------------------------------------------------------------------------------ proposals
+def test_hypervolume_gain_by_hand() -> None:
+    front = [(0.2, 2.0), (0.5, 6.0)]  # HV 2.8 against (0, 10 ms)
+    # (0.3, 1 ms): 0.3*9 + (0.5-0.3)*4 = 3.5, so it adds 0.7
+    assert hypervolume_gain(front, (0.3, 1.0), 0.0, 10.0) == pytest.approx(0.7)
+    assert hypervolume_gain(front, (0.1, 3.0), 0.0, 10.0) == 0.0  # dominated
+    assert hypervolume_gain(front, (0.9, 11.0), 0.0, 10.0) == 0.0  # beyond the reference
+
+
+def test_accuracy_slope_by_hand() -> None:
+    # mAP rises 0.1 per unit of ln(latency)
+    assert accuracy_slope([(0.1, 1.0), (0.2, math.e), (0.3, math.e ** 2)]) == pytest.approx(0.1)
+    assert accuracy_slope([(0.3, 1.0), (0.2, math.e), (0.1, math.e ** 2)]) == 0.0  # never negative
+    assert accuracy_slope([(0.1, 1.0), (0.2, 2.0)]) == 0.0  # too few points to say
+
+
+def _blocks_ms(a: Arch) -> float:
+    """A stand-in cost for ranking tests: 1 ms a block plus the widths, exact and monotone."""
+    return sum(len(s) for s in a.stages) + a.width / 8 + a.neck_width / 16 + a.head_depth
+
+
+def test_children_are_ranked_by_the_hypervolume_they_would_add() -> None:
+    parent_arch = TINY.sample(3)
+    p = Parent(str(parent_arch), 0.4, _blocks_ms(parent_arch), "structural#0")
+    other = (0.1, 0.5)  # a fast, weak point already on the front
+    known = [(p.map, p.latency_ms), other]
+    ref = 2 * p.latency_ms
+    kids = ranked_children(TINY, [p], 2, known, ref, _blocks_ms, random.Random(0))
+    assert len(kids) >= 3 and len({str(c.arch) for c in kids}) == len(kids)
+    assert [c.gain for c in kids] == sorted((c.gain for c in kids), reverse=True)
+    for c in kids:
+        assert c.parent == p and c.latency_ms == _blocks_ms(c.arch)
+        # two points do not give a slope: the estimate is the parent's mAP, and the gain is exact
+        assert c.estimated_map == p.map
+        assert c.gain == pytest.approx(hypervolume_gain(known, (p.map, c.latency_ms), 0.0, ref))
+        assert (c.gain > 0) == (c.latency_ms < p.latency_ms)  # at equal mAP only a faster child adds area
+    assert kids[0].latency_ms == min(c.latency_ms for c in kids)
+    same = ranked_children(TINY, [p], 2, known, ref, _blocks_ms, random.Random(0))
+    assert [str(c.arch) for c in same] == [str(c.arch) for c in kids]  # seeded
+    capped = ranked_children(TINY, [p], 2, known, ref, _blocks_ms, random.Random(0), latency_max_ms=p.latency_ms)
+    assert capped and all(c.latency_ms <= p.latency_ms for c in capped)
+
+
+def test_a_slope_makes_faster_children_cost_accuracy() -> None:
+    parent_arch = TINY.sample(3)
+    lat = _blocks_ms(parent_arch)
+    p = Parent(str(parent_arch), 0.4, lat, "structural#0")
+    known = [(0.2, lat / math.e), (p.map, lat), (0.6, lat * math.e)]  # slope 0.2 per ln(ms)
+    kids = ranked_children(TINY, [p], 3, known, 3 * lat, _blocks_ms, random.Random(1))
+    for c in kids:
+        assert c.estimated_map == pytest.approx(max(0.0, 0.4 + 0.2 * math.log(c.latency_ms / lat)))
+
+
 def test_every_structural_combination_is_a_valid_arch() -> None:
     for name in ("tiny", "small", "default"):
         sp = SPACES[name]

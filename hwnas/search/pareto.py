@@ -97,3 +97,14 @@ def hypervolume(points: Sequence[Point], ref_map: float, ref_latency_ms: float) 
             area += (m - best_map) * (ref_latency_ms - lat)
             best_map = m
     return area
+
+
+def nadir_reference(latencies_ms: Sequence[float]) -> float:
+    """The latency reference when no budget is given: 10 % beyond the slowest candidate seen,
+    so every evaluated point, the slowest included, adds area."""
+    return 1.1 * max(latencies_ms) if latencies_ms else 1.0
+
+
+def hypervolume_gain(front: Sequence[Point], point: Point, ref_map: float, ref_latency_ms: float) -> float:
+    """How much area ``point`` would add to ``front`` (0 when it is dominated or outside the box)."""
+    return hypervolume([*front, point], ref_map, ref_latency_ms) - hypervolume(front, ref_map, ref_latency_ms)

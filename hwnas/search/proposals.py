@@ -7,19 +7,23 @@
 * **modular** (SM-NAS stage 2): a child is one SM-NAS move (insert a '1', remove a '1', move a
   '2', base width, neck width, head depth or width: ``SearchSpace.mutate``) applied to a parent
   chosen by binary tournament from the NSGA-II survivors (rank, then crowding distance) of
-  everything evaluated in earlier generations, the structural front included. Optuna's
-  fixed-dimension samplers cannot express moves on an architecture string, so the child is
-  proposed here and Optuna records it.
+  everything evaluated in earlier generations, the structural front included. Latency is free
+  (the table predicts it) while mAP costs a training, so each child is the best of many drawn
+  moves: the one whose point would add the most hypervolume, its mAP estimated from its parent's
+  (``ranked_children``). Optuna's fixed-dimension samplers cannot express moves on an
+  architecture string, so the child is proposed here and Optuna records it.
 * **random**: the baseline search, ``SearchSpace.sample`` with a fresh seed per draw.
 """
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from hwnas.arch import Arch, SearchSpace
-from hwnas.search.pareto import rank_and_crowding, select_survivors
+from hwnas.errors import HwnasError
+from hwnas.search.pareto import Point, hypervolume_gain, pareto_indices, rank_and_crowding, select_survivors
 
 DEPTHS = ("shallow", "medium", "deep")
 
@@ -110,3 +114,56 @@ def choose_parent(pool: Sequence[Parent], population: int, rng: random.Random) -
 
 def mutate(space: SearchSpace, parent: Parent, seed: int) -> Arch:
     return space.mutate(Arch.parse(parent.arch), seed)
+
+
+def accuracy_slope(points: Sequence[Point]) -> float:
+    """mAP gained per unit of ln(latency) across the evaluated candidates: the least-squares slope,
+    never below 0. It is how much a move that makes a detector faster is expected to cost."""
+    xs = [math.log(lat) for _, lat in points]
+    if len(points) < 3 or max(xs) - min(xs) < 1e-9:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(m for m, _ in points) / len(points)
+    cov = sum((x - mx) * (m - my) for x, (m, _) in zip(xs, points))
+    return max(0.0, cov / sum((x - mx) ** 2 for x in xs))
+
+
+@dataclass(frozen=True)
+class Child:
+    arch: Arch
+    parent: Parent
+    latency_ms: float
+    estimated_map: float
+    gain: float  # hypervolume the child would add at its estimated mAP
+
+
+def ranked_children(space: SearchSpace, pool: Sequence[Parent], population: int, known: Sequence[Point],
+                    ref_latency_ms: float, predict: Callable[[Arch], float], rng: random.Random, draws: int = 32,
+                    latency_max_ms: float | None = None) -> list[Child]:
+    """``draws`` children (tournament parent, one SM-NAS move), best first by the hypervolume each
+    would add to the front of ``known`` points.
+
+    A child's mAP is estimated as its parent's, moved along the slope of mAP on ln(latency)
+    (``accuracy_slope``): one move changes a detector little, and a faster one is usually a
+    little less accurate. Only latency is predicted exactly. Children with no estimated gain keep
+    their random draw order behind the rest, so without any signal this is the plain tournament
+    and mutation of NSGA-II. Children over ``latency_max_ms`` are left out.
+    """
+    slope = accuracy_slope(known)
+    front = [known[i] for i in pareto_indices(known)]
+    seen: set[str] = set()
+    out = []
+    for _ in range(draws):
+        parent = choose_parent(pool, population, rng)
+        try:
+            child = mutate(space, parent, rng.randrange(2**31))
+        except HwnasError:
+            continue
+        if str(child) in seen:
+            continue
+        seen.add(str(child))
+        lat = predict(child)
+        if latency_max_ms is not None and lat > latency_max_ms:
+            continue
+        est = max(0.0, parent.map + slope * math.log(lat / parent.latency_ms))
+        out.append(Child(child, parent, lat, est, hypervolume_gain(front, (est, lat), 0.0, ref_latency_ms)))
+    return sorted(out, key=lambda c: -c.gain)  # a stable sort: ties keep the draw order

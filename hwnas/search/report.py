@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 
 from hwnas.fileio import write_atomic, write_json
-from hwnas.search.pareto import dominates, hypervolume, pareto_indices
+from hwnas.search.pareto import dominates, hypervolume, nadir_reference, pareto_indices
 
 GENERATION_KEY = "NSGAIISampler:generation"
 
@@ -29,7 +29,8 @@ def trial_records(search) -> list[dict]:
                 "trial": f"{stage}#{t.number}", "stage": stage, "generation": int(gen), "state": t.state.name.lower(),
                 "arch": h["arch"], "map": t.values[0] if t.values else None, "map50": res.get("map50"),
                 "predicted_latency_ms": h["predicted_latency_ms"], "measured_latency_ms": measured.get(h["arch"]),
-                "parent": h.get("parent"), "reason": t.user_attrs.get("reason"), "train_s": res.get("wall_s"),
+                "parent": h.get("parent"), "estimated_map": h.get("estimated_map"),
+                "reason": t.user_attrs.get("reason"), "train_s": res.get("wall_s"),
                 "worker": h.get("worker")})
     return out
 
@@ -97,7 +98,7 @@ def summarize(search) -> dict:
             b[f"strictly_dominated_by_{key.split('_')[0]}"] = bool(
                 best and dominates((best["map"], best[key]), (b["map"], b[key])))
     lat = [r["predicted_latency_ms"] for r in done]
-    ref = 1.1 * max(lat) if lat else 1.0
+    ref = nadir_reference(lat)
     fronts = stage_fronts(done)
     for f in fronts:
         f["hypervolume"] = hypervolume([(r["map"], r["predicted_latency_ms"]) for r in f["front"]], 0.0, ref)

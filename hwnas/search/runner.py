@@ -24,7 +24,9 @@ from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
 from hwnas.presets import RECIPES, recipe
 from hwnas.search.coordination import GRACE_S, Coordinator, storage_url
-from hwnas.search.proposals import Parent, choose_parent, initial_structures, mutate, suggest_structural
+from hwnas.search.pareto import nadir_reference
+from hwnas.search.proposals import (Parent, choose_parent, initial_structures, mutate, ranked_children,
+                                    suggest_structural)
 
 STAGES = ("structural", "modular", "both", "random")
 Progress = Callable[[int, int, str], None]
@@ -333,23 +335,45 @@ class Search:
 
     def _propose_modular(self, study, n, draw):
         pop = self.cfg.population_for(n)
-        if draw == 0:  # the pool changes only between trials: read it once per trial, not per draw
+        if draw == 0:  # the pool changes only between trials: rank the moves once per trial, not per draw
             claimed = len(self.coord.claimed(study.study_name))
             generation = 1 + claimed // pop
-            self._pool = (claimed, generation, [p for p, g in self._parents() if g < generation])
-        claimed, generation, pool = self._pool
-        if not pool:
-            raise HwnasError("the modular stage needs finished structural trials; run --stage structural first "
-                             "(or --stage both)")
-        rng = random.Random(hash((self.worker_seed, generation, claimed, draw)))
-        parent = choose_parent(pool, pop, rng)
-        try:
-            child = mutate(self.space, parent, rng.randrange(2**31))
-        except HwnasError:
-            return None, None, {}
+            parents = self._parents()
+            pool = [p for p, g in parents if g < generation]
+            if not pool:
+                raise HwnasError("the modular stage needs finished structural trials; run --stage structural first "
+                                 "(or --stage both)")
+            # Children still training (this generation's, any worker's) count at their estimated
+            # mAP, so the moves of one generation spread out instead of all taking the same gain.
+            known = [(p.map, p.latency_ms) for p, _ in parents] + self._pending_estimates(study)
+            ref = self.cfg.latency_max_ms or nadir_reference([lat for _, lat in known])
+            rng = random.Random(hash((self.worker_seed, generation, claimed)))
+            ranked = ranked_children(self.space, pool, pop, known, ref, lambda a: self.table.predict(a).latency_ms,
+                                     rng, latency_max_ms=self.cfg.latency_max_ms)
+            self._pool = (claimed, generation, pool, ranked, rng)
+        claimed, generation, pool, ranked, rng = self._pool
+        if draw < len(ranked):
+            c = ranked[draw]
+            child, parent, extra = c.arch, c.parent, {"estimated_map": c.estimated_map, "hv_gain": c.gain}
+        else:  # the ranked moves were all taken: plain tournament and mutation
+            parent, extra = choose_parent(pool, pop, rng), {}
+            try:
+                child = mutate(self.space, parent, rng.randrange(2**31))
+            except HwnasError:
+                return None, None, {}
         if self.coord.owner(str(child)):
             return None, None, {}
-        return child, None, {"generation": generation, "parent": parent.arch, "parent_trial": parent.trial}
+        return child, None, {"generation": generation, "parent": parent.arch, "parent_trial": parent.trial, **extra}
+
+    def _pending_estimates(self, study) -> list[tuple[float, float]]:
+        import optuna
+
+        out = []
+        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+            h = t.user_attrs.get("hwnas", {})
+            if "estimated_map" in h:
+                out.append((h["estimated_map"], h["predicted_latency_ms"]))
+        return out
 
     def _parents(self) -> list[tuple[Parent, int]]:
         """Every completed structural (generation 0) and modular candidate, with its generation."""
