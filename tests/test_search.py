@@ -21,8 +21,8 @@ from hwnas.errors import HwnasError
 from hwnas.search.coordination import Coordinator, storage_url
 from hwnas.search.pareto import (crowding, dominates, hypervolume, hypervolume_gain, nondominated_ranks,
                                  pareto_indices, select_survivors)
-from hwnas.search.proposals import (DEPTHS, Parent, accuracy_slope, choose_parent, neck_choices, ranked_children,
-                                    stage_encoding, structural_arch)
+from hwnas.search.proposals import (DEPTHS, AccuracyModel, Parent, choose_parent, crossover, neck_choices,
+                                    ranked_children, stage_encoding, structural_arch)
 from hwnas.search.runner import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -74,11 +74,32 @@ def test_hypervolume_gain_by_hand() -> None:
     assert hypervolume_gain(front, (0.9, 11.0), 0.0, 10.0) == 0.0  # beyond the reference
 
 
-def test_accuracy_slope_by_hand() -> None:
-    # mAP rises 0.1 per unit of ln(latency)
-    assert accuracy_slope([(0.1, 1.0), (0.2, math.e), (0.3, math.e ** 2)]) == pytest.approx(0.1)
-    assert accuracy_slope([(0.3, 1.0), (0.2, math.e), (0.1, math.e ** 2)]) == 0.0  # never negative
-    assert accuracy_slope([(0.1, 1.0), (0.2, 2.0)]) == 0.0  # too few points to say
+def _truth(a: Arch, ms: float) -> float:
+    """An additive mAP for the model tests: a two-stage head is worth 0.1, and ln(ms) 0.02 each."""
+    return 0.05 + 0.1 * (a.head == "rcnn") + 0.03 * (a.neck == "pafpn") + 0.02 * math.log(ms)
+
+
+def test_accuracy_model_recovers_an_additive_truth() -> None:
+    archs = [TINY.sample(i) for i in range(40)]
+    data = [(a, _truth(a, _blocks_ms(a)), _blocks_ms(a)) for a in archs]
+    model = AccuracyModel(TINY, data, l2=1e-9)
+    for c in archs[:10]:
+        for anchor in archs[10:15]:
+            want = _truth(c, _blocks_ms(c)) - _truth(anchor, _blocks_ms(anchor))
+            assert model.change(c, _blocks_ms(c), anchor, _blocks_ms(anchor)) == pytest.approx(want, abs=1e-6)
+    # ridge shrinks towards "no change"; too few candidates predict none at all
+    strong = AccuracyModel(TINY, data, l2=1e6)
+    assert abs(strong.change(archs[0], 1.0, archs[1], 50.0)) < 1e-3
+    assert AccuracyModel(TINY, data[:2]).change(archs[0], 1.0, archs[1], 50.0) == 0.0
+
+
+def test_crossover_takes_one_backbone_and_the_other_neck_and_head() -> None:
+    a = next(x for x in (TINY.sample(i) for i in range(100)) if x.neck == "none")
+    b = next(x for x in (TINY.sample(i) for i in range(100)) if x.head == "rcnn")
+    c = crossover(TINY, a, b)
+    assert (c.input_hw, c.block, c.width, c.stages, c.norm) == (a.input_hw, a.block, a.width, a.stages, a.norm)
+    assert (c.neck, c.levels, c.neck_width, c.head, c.head_depth, c.head_width, c.proposals) == \
+        (b.neck, b.levels, b.neck_width, b.head, b.head_depth, b.head_width, b.proposals)
 
 
 def _blocks_ms(a: Arch) -> float:
@@ -96,7 +117,7 @@ def test_children_are_ranked_by_the_hypervolume_they_would_add() -> None:
     assert len(kids) >= 3 and len({str(c.arch) for c in kids}) == len(kids)
     assert [c.gain for c in kids] == sorted((c.gain for c in kids), reverse=True)
     for c in kids:
-        assert c.parent == p and c.latency_ms == _blocks_ms(c.arch)
+        assert c.parents == (p,) and c.latency_ms == _blocks_ms(c.arch)
         # two points do not give a slope: the estimate is the parent's mAP, and the gain is exact
         assert c.estimated_map == p.map
         assert c.gain == pytest.approx(hypervolume_gain(known, (p.map, c.latency_ms), 0.0, ref))
@@ -108,45 +129,20 @@ def test_children_are_ranked_by_the_hypervolume_they_would_add() -> None:
     assert capped and all(c.latency_ms <= p.latency_ms for c in capped)
 
 
-def test_a_slope_makes_faster_children_cost_accuracy() -> None:
-    parent_arch = TINY.sample(3)
-    lat = _blocks_ms(parent_arch)
-    p = Parent(str(parent_arch), 0.4, lat, "structural#0")
-    known = [(0.2, lat / math.e), (p.map, lat), (0.6, lat * math.e)]  # slope 0.2 per ln(ms)
-    kids = ranked_children(TINY, [p], 3, known, 3 * lat, _blocks_ms, random.Random(1))
+def test_children_of_a_pool_are_estimated_from_their_parents_through_the_model() -> None:
+    archs = [TINY.sample(i) for i in range(8)]
+    pool = [Parent(str(a), _truth(a, _blocks_ms(a)), _blocks_ms(a), f"structural#{i}") for i, a in enumerate(archs)]
+    known = [(p.map, p.latency_ms) for p in pool]
+    model = AccuracyModel(TINY, [(a, p.map, p.latency_ms) for a, p in zip(archs, pool)])
+    kids = ranked_children(TINY, pool, 8, known, 100.0, _blocks_ms, random.Random(2), crossover_share=0.5)
+    crossed = [c for c in kids if len(c.parents) == 2]
+    assert crossed and len(crossed) < len(kids)
     for c in kids:
-        assert c.estimated_map == pytest.approx(max(0.0, 0.4 + 0.2 * math.log(c.latency_ms / lat)))
-
-
-def test_every_structural_combination_is_a_valid_arch() -> None:
-    for name in ("tiny", "small", "default"):
-        sp = SPACES[name]
-        seen = set()
-        for r in sp.resolutions:
-            for block in sp.blocks:
-                for depth in DEPTHS:
-                    for neck in neck_choices(sp):
-                        for head in sp.heads:
-                            a = structural_arch(sp, r, block, depth, neck, head)
-                            assert Arch.parse(str(a)) == a
-                            assert a.block == block and a.head == head and a.input_hw == (r, r)
-                            seen.add(str(a))
-        assert len(seen) > 10
-
-
-def test_stage_encodings_follow_the_space() -> None:
-    sp = SPACES["default"]  # max_blocks (3, 4, 5, 3)
-    assert stage_encoding(sp, "shallow") == ("1", "2", "2", "2")
-    assert stage_encoding(sp, "medium") == ("11", "21", "211", "21")
-    assert stage_encoding(sp, "deep") == ("111", "2111", "21111", "211")
-
-
-def test_parent_choice_prefers_the_front_and_is_seeded() -> None:
-    pool = [Parent(f"a{i}", m, lat, f"t{i}") for i, (m, lat) in
-            enumerate([(0.5, 10.0), (0.3, 5.0), (0.1, 20.0), (0.05, 30.0), (0.2, 25.0)])]
-    picks = [choose_parent(pool, 2, random.Random(s)).arch for s in range(50)]
-    assert set(picks) == {"a0", "a1"}  # the two survivors (the front); the dominated never breed
-    assert picks == [choose_parent(pool, 2, random.Random(s)).arch for s in range(50)]
+        anchors = [p.map + model.change(c.arch, c.latency_ms, Arch.parse(p.arch), p.latency_ms) for p in c.parents]
+        assert c.estimated_map == pytest.approx(max(0.0, sum(anchors) / len(anchors)))
+        assert str(c.arch) not in {p.arch for p in pool}
+    for c in crossed:
+        assert c.arch == crossover(TINY, Arch.parse(c.parents[0].arch), Arch.parse(c.parents[1].arch))
 
 
 def test_config_rejects_bad_values(tmp_path) -> None:

@@ -2,16 +2,18 @@
 
 * **structural** (SM-NAS stage 1): a candidate is a combination of backbone family and depth,
   neck (with its pyramid levels), head type and input resolution; widths and the head depth sit
-  at the middle of the space's choices. Optuna's NSGA-II sampler proposes the combination as
-  five categorical parameters, so its crossover and mutation act on whole modules.
+  at the middle of the space's choices (the lower middle of an even number). Optuna's NSGA-II
+  sampler proposes the combination as five categorical parameters, so its crossover and mutation
+  act on whole modules.
 * **modular** (SM-NAS stage 2): a child is one SM-NAS move (insert a '1', remove a '1', move a
-  '2', base width, neck width, head depth or width: ``SearchSpace.mutate``) applied to a parent
-  chosen by binary tournament from the NSGA-II survivors (rank, then crowding distance) of
-  everything evaluated in earlier generations, the structural front included. Latency is free
-  (the table predicts it) while mAP costs a training, so each child is the best of many drawn
-  moves: the one whose point would add the most hypervolume, its mAP estimated from its parent's
-  (``ranked_children``). Optuna's fixed-dimension samplers cannot express moves on an
-  architecture string, so the child is proposed here and Optuna records it.
+  '2', base width, neck width, head depth or width: ``SearchSpace.mutate``) of a parent chosen by
+  binary tournament from the NSGA-II survivors (rank, then crowding distance) of everything
+  evaluated in earlier generations, the structural front included, or a module-wise crossover of
+  two such parents. Latency is free (the table predicts it) while mAP costs a training, so each
+  child is the best of many draws: the one whose point would add the most hypervolume, its mAP
+  estimated from its parents' (``AccuracyModel``, ``ranked_children``). Optuna's
+  fixed-dimension samplers cannot express moves on an architecture string, so the child is
+  proposed here and Optuna records it.
 * **random**: the baseline search, ``SearchSpace.sample`` with a fresh seed per draw.
 """
 from __future__ import annotations
@@ -29,8 +31,11 @@ DEPTHS = ("shallow", "medium", "deep")
 
 
 def middle(choices: Sequence[int]) -> int:
+    """The middle choice; of two middle ones the lower, so that a structural candidate with a
+    two-option module (the RoI head's depth and width) does not start at its slowest and spend
+    the stage near the latency limit: the modular stage grows modules as readily as it shrinks them."""
     ordered = sorted(choices)
-    return ordered[len(ordered) // 2]
+    return ordered[(len(ordered) - 1) // 2]
 
 
 def neck_choices(space: SearchSpace) -> list[str]:
@@ -116,21 +121,45 @@ def mutate(space: SearchSpace, parent: Parent, seed: int) -> Arch:
     return space.mutate(Arch.parse(parent.arch), seed)
 
 
-def accuracy_slope(points: Sequence[Point]) -> float:
-    """mAP gained per unit of ln(latency) across the evaluated candidates: the least-squares slope,
-    never below 0. It is how much a move that makes a detector faster is expected to cost."""
-    xs = [math.log(lat) for _, lat in points]
-    if len(points) < 3 or max(xs) - min(xs) < 1e-9:
-        return 0.0
-    mx, my = sum(xs) / len(xs), sum(m for m, _ in points) / len(points)
-    cov = sum((x - mx) * (m - my) for x, (m, _) in zip(xs, points))
-    return max(0.0, cov / sum((x - mx) ** 2 for x in xs))
+def crossover(space: SearchSpace, a: Arch, b: Arch) -> Arch:
+    """Module-wise crossover: ``a``'s input size and backbone under ``b``'s neck and head."""
+    return space.arch(a.input_hw[0], a.block, a.width, a.stages, b.neck, b.levels, b.neck_width, b.head, b.head_depth,
+                      b.head_width, b.proposals, a.norm)
+
+
+class AccuracyModel:
+    """What the search expects of a candidate's mAP before training it: a ridge regression of mAP
+    on the module types (block family, neck, head; one-hot) and ln(predicted latency), fitted to
+    every candidate evaluated so far. Only its differences are used, from a trained relative whose
+    mAP anchors the estimate: the relative brings what the model cannot see (widths, depths, luck),
+    the model what the move changes. With fewer than 3 candidates it predicts no change."""
+
+    def __init__(self, space: SearchSpace, evaluated: Sequence[tuple[Arch, float, float]], l2: float = 1.0):
+        import numpy as np
+
+        self.options = (("block", space.blocks), ("neck", space.necks), ("head", space.heads))
+        self.w = None
+        if len(evaluated) >= 3:
+            x = np.array([self.features(a, lat) for a, _, lat in evaluated])
+            y = np.array([m for _, m, _ in evaluated])
+            x, y = x - x.mean(0), y - y.mean()  # the intercept is not shrunk
+            self.w = np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y)
+
+    def features(self, arch: Arch, latency_ms: float) -> list[float]:
+        return [float(getattr(arch, name) == opt) for name, opts in self.options for opt in opts] + [math.log(latency_ms)]
+
+    def change(self, child: Arch, child_ms: float, anchor: Arch, anchor_ms: float) -> float:
+        """Expected mAP of ``child`` minus that of ``anchor``."""
+        if self.w is None:
+            return 0.0
+        diff = [c - a for c, a in zip(self.features(child, child_ms), self.features(anchor, anchor_ms))]
+        return float(sum(w * d for w, d in zip(self.w, diff)))
 
 
 @dataclass(frozen=True)
 class Child:
     arch: Arch
-    parent: Parent
+    parents: tuple[Parent, ...]  # one for a move, two for a crossover (backbone donor first)
     latency_ms: float
     estimated_map: float
     gain: float  # hypervolume the child would add at its estimated mAP
@@ -138,24 +167,31 @@ class Child:
 
 def ranked_children(space: SearchSpace, pool: Sequence[Parent], population: int, known: Sequence[Point],
                     ref_latency_ms: float, predict: Callable[[Arch], float], rng: random.Random, draws: int = 32,
-                    latency_max_ms: float | None = None) -> list[Child]:
-    """``draws`` children (tournament parent, one SM-NAS move), best first by the hypervolume each
-    would add to the front of ``known`` points.
+                    latency_max_ms: float | None = None, crossover_share: float = 0.25) -> list[Child]:
+    """``draws`` children, best first by the hypervolume each would add to the front of ``known``.
 
-    A child's mAP is estimated as its parent's, moved along the slope of mAP on ln(latency)
-    (``accuracy_slope``): one move changes a detector little, and a faster one is usually a
-    little less accurate. Only latency is predicted exactly. Children with no estimated gain keep
-    their random draw order behind the rest, so without any signal this is the plain tournament
-    and mutation of NSGA-II. Children over ``latency_max_ms`` are left out.
+    A child is one SM-NAS move of a tournament parent or, for ``crossover_share`` of the draws, a
+    module-wise crossover of two (one parent's backbone, the other's neck and head). Its latency
+    is predicted exactly; its mAP is estimated from its parents' through ``AccuracyModel`` fitted
+    to the pool. Children with no estimated gain keep their random draw order behind the rest, so
+    without any signal this is the plain tournament and mutation of NSGA-II. Children over
+    ``latency_max_ms`` are left out.
     """
-    slope = accuracy_slope(known)
+    archs = {p.arch: Arch.parse(p.arch) for p in pool}
+    model = AccuracyModel(space, [(archs[p.arch], p.map, p.latency_ms) for p in pool])
     front = [known[i] for i in pareto_indices(known)]
-    seen: set[str] = set()
+    seen: set[str] = set(archs)
     out = []
     for _ in range(draws):
-        parent = choose_parent(pool, population, rng)
+        parents = (choose_parent(pool, population, rng),)
+        if len(archs) > 1 and rng.random() < crossover_share:
+            other = choose_parent(pool, population, rng)
+            parents = parents + (other,) if other.arch != parents[0].arch else parents
         try:
-            child = mutate(space, parent, rng.randrange(2**31))
+            if len(parents) == 2:
+                child = crossover(space, archs[parents[0].arch], archs[parents[1].arch])
+            else:
+                child = mutate(space, parents[0], rng.randrange(2**31))
         except HwnasError:
             continue
         if str(child) in seen:
@@ -164,6 +200,7 @@ def ranked_children(space: SearchSpace, pool: Sequence[Parent], population: int,
         lat = predict(child)
         if latency_max_ms is not None and lat > latency_max_ms:
             continue
-        est = max(0.0, parent.map + slope * math.log(lat / parent.latency_ms))
-        out.append(Child(child, parent, lat, est, hypervolume_gain(front, (est, lat), 0.0, ref_latency_ms)))
+        est = sum(p.map + model.change(child, lat, archs[p.arch], p.latency_ms) for p in parents) / len(parents)
+        est = max(0.0, est)
+        out.append(Child(child, parents, lat, est, hypervolume_gain(front, (est, lat), 0.0, ref_latency_ms)))
     return sorted(out, key=lambda c: -c.gain)  # a stable sort: ties keep the draw order

@@ -29,7 +29,8 @@ def trial_records(search) -> list[dict]:
                 "trial": f"{stage}#{t.number}", "stage": stage, "generation": int(gen), "state": t.state.name.lower(),
                 "arch": h["arch"], "map": t.values[0] if t.values else None, "map50": res.get("map50"),
                 "predicted_latency_ms": h["predicted_latency_ms"], "measured_latency_ms": measured.get(h["arch"]),
-                "parent": h.get("parent"), "estimated_map": h.get("estimated_map"),
+                "parent": h.get("parent"), "crossed_with": h.get("crossed_with"),
+                "estimated_map": h.get("estimated_map"),
                 "reason": t.user_attrs.get("reason"), "train_s": res.get("wall_s"),
                 "worker": h.get("worker")})
     return out

@@ -354,7 +354,10 @@ class Search:
         claimed, generation, pool, ranked, rng = self._pool
         if draw < len(ranked):
             c = ranked[draw]
-            child, parent, extra = c.arch, c.parent, {"estimated_map": c.estimated_map, "hv_gain": c.gain}
+            child, parent = c.arch, c.parents[0]
+            extra = {"estimated_map": c.estimated_map, "hv_gain": c.gain}
+            if len(c.parents) == 2:
+                extra["crossed_with"] = c.parents[1].arch
         else:  # the ranked moves were all taken: plain tournament and mutation
             parent, extra = choose_parent(pool, pop, rng), {}
             try:
