@@ -21,8 +21,8 @@ from hwnas.errors import HwnasError
 from hwnas.search.coordination import Coordinator, storage_url
 from hwnas.search.pareto import (crowding, dominates, hypervolume, hypervolume_gain, nondominated_ranks,
                                  pareto_indices, select_survivors)
-from hwnas.search.proposals import (DEPTHS, AccuracyModel, Parent, choose_parent, crossover, neck_choices,
-                                    ranked_children, stage_encoding, structural_arch)
+from hwnas.search.proposals import (DEPTHS, AccuracyModel, Parent, choose_parent, crossover, initial_structures,
+                                    neck_choices, ranked_children, stage_encoding, structural_arch)
 from hwnas.search.runner import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]

@@ -75,17 +75,29 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
                        middle(space.neck_widths), head, depth_h, width_h, props, space.norms[0])
 
 
-def initial_structures(space: SearchSpace, population: int, seed: int) -> list[dict]:
-    """The structural stage's first generation as Optuna parameters, stratified rather than drawn
-    at random: each choice cycles through a shuffled list of its options (a Latin-hypercube design
-    over categories), so a population of 4 already holds every block family and every head type,
-    where random draws of so few often miss the best family altogether."""
+def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0) -> list[dict]:
+    """The structural stage's first candidates as Optuna parameters, stratified rather than drawn
+    at random.
+
+    When the stage's ``budget`` holds every pair of block family and head type, the design covers
+    every pair once: which backbone family works with which head is the interaction that matters
+    most, and NSGA-II's selection on a few noisy short trainings drops a family or a pairing after
+    one unlucky score (measured in docs/benchmarks.md section 4). Otherwise it is ``population``
+    candidates in which each choice cycles through its shuffled options (a Latin-hypercube design
+    over categories), so a population of 4 still holds every block family and every head type.
+    The other choices (resolution, depth, neck) always cycle through their shuffled options.
+    """
     rng = random.Random(seed)
     dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(DEPTHS),
             "neck": neck_choices(space), "head": list(space.heads)}
     for options in dims.values():
         rng.shuffle(options)
-    return [{name: options[i % len(options)] for name, options in dims.items()} for i in range(population)]
+    pairs = [(b, h) for b in dims["block"] for h in dims["head"]]
+    if budget < len(pairs):
+        return [{name: options[i % len(options)] for name, options in dims.items()} for i in range(population)]
+    rng.shuffle(pairs)
+    return [{**{name: options[i % len(options)] for name, options in dims.items()}, "block": b, "head": h}
+            for i, (b, h) in enumerate(pairs)]
 
 
 def suggest_structural(trial, space: SearchSpace) -> Arch:

@@ -262,8 +262,9 @@ class Search:
     def _run_stage(self, stage: str, n: int) -> None:
         study = self._study(stage, n)
         if stage == "structural" and self.coord.claim("init:structural", study.study_name + "#init", -1):
-            # One worker, once: the first generation covers every block family and head type.
-            for params in initial_structures(self.space, self.cfg.population_for(n), self.cfg.seed):
+            # One worker, once: the first candidates cover every block family and head type (every
+            # pair of them when the stage's budget allows).
+            for params in initial_structures(self.space, self.cfg.population_for(n), self.cfg.seed, n):
                 study.enqueue_trial(params, skip_if_exists=True)
         propose = {"structural": self._propose_structural, "modular": self._propose_modular,
                    "random": self._propose_random}[stage]
