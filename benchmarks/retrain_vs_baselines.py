@@ -28,13 +28,15 @@ sys.path.insert(0, str(ROOT))
 from hwnas.search.runner import slug  # noqa: E402
 
 
-def searched(run_dirs: list[Path]) -> list[dict]:
-    out = []
+def searched(run_dirs: list[Path]) -> tuple[list[dict], dict[str, float]]:
+    """The completed candidates of every search run, and the baselines' predicted latency."""
+    pool, baselines = [], {}
     for d in run_dirs:
-        for t in json.loads((d / "search.json").read_text())["trials"]:
-            if t["state"] == "complete" and t["stage"] != "baseline":
-                out.append({**t, "run": d.name})
-    return out
+        summary = json.loads((d / "search.json").read_text())
+        pool += [{**t, "run": d.name} for t in summary["trials"]
+                 if t["state"] == "complete" and t["stage"] != "baseline"]
+        baselines.update({b["arch"]: b["predicted_latency_ms"] for b in summary["baselines"]})
+    return pool, baselines
 
 
 def main() -> None:
@@ -52,9 +54,7 @@ def main() -> None:
     a = ap.parse_args()
 
     runs = [Path(r) for r in a.runs]
-    pool = searched(runs)
-    predicted = {b["arch"]: b["predicted_latency_ms"]
-                 for r in runs for b in json.loads((r / "search.json").read_text())["baselines"]}
+    pool, predicted = searched(runs)
     pairs = []
     for base in a.baselines.split(","):
         lat = predicted[base]
@@ -86,7 +86,7 @@ def main() -> None:
                         "seeds_won": sum(x >= y for x, y in zip(ms, mb))})
         rows.append(row)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)  # --out is a file stem: OUT.json and OUT.md
     (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "args": vars(a)}, indent=1) + "\n")
     sd = lambda xs: statistics.stdev(xs) if len(xs) > 1 else 0.0  # noqa: E731
     lines = [f"{a.epochs} epochs, seeds {a.seeds}, data {a.data}; mean mAP (sd) over the seeds.", "",

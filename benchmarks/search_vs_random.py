@@ -38,8 +38,8 @@ def reference_latency(table: Path, space: str, resolutions: tuple[int, ...], q: 
     return float(np.quantile(lat, q))
 
 
-def front(run_dir: Path) -> list[dict]:
-    return final_front(json.loads((run_dir / "search.json").read_text())["trials"])
+def summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "search.json").read_text())
 
 
 def main() -> None:
@@ -73,9 +73,10 @@ def main() -> None:
     with ThreadPoolExecutor(a.jobs) as pool:
         walls = list(pool.map(run, jobs))
 
+    sm = {s: summary(runs / f"sm-s{s}") for s in seeds}
     rows, ratios = [], []
     for s in seeds:
-        f_sm, f_rand = front(runs / f"sm-s{s}"), front(runs / f"random-s{s}")
+        f_sm, f_rand = final_front(sm[s]["trials"]), final_front(summary(runs / f"random-s{s}")["trials"])
         hv_sm = hypervolume([(t["map"], t["predicted_latency_ms"]) for t in f_sm], 0.0, ref)
         hv_rand = hypervolume([(t["map"], t["predicted_latency_ms"]) for t in f_rand], 0.0, ref)
         ratios.append(hv_sm / hv_rand if hv_rand else float("inf"))
@@ -86,9 +87,8 @@ def main() -> None:
 
     baselines = []
     for s in seeds:
-        summary = json.loads((runs / f"sm-s{s}" / "search.json").read_text())
-        sm_done = [t for t in summary["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
-        for b in summary["baselines"]:
+        sm_done = [t for t in sm[s]["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
+        for b in sm[s]["baselines"]:
             better = [t for t in sm_done if t["predicted_latency_ms"] <= b["predicted_latency_ms"] and t["map"] >= b["map"]]
             b["seed"] = s
             b["matched"] = min(better, key=lambda t: t["predicted_latency_ms"]) if better else None
