@@ -184,6 +184,39 @@ def test_claims_are_exclusive_and_slots_distinct(tmp_path) -> None:
         c.leave()
 
 
+def test_workers_started_together_create_the_tables_once(postgres_url) -> None:
+    """Workers opening an empty PostgreSQL database at the same instant all race to create
+    hwnas' tables; every one must come up (CI once lost this race with DuplicateTable)."""
+    import threading
+
+    from pg import drop_database, fresh_database
+
+    for _ in range(4):
+        url = fresh_database(postgres_url)
+        start, errors, made = threading.Barrier(6), [], []
+
+        def open_one() -> None:
+            start.wait()
+            try:
+                made.append(Coordinator(url, "s"))
+            except Exception as e:  # noqa: BLE001 -- any failure is the finding
+                errors.append(e)
+
+        threads = [threading.Thread(target=open_one) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        try:
+            assert not errors, errors
+            assert sorted(c.join() for c in made) == list(range(6))
+        finally:
+            for c in made:
+                c.leave()
+                c.engine.dispose()
+            drop_database(url)
+
+
 # ------------------------------------------------------------------------------ real tiny searches
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ort_cpu) -> dict:

@@ -19,6 +19,7 @@ than ``GRACE_S`` (another host).
 from __future__ import annotations
 
 import os
+import random
 import socket
 import threading
 import time
@@ -47,6 +48,22 @@ def storage_url(storage: str | None, run_dir: Path) -> str:
         except ImportError:
             raise HwnasError("--storage postgresql needs psycopg2: pip install 'hwnas[postgres]'") from None
     return storage
+
+
+def created_together(create, tries: int = 10):
+    """``create()``, retried when it lost a race to create tables. Workers started together on an
+    empty PostgreSQL database all find the tables missing; the losers' CREATE fails with
+    DuplicateTable (a ProgrammingError) or a unique violation on the catalogue (an
+    IntegrityError, for CREATE TYPE). Checking again finds what the winner made."""
+    import sqlalchemy as sa
+
+    for attempt in range(tries):
+        try:
+            return create()
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.1 + 0.2 * random.random())
 
 
 def pid_alive(pid: int) -> bool:
@@ -94,9 +111,7 @@ class Coordinator:
             sa.Column("trial_number", sa.Integer, nullable=False),
             sa.Column("slot", sa.Integer, nullable=False))
         try:
-            meta.create_all(self.engine)
-        except sa.exc.IntegrityError:
-            pass  # another worker created the tables at the same moment
+            created_together(lambda: meta.create_all(self.engine))  # create_all checks first
         except sa.exc.OperationalError as e:
             raise HwnasError(f"cannot open the search database {url}: {str(e.orig).strip().splitlines()[0]}") from None
         self.slot = -1

@@ -23,7 +23,7 @@ from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
 from hwnas.presets import RECIPES, recipe
-from hwnas.search.coordination import GRACE_S, Coordinator, storage_url
+from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
 from hwnas.search.pareto import nadir_reference
 from hwnas.search.proposals import (Parent, choose_parent, initial_structures, mutate, ranked_children,
                                     suggest_structural)
@@ -108,20 +108,12 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
 
 
-def open_storage(url: str, tries: int = 10):
-    """Optuna's RDB storage. Workers started together on an empty database race to create
-    Optuna's tables (PostgreSQL refuses the second CREATE TYPE); the loser retries and finds them."""
+def open_storage(url: str):
+    """Optuna's RDB storage; workers started together race to create its tables (``created_together``)."""
     import optuna
-    import sqlalchemy as sa
 
     engine = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
-    for attempt in range(tries):
-        try:
-            return optuna.storages.RDBStorage(url, engine_kwargs=engine)
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
-            if attempt == tries - 1:
-                raise
-            time.sleep(0.2 + random.random())
+    return created_together(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine))
 
 
 def _front_text(points: list[tuple[float, float]]) -> str:
