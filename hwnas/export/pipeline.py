@@ -385,9 +385,11 @@ class _Recording:
 def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 0.3) -> list[dict]:
     """Detections of each image (original pixels) as ``out/detections.json`` and ``out/<name>.jpg`` with
     the boxes drawn."""
+    import io
+
     from PIL import Image, ImageDraw
 
-    from hwnas.fileio import check_writable, write_json
+    from hwnas.fileio import check_writable, write_atomic, write_json
     from hwnas.heads.postprocess import clip_boxes
 
     images, info = load_images(paths, model.arch.input_hw)  # every image readable before anything is written
@@ -416,6 +418,8 @@ def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 
             if r["score"] >= score_thresh:
                 draw.rectangle(r["box"], outline=(255, 40, 40), width=2)
                 draw.text((r["box"][0] + 2, r["box"][1] + 1), f"{r['class']} {r['score']:.2f}", fill=(255, 255, 0))
-        canvas.save(out / (Path(meta["path"]).stem + ".jpg"), quality=92)
+        buf = io.BytesIO()  # written whole or not at all: a killed run leaves no half image
+        canvas.save(buf, format="JPEG", quality=92)
+        write_atomic(out / (Path(meta["path"]).stem + ".jpg"), buf.getvalue())
     write_json(out / "detections.json", records)
     return records
