@@ -217,6 +217,31 @@ def test_workers_started_together_create_the_tables_once(postgres_url) -> None:
             drop_database(url)
 
 
+def test_a_role_that_may_not_create_tables_gets_one_clear_line(postgres_url) -> None:
+    """PostgreSQL 15 lets only the owner create tables in a new database's public schema: a
+    worker connecting as another role must be told so, not handed a driver traceback."""
+    import uuid
+
+    import psycopg2
+    from pg import _connect_kwargs, drop_database, fresh_database
+
+    url = fresh_database(postgres_url)
+    role = f"r_{uuid.uuid4().hex[:12]}"
+    conn = psycopg2.connect(**_connect_kwargs(postgres_url))  # roles are the server's, not the database's
+    conn.autocommit = True
+    try:
+        with conn.cursor() as cur:
+            cur.execute(f'CREATE ROLE "{role}" LOGIN')
+        as_role = url.replace("postgres@", f"{role}@", 1)
+        with pytest.raises(HwnasError, match="cannot open the search database .*permission denied"):
+            Coordinator(as_role, "s")
+    finally:
+        drop_database(url)
+        with conn.cursor() as cur:
+            cur.execute(f'DROP ROLE "{role}"')
+        conn.close()
+
+
 # ------------------------------------------------------------------------------ real tiny searches
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ort_cpu) -> dict:

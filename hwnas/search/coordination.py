@@ -112,7 +112,8 @@ class Coordinator:
             sa.Column("slot", sa.Integer, nullable=False))
         try:
             created_together(lambda: meta.create_all(self.engine))  # create_all checks first
-        except sa.exc.OperationalError as e:
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError) as e:
+            # unreachable server, unknown database, or a role that may not create tables there
             raise HwnasError(f"cannot open the search database {url}: {str(e.orig).strip().splitlines()[0]}") from None
         self.slot = -1
         self._stop = threading.Event()
