@@ -10,6 +10,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -21,8 +22,8 @@ from hwnas.errors import HwnasError
 from hwnas.search.coordination import Coordinator, storage_url
 from hwnas.search.pareto import (crowding, dominates, hypervolume, hypervolume_gain, nondominated_ranks,
                                  pareto_indices, select_survivors)
-from hwnas.search.proposals import (DEPTHS, AccuracyModel, Parent, choose_parent, crossover, initial_structures,
-                                    neck_choices, ranked_children, stage_encoding, structural_arch)
+from hwnas.search.proposals import (DEPTHS, SIZES, AccuracyModel, Parent, crossover, initial_structures,
+                                    neck_choices, ranked_children, structural_arch)
 from hwnas.search.runner import SearchConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -77,6 +78,50 @@ def test_hypervolume_gain_by_hand() -> None:
 def _truth(a: Arch, ms: float) -> float:
     """An additive mAP for the model tests: a two-stage head is worth 0.1, and ln(ms) 0.02 each."""
     return 0.05 + 0.1 * (a.head == "rcnn") + 0.03 * (a.neck == "pafpn") + 0.02 * math.log(ms)
+
+
+# ------------------------------------------------------------------------------ the structural design
+SMALL = SPACES["small"].with_resolutions((128,))
+
+
+def test_size_sets_every_width_of_a_structural_candidate_together() -> None:
+    got = {z: structural_arch(SMALL, 128, "mbconv", "shallow", "fpn_p3-5", "retina", z) for z in SIZES}
+    assert [(a.width, a.neck_width, a.head_width) for a in got.values()] == [(16, 32, 32), (24, 48, 48), (32, 64, 64)]
+    assert {(a.stages, a.neck, a.levels, a.head_depth) for a in got.values()} == {(("1", "2", "2", "2"), "fpn", (3, 5), 2)}
+    # the two-stage head's two widths: the lower for narrow and middle, the upper for wide
+    rcnn = [structural_arch(SMALL, 128, "basic", "deep", "none", "rcnn", z) for z in SIZES]
+    assert [a.head_width for a in rcnn] == [128, 128, 256] and {a.neck for a in rcnn} == {"fpn"}  # repaired
+    with pytest.raises(HwnasError, match="valid sizes are narrow, middle, wide"):
+        structural_arch(SMALL, 128, "basic", "deep", "fpn_p3-5", "retina", "huge")
+
+
+def test_pair_design_spreads_each_family_over_depths_and_sizes() -> None:
+    for seed in range(5):
+        design = initial_structures(SMALL, 4, seed, budget=12)
+        assert sorted((d["block"], d["head"]) for d in design) == sorted(
+            (b, h) for b in SMALL.blocks for h in SMALL.heads)
+        for b in SMALL.blocks:
+            rows = [d for d in design if d["block"] == b]
+            assert {d["depth"] for d in rows} == set(DEPTHS) and {d["size"] for d in rows} == set(SIZES)
+        necks = Counter(d["neck"] for d in design)
+        assert set(necks) == set(neck_choices(SMALL)) and max(necks.values()) - min(necks.values()) <= 1
+        archs = [structural_arch(SMALL, **d) for d in design]
+        assert len({str(a) for a in archs}) == 12 and {a.width for a in archs} == {16, 24, 32}
+    assert initial_structures(SMALL, 4, 3, 12) == initial_structures(SMALL, 4, 3, 12)  # seeded
+    assert initial_structures(SMALL, 4, 3, 12) != initial_structures(SMALL, 4, 4, 12)
+
+
+def test_small_design_is_balanced_and_does_not_tie_choices_together() -> None:
+    pairs_of_depth_and_size = set()
+    for seed in range(20):
+        design = initial_structures(SMALL, 4, seed, budget=6)  # fewer than the 12 pairs
+        assert len(design) == 4 and {d["block"] for d in design} == set(SMALL.blocks)
+        assert {d["head"] for d in design} == set(SMALL.heads)
+        for name in ("depth", "size", "neck"):
+            counts = Counter(d[name] for d in design)
+            assert len(counts) == min(4, len({"depth": DEPTHS, "size": SIZES, "neck": neck_choices(SMALL)}[name]))
+        pairs_of_depth_and_size |= {(d["depth"], d["size"]) for d in design}
+    assert len(pairs_of_depth_and_size) == 9  # depth and size (3 options each) are not cycled in step
 
 
 def test_accuracy_model_recovers_an_additive_truth() -> None:

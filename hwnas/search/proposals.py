@@ -1,10 +1,11 @@
 """Where candidates come from in each stage.
 
 * **structural** (SM-NAS stage 1): a candidate is a combination of backbone family and depth,
-  neck (with its pyramid levels), head type and input resolution; widths and the head depth sit
-  at the middle of the space's choices (the lower middle of an even number). Optuna's NSGA-II
-  sampler proposes the combination as five categorical parameters, so its crossover and mutation
-  act on whole modules.
+  neck (with its pyramid levels), head type, input resolution and size (every width of the
+  detector at the narrowest, middle or widest choice of the space); the head depth sits at the
+  middle of the space's choices (the lower middle of an even number). Optuna's NSGA-II sampler
+  proposes the combination as six categorical parameters, so its crossover and mutation act on
+  whole modules.
 * **modular** (SM-NAS stage 2): a child is one SM-NAS move (insert a '1', remove a '1', move a
   '2', base width, neck width, head depth or width: ``SearchSpace.mutate``) of a parent chosen by
   binary tournament from the NSGA-II survivors (rank, then crowding distance) of everything
@@ -28,6 +29,11 @@ from hwnas.errors import HwnasError
 from hwnas.search.pareto import Point, hypervolume_gain, pareto_indices, rank_and_crowding, select_survivors
 
 DEPTHS = ("shallow", "medium", "deep")
+# A coarse scale of the whole detector: backbone, neck and head widths together, as compound
+# scaling does. Widths were left to the modular stage at first, and on held-out seeds random search
+# won by drawing the narrow and wide detectors the structural stage never tried (docs/benchmarks.md
+# section 4); the modular stage then refines each module's width one step at a time.
+SIZES = ("narrow", "middle", "wide")
 
 
 def middle(choices: Sequence[int]) -> int:
@@ -36,6 +42,13 @@ def middle(choices: Sequence[int]) -> int:
     the stage near the latency limit: the modular stage grows modules as readily as it shrinks them."""
     ordered = sorted(choices)
     return ordered[(len(ordered) - 1) // 2]
+
+
+def sized(choices: Sequence[int], size: str) -> int:
+    """The choice of ``choices`` for a structural ``size``: the smallest, the ``middle`` or the largest."""
+    if size not in SIZES:
+        raise HwnasError(f"size {size!r}: valid sizes are {', '.join(SIZES)}")
+    return {"narrow": min(choices), "middle": middle(choices), "wide": max(choices)}[size]
 
 
 def neck_choices(space: SearchSpace) -> list[str]:
@@ -54,10 +67,11 @@ def stage_encoding(space: SearchSpace, depth: str) -> tuple[str, ...]:
     return tuple(stages)
 
 
-def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str, neck: str, head: str) -> Arch:
+def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str, neck: str, head: str,
+                    size: str = "middle") -> Arch:
     """The structural candidate for one combination. A two-stage head needs a neck: paired with
     ``none`` it gets the space's first neck instead (a repair, so every combination is valid), and
-    so does the face head."""
+    so does the face head. ``size`` sets the backbone, neck and head widths together."""
     top = space.num_stages + 1
     if neck == "none" and head in ("rcnn", "face"):
         neck = next(c for c in neck_choices(space) if c != "none")
@@ -68,11 +82,11 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
         lo, hi = lv.split("-")
         levels = (int(lo), int(hi))
     if head == "rcnn":
-        depth_h, width_h, props = middle(space.rcnn_depths), middle(space.rcnn_widths), middle(space.proposals)
+        depth_h, width_h, props = middle(space.rcnn_depths), sized(space.rcnn_widths, size), middle(space.proposals)
     else:
-        depth_h, width_h, props = middle(space.head_depths), middle(space.head_widths), 0
-    return space.arch(resolution, block, middle(space.widths), stage_encoding(space, depth), kind, levels,
-                       middle(space.neck_widths), head, depth_h, width_h, props, space.norms[0])
+        depth_h, width_h, props = middle(space.head_depths), sized(space.head_widths, size), 0
+    return space.arch(resolution, block, sized(space.widths, size), stage_encoding(space, depth), kind, levels,
+                       sized(space.neck_widths, size), head, depth_h, width_h, props, space.norms[0])
 
 
 def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0) -> list[dict]:
@@ -82,33 +96,52 @@ def initial_structures(space: SearchSpace, population: int, seed: int, budget: i
     When the stage's ``budget`` holds every pair of block family and head type, the design covers
     every pair once: which backbone family works with which head is the interaction that matters
     most, and NSGA-II's selection on a few noisy short trainings drops a family or a pairing after
-    one unlucky score (measured in docs/benchmarks.md section 4). Otherwise it is ``population``
-    candidates in which each choice cycles through its shuffled options (a Latin-hypercube design
-    over categories), so a population of 4 still holds every block family and every head type.
-    The other choices (resolution, depth, neck) always cycle through their shuffled options.
+    one unlucky score (measured in docs/benchmarks.md section 4). A family's candidates then also
+    take its backbone depths and sizes in turn. Otherwise it is ``population`` candidates in which
+    every choice is balanced (a Latin-hypercube design over categories), so a population of 4
+    still holds every block family and every head type. The other choices (resolution, neck;
+    depth and size outside the pair design) are balanced columns, each shuffled on its own:
+    cycling them in step would tie choices with equally many options together (every shallow
+    backbone narrow, say) and leave most of their combinations untried.
     """
     rng = random.Random(seed)
     dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(DEPTHS),
-            "neck": neck_choices(space), "head": list(space.heads)}
-    for options in dims.values():
-        rng.shuffle(options)
+            "neck": neck_choices(space), "head": list(space.heads), "size": list(SIZES)}
     pairs = [(b, h) for b in dims["block"] for h in dims["head"]]
-    if budget < len(pairs):
-        return [{name: options[i % len(options)] for name, options in dims.items()} for i in range(population)]
-    rng.shuffle(pairs)
-    return [{**{name: options[i % len(options)] for name, options in dims.items()}, "block": b, "head": h}
-            for i, (b, h) in enumerate(pairs)]
+    n = len(pairs) if budget >= len(pairs) else population
+    columns = {name: balanced(options, n, rng) for name, options in dims.items()}
+    design = [{name: col[i] for name, col in columns.items()} for i in range(n)]
+    if n == len(pairs):
+        # Each family's candidates also spread over the backbone depths and sizes, the choices that
+        # set a backbone's cost: a family tried only narrow and shallow would be judged on that alone.
+        per_block = {b: (balanced(DEPTHS, len(dims["head"]), rng), balanced(SIZES, len(dims["head"]), rng))
+                     for b in dims["block"]}
+        rows = [(b, h, per_block[b][0][j], per_block[b][1][j]) for b in dims["block"] for j, h in enumerate(dims["head"])]
+        rng.shuffle(rows)
+        design = [{**row, "block": b, "head": h, "depth": d, "size": z} for row, (b, h, d, z) in zip(design, rows)]
+    return design
+
+
+def balanced(options: Sequence, n: int, rng: random.Random) -> list:
+    """``n`` picks of ``options``, each as often as possible (counts differ by at most one), in a random order;
+    which options get the extra picks is random too."""
+    shuffled = list(options)
+    rng.shuffle(shuffled)
+    column = [shuffled[i % len(shuffled)] for i in range(n)]
+    rng.shuffle(column)
+    return column
 
 
 def suggest_structural(trial, space: SearchSpace) -> Arch:
-    """Ask an Optuna trial for the five structural choices."""
+    """Ask an Optuna trial for the six structural choices."""
     return structural_arch(
         space,
         trial.suggest_categorical("resolution", list(space.resolutions)),
         trial.suggest_categorical("block", list(space.blocks)),
         trial.suggest_categorical("depth", list(DEPTHS)),
         trial.suggest_categorical("neck", neck_choices(space)),
-        trial.suggest_categorical("head", list(space.heads)))
+        trial.suggest_categorical("head", list(space.heads)),
+        trial.suggest_categorical("size", list(SIZES)))
 
 
 @dataclass(frozen=True)
