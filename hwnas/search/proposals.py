@@ -107,18 +107,20 @@ def initial_structures(space: SearchSpace, population: int, seed: int, budget: i
     rng = random.Random(seed)
     dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(DEPTHS),
             "neck": neck_choices(space), "head": list(space.heads), "size": list(SIZES)}
-    pairs = [(b, h) for b in dims["block"] for h in dims["head"]]
-    n = len(pairs) if budget >= len(pairs) else population
-    columns = {name: balanced(options, n, rng) for name, options in dims.items()}
+    heads = dims["head"]
+    pair_design = budget >= len(dims["block"]) * len(heads)
+    n = len(dims["block"]) * len(heads) if pair_design else population
+    columns = {name: balanced(options, n, rng) for name, options in dims.items()}  # the pair design replaces four
     design = [{name: col[i] for name, col in columns.items()} for i in range(n)]
-    if n == len(pairs):
+    if pair_design:
         # Each family's candidates also spread over the backbone depths and sizes, the choices that
         # set a backbone's cost: a family tried only narrow and shallow would be judged on that alone.
-        per_block = {b: (balanced(DEPTHS, len(dims["head"]), rng), balanced(SIZES, len(dims["head"]), rng))
-                     for b in dims["block"]}
-        rows = [(b, h, per_block[b][0][j], per_block[b][1][j]) for b in dims["block"] for j, h in enumerate(dims["head"])]
-        rng.shuffle(rows)
-        design = [{**row, "block": b, "head": h, "depth": d, "size": z} for row, (b, h, d, z) in zip(design, rows)]
+        pairs = []
+        for b in dims["block"]:
+            depths, sizes = balanced(DEPTHS, len(heads), rng), balanced(SIZES, len(heads), rng)
+            pairs += [{"block": b, "head": h, "depth": d, "size": z} for h, d, z in zip(heads, depths, sizes)]
+        rng.shuffle(pairs)
+        design = [{**row, **pair} for row, pair in zip(design, pairs)]
     return design
 
 
