@@ -3,62 +3,43 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
+import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 import typer
 
+from hwnas.console import interrupted_line, keeps, progress, say
 from hwnas.data.cli import data_app
 from hwnas.errors import HwnasError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  rich_markup_mode=None, help="Hardware-aware latency tables, search and deployment for object detectors.")
+                  rich_markup_mode=None, context_settings={"help_option_names": ["-h", "--help"]},
+                  help="Hardware-aware latency tables, search and deployment for object detectors.")
+
+
+def _version(value: bool) -> None:
+    if value:
+        from hwnas import __version__
+
+        typer.echo(f"hwnas {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="print the version and exit")) -> None:
+    """Hardware-aware latency tables, search and deployment for object detectors."""
+
+
 app.add_typer(data_app, name="data", help="Detection datasets: generate synthetic COCO-format data.")
 
 
-def _say(msg: str) -> None:
-    typer.echo(msg, err=True)
-
-
-@contextmanager
-def _progress(title: str, header: str = "") -> Iterator:
-    """A progress bar with ETA on stderr; yields ``update(done, total, item)``.
-
-    ``header`` and the bar appear with the first update, so whatever fails before the work
-    starts (bad data, a table or checkpoint of another run) stays a single ``error:`` line; an
-    error inside the block (a full disk when the results are written) takes the bar away with it.
-    """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[item]}", style="dim"),
-                   console=Console(stderr=True), transient=False, refresh_per_second=4)
-    task: list = []
-
-    def update(done: int, total: int, item: str) -> None:
-        if not task:
-            if header:
-                _say(header)
-            bar.start()
-            # resumed work: the bar (and its ETA) starts from what is already done
-            task.append(bar.add_task(title, total=total, completed=done, item=""))
-        bar.update(task[0], completed=done, item=item[-70:])
-
-    try:
-        yield update
-    except BaseException:
-        if task:
-            bar.live.transient = True
-            bar.live.stop()  # not bar.stop(): on a non-terminal that prints an empty line
-            task.clear()
-        raise
-    finally:
-        if task:
-            bar.stop()
+_say = say  # short names for the many call sites below
+_progress = progress
 
 
 def _is_multiscale_onnx(path: Path) -> bool:
@@ -680,46 +661,66 @@ def sample(
         typer.echo(str(sp.sample(seed + i)))
 
 
-def _click_classes(name: str) -> tuple[type, ...]:
-    """``name`` from click and from the click typer >= 0.2x vendors (``typer._click``, with Abort and
-    Exit in ``typer.exceptions``): catching click's own classes alone lets typer's escape."""
-    import click
+def _is(e: BaseException, name: str) -> bool:
+    """Whether ``e`` is click's exception class ``name``. Matched by name through the class
+    hierarchy, so it holds for click's own classes and for the copy typer >= 0.29 vendors
+    (``typer._click``, which fresh installs have *instead of* click): importing either module
+    here broke every usage error on a fresh install once."""
+    return any(c.__name__ == name for c in type(e).__mro__)
 
-    mods: list = [click.exceptions, click]
-    for vendored in ("typer._click.exceptions", "typer.exceptions"):
-        try:
-            mods.append(__import__(vendored, fromlist=["_"]))
-        except ImportError:
-            pass
-    return tuple(dict.fromkeys(getattr(m, name) for m in mods if isinstance(getattr(m, name, None), type)))
+
+def _exit_on_sigterm() -> None:
+    """SIGTERM (``docker stop``, a scheduler) unwinds like Ctrl-C: temp files removed, the bar
+    taken down, what was finished kept; the exit code is 143 instead of 130."""
+    def handler(signum, frame):
+        _terminated[0] = True
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, handler)
+
+
+_terminated = [False]
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run one command; user errors and interrupts propagate as ``HwnasError`` and ``KeyboardInterrupt``
+    (``quickstart`` runs its steps through this, ``main`` turns them into one line)."""
+    keeps("")
+    rv = app(args=argv, standalone_mode=False, prog_name="hwnas")
+    if rv == 130:  # typer >= 0.29 catches KeyboardInterrupt itself and returns 130
+        raise KeyboardInterrupt
+    return rv if isinstance(rv, int) else 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: one line per error, never a traceback, non-zero exit."""
+    """Entry point: one line per error, never a traceback. Exit codes: 0 done, 1 error, 2 usage,
+    130 interrupted (Ctrl-C), 143 terminated (SIGTERM), 3 an internal error (a bug)."""
+    _exit_on_sigterm()
+    _terminated[0] = False
     try:
-        app(args=argv, standalone_mode=False, prog_name="hwnas")
-        return 0
+        return run(argv)
     except HwnasError as e:
         _say(f"error: {e}")
         return 1
-    except _click_classes("NoArgsIsHelpError") as e:
-        typer.echo(e.format_message())  # the help text
-        return 2
-    except _click_classes("UsageError") as e:  # NoSuchOption, MissingParameter, BadParameter ...
-        cmd = (e.ctx.command.name if e.ctx and e.ctx.command else "") or ""
-        see = " ".join(x for x in ("hwnas", cmd if cmd != "hwnas" else "", "--help") if x)
-        _say(f"error: {e.format_message()} (see {see})")
-        return 2
-    except _click_classes("Abort"):
-        _say("error: interrupted; rerun the same command to resume")
-        return 130
     except KeyboardInterrupt:
-        _say("error: interrupted; rerun the same command to resume")
-        return 130
-    except _click_classes("Exit") as e:
-        return e.exit_code
-    except Exception as e:  # a bug, not bad input: still one line, the traceback on request
-        if os.environ.get("HWNAS_DEBUG"):
+        _say(interrupted_line())
+        return 143 if _terminated[0] else 130
+    except Exception as e:
+        if _is(e, "NoArgsIsHelpError"):
+            typer.echo(e.format_message())  # the help text
+            return 2
+        if _is(e, "UsageError"):  # NoSuchOption, MissingParameter, BadParameter ...
+            ctx = getattr(e, "ctx", None)
+            cmd = (ctx.command_path if ctx is not None else "") or "hwnas"
+            _say(f"error: {e.format_message()} (see {cmd} --help)")
+            return 2
+        if _is(e, "Abort"):  # click < 8.2 (older typer): Ctrl-C surfaces as Abort
+            _say(interrupted_line())
+            return 143 if _terminated[0] else 130
+        if _is(e, "Exit"):
+            return e.exit_code
+        if os.environ.get("HWNAS_DEBUG"):  # a bug, not bad input: still one line, the traceback on request
             raise
         _say(f"error: internal error {e.__class__.__name__}: {e} (rerun with HWNAS_DEBUG=1 for the traceback and report it)")
         return 3

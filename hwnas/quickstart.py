@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from hwnas.console import keeps
 from hwnas.errors import HwnasError
 
 
@@ -94,7 +95,7 @@ class Quickstart:
 
     # ------------------------------------------------------------------ running steps
     def _hwnas(self, title: str, argv: list[str], done: Path | None = None) -> None:
-        from hwnas.cli import main
+        from hwnas.cli import run
 
         cmd = shlex.join(["hwnas", *argv])
         self.commands.append(cmd)
@@ -102,10 +103,14 @@ class Quickstart:
         if done is not None and done.exists():
             self.say(f"  done already ({done}); skipped")
             return
-        rc = main(argv)
-        if rc != 0:
-            raise HwnasError(f"quickstart stopped at step {len(self.commands)} ({title}); fix what it said and run "
-                             f"the same quickstart again: finished steps are kept")
+        try:
+            run(argv)
+        except HwnasError as e:
+            raise HwnasError(f"{e} (quickstart step {len(self.commands)}, {title}: fix it and run the same "
+                             f"quickstart again; finished steps are kept)") from None
+        except KeyboardInterrupt:
+            keeps(f"finished steps are kept in {self.out}; run the same quickstart again to resume")
+            raise
 
     def run(self) -> dict:
         p, out = self.plan, self.out

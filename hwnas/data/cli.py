@@ -20,13 +20,13 @@ def synth(
     out: Path = typer.Option(..., help="dataset folder: train.json, val.json, images/ (then --data OUT)"),
 ) -> None:
     """Generate a COCO-format dataset (objects of many scales, clutter, occlusion) to train offline."""
-    from hwnas.cli import _progress, _say  # at call time: hwnas.cli imports this module
+    from hwnas.console import progress, say
     from hwnas.data.synth import check_args
     from hwnas.data.synth import synth as run_synth
 
     check_args(kind, n_train, n_val, size, out)  # bad input fails before the progress bar appears
     t0 = time.time()
-    with _progress(f"synth {kind}") as update:
+    with progress(f"synth {kind}") as update:
         counts = run_synth(kind, n_train, n_val, size, seed, out, progress=update)
-    _say(f"wrote {out}: {n_train} train + {n_val} val images at {size} px, {counts['annotations']} boxes, "
+    say(f"wrote {out}: {n_train} train + {n_val} val images at {size} px, {counts['annotations']} boxes, "
          f"{counts['empty']} empty images, in {time.time() - t0:.1f} s")
