@@ -44,14 +44,17 @@ RUN pip install --no-cache-dir -c /tmp/constraints.txt \
 
 # hwnas itself, not editable (the source is removed after), with full TensorRT and the
 # PostgreSQL driver for searches shared between containers. TensorRT is already satisfied above.
-# The last two commands check, without a GPU (a build has none), that the TensorRT bindings and
-# the PostgreSQL driver import and that the console script starts.
+# The last commands check, without a GPU (a build has none), that the TensorRT bindings and the
+# PostgreSQL driver import, that the console script starts, and that a usage error is one line
+# (it once became a traceback when typer stopped bringing click).
 COPY pyproject.toml README.md /tmp/hwnas/
 COPY hwnas /tmp/hwnas/hwnas
 RUN pip install --no-cache-dir -c /tmp/constraints.txt "/tmp/hwnas[tensorrt,postgres]" \
  && rm -rf /tmp/hwnas /tmp/constraints.txt \
  && python -c "import tensorrt, psycopg2" \
- && hwnas --help > /dev/null
+ && hwnas --help > /dev/null \
+ && hwnas --version \
+ && hwnas latency 2>&1 | grep -qx "error: Missing option '--arch'. (see hwnas latency --help)"
 
 # A fixed non-root user (UID and GID 1000), owner of /work and of the mount points below.
 # Ubuntu 24.04 images already have a user "ubuntu" with UID 1000: it is removed first, or

@@ -66,7 +66,9 @@ def build_detector_engine(
         "batch": batch,
         "form": "full",
         "roi_impl": roi_impl if arch.head == "rcnn" else None,
-        "outputs": list(det.output_names),
+        # the plan's tensors are named output0..N-1 (hwnas.onnx_export); each is the detector output
+        # of the same position, recorded so a loader can tell which is which
+        "outputs": [{"name": f"output{i}", "is": n} for i, n in enumerate(det.output_names)],
         "onnx_bytes": len(onnx_bytes),
         "engine_bytes": len(engine),
         "export_s": round(t1 - t0, 3),

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 from hwnas.errors import HwnasError
+from hwnas.limits import MAX_INPUT_SIDE
 from hwnas.units import FACE_ANCHORS, HW, RETINA_ANCHORS, RPN_ANCHORS, Unit, out_hw
 
 BLOCK_TYPES = ("basic", "bottleneck", "mbconv", "shuffle")
@@ -84,8 +85,8 @@ class Arch:
             return HwnasError(f"invalid arch: {msg}")
 
         h, w = self.input_hw
-        if h < 64 or w < 64 or h % 32 or w % 32:
-            raise bad(f"input {h}x{w}: both sides must be multiples of 32 and at least 64")
+        if h < 64 or w < 64 or h % 32 or w % 32 or max(h, w) > MAX_INPUT_SIDE:
+            raise bad(f"input {h}x{w}: both sides must be multiples of 32 in 64..{MAX_INPUT_SIDE}")
         if self.block not in BLOCK_TYPES:
             raise bad(f"block {self.block!r}: valid blocks are {', '.join(BLOCK_TYPES)}")
         if not 8 <= self.width <= 512 or self.width % 8:
@@ -161,26 +162,28 @@ class Arch:
     def parse(cls, text: str) -> "Arch":
         """Parse the text form; any error is one HwnasError line naming the bad part."""
         text = text.strip()
+        if not text.isascii():  # int() would read fullwidth or other Unicode digits as numbers
+            raise HwnasError(f"invalid arch {text!r}: only ASCII letters, digits and _-/ may appear; {GRAMMAR_HINT}")
         parts = text.split("/")
         if len(parts) != 5:
             raise HwnasError(f"invalid arch {text!r}: {len(parts)} '/'-separated fields, need 5; {GRAMMAR_HINT}")
         size, bb, neck, head, norm = parts
-        m = re.fullmatch(r"i(\d+)(?:x(\d+))?", size)
+        m = re.fullmatch(r"i([0-9]+)(?:x([0-9]+))?", size)
         if not m:
             raise HwnasError(f"invalid arch {text!r}: input {size!r} should look like i256 or i320x256")
         hw = (int(m[1]), int(m[2] or m[1]))
-        m = re.fullmatch(r"([a-z]+)_c(\d+)_([12-]+)", bb)
+        m = re.fullmatch(r"([a-z]+)_c([0-9]+)_([12-]+)", bb)
         if not m:
             raise HwnasError(f"invalid arch {text!r}: backbone {bb!r} should look like basic_c64_11-21-21-21")
         block, width, stages = m[1], int(m[2]), tuple(m[3].split("-"))
         if neck == "none":
             neck_kind, levels, neck_width = "none", None, 0
         else:
-            m = re.fullmatch(r"([a-z]+)_p(\d)-(\d)_c(\d+)", neck)
+            m = re.fullmatch(r"([a-z]+)_p([0-9])-([0-9])_c([0-9]+)", neck)
             if not m:
                 raise HwnasError(f"invalid arch {text!r}: neck {neck!r} should look like fpn_p3-5_c128 or none")
             neck_kind, levels, neck_width = m[1], (int(m[2]), int(m[3])), int(m[4])
-        m = re.fullmatch(r"([a-z]+)_d(\d+)_c(\d+)(?:_n(\d+))?(?:_stc(\d+)_str(\d+)_mo(\d+))?", head)
+        m = re.fullmatch(r"([a-z]+)_d([0-9]+)_c([0-9]+)(?:_n([0-9]+))?(?:_stc([0-9]+)_str([0-9]+)_mo([0-9]+))?", head)
         if not m:
             raise HwnasError(f"invalid arch {text!r}: head {head!r} should look like retina_d4_c128, "
                              f"rcnn_d2_c512_n100 or face_d2_c64_stc3_str3_mo3")

@@ -12,7 +12,7 @@ from typing import Optional
 
 import typer
 
-from hwnas.console import interrupted_line, keeps, progress, say
+from hwnas.console import PROGRESS_PREFIX, interrupted_line, keeps, path_arg, progress, say
 from hwnas.data.cli import data_app
 from hwnas.errors import HwnasError
 
@@ -67,13 +67,38 @@ def _pair(text: str, what: str, example: str) -> tuple[float, float]:
 
 
 def _parse_ints(text: str, what: str) -> tuple[int, ...]:
-    try:
-        vals = tuple(int(v) for v in text.split(",") if v.strip())
+    try:  # ASCII digits only: int() takes fullwidth and other Unicode digits too
+        vals = tuple(int(v) for v in text.split(",") if v.strip() and v.strip().isascii())
+        if any(v.strip() and not v.strip().isascii() for v in text.split(",")):
+            raise ValueError
     except ValueError:
         raise HwnasError(f"{what} {text!r}: give comma-separated integers, e.g. 256,320") from None
     if not vals:
         raise HwnasError(f"{what} is empty: give comma-separated integers, e.g. 256")
     return vals
+
+
+def _sizes(text: str, what: str) -> tuple[int, ...]:
+    """Input sizes (px), each checked against the documented limit before anything is built."""
+    from hwnas.limits import check_side
+
+    return tuple(check_side(v, what) for v in _parse_ints(text, what))
+
+
+def _data(data: Path) -> list[Path]:
+    """The parts of dataset folder ``data`` (checked to be one) that outputs must stay off."""
+    from hwnas.data import check_data_dir, dataset_inputs
+
+    check_data_dir(data)
+    return dataset_inputs(data)
+
+
+def _run_folder(out: Path, what: str, inputs: list[Path], files: dict[str, str]) -> None:
+    """An output folder checked before any work: not an input, not inside one, and each file the
+    command writes in it (name -> kind) replaces nothing but its own kind."""
+    from hwnas.fileio import check_outputs
+
+    check_outputs([(out / name, kind, f"{what} file") for name, kind in files.items()], inputs, folders=[(out, what)])
 
 
 def _timing(min_time_s: float, repeats: int):
@@ -104,25 +129,27 @@ def profile(
     min_time: float = typer.Option(0.25, "--min-time", help="seconds of timing per unit (at least --repeats runs)"),
     repeats: int = typer.Option(15, help="minimum timed runs per unit"),
     force: bool = typer.Option(False, help="resume into a table measured on another target"),
-    out: Path = typer.Option(Path("latency_tables/ort-cpu.json"), help="table path (resumed if it exists)"),
+    out: Path = typer.Option(Path("latency_tables/ort-cpu.json"), help="table path (resumed if it exists)", parser=path_arg),
 ) -> None:
     """Time every unit of a search space on this device and write a latency table."""
     from hwnas.arch import get_space
-    from hwnas.fileio import check_writable
+    from hwnas.fileio import check_outputs, exclusive
     from hwnas.latency import profile as run_profile
+    from hwnas.limits import MAX_THREADS, check_int, check_num_classes
 
-    check_writable(out, "latency table")
-    res = _parse_ints(resolutions, "--resolutions")
+    check_outputs([(out, "latency table", "latency table")])
+    res = _sizes(resolutions, "--resolutions")
     sp = get_space(space).with_resolutions(res)
-    if num_classes < 1:
-        raise HwnasError(f"--num-classes must be >= 1, got {num_classes}")
+    check_num_classes(num_classes)
+    check_int("--threads", threads, 1, MAX_THREADS)
     be = _backend(backend, device, precision, threads)
     timing = _timing(min_time, repeats)
     units = sp.all_units(num_classes)
     header = (f"profiling {len(units)} units of space {space!r} at {','.join(map(str, res))} px on "
               f"{be.target().device} ({backend}, {precision}, {threads} thread(s)) -> {out}")
     t0 = time.time()
-    with _progress("profile", header) as update:
+    keeps(f"the units timed so far are kept in {out}; rerun the same command to resume")
+    with exclusive(out, "latency table"), _progress("profile", header) as update:
         table = run_profile(be, out, space=space, resolutions=res, num_classes=num_classes,
                             timing=timing, units=units, force=force, progress=update)
     _say(f"wrote {out}: {len(table.entries)} units in {time.time() - t0:.0f} s")
@@ -132,7 +159,7 @@ def profile(
 @app.command()
 def latency(
     arch: str = typer.Option(..., help="arch string or preset name"),
-    table: Path = typer.Option(..., help="latency table (json)"),
+    table: Path = typer.Option(..., help="latency table (json)", parser=path_arg),
     measure: bool = typer.Option(False, help="also measure the whole detector on the table's backend"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     force: bool = typer.Option(False, help="measure even if this machine differs from the table's target"),
@@ -175,33 +202,36 @@ def latency(
 # ----------------------------------------------------------------------------- validate
 @app.command()
 def validate(
-    table: Path = typer.Option(..., help="latency table to check (its correction is refitted and saved)"),
+    table: Path = typer.Option(..., help="latency table to check (its correction is refitted and saved)", parser=path_arg),
     samples: int = typer.Option(100, help="detectors to evaluate on"),
     calib_samples: int = typer.Option(30, "--calib-samples", help="separate detectors to fit the correction on (fewer than 5: none)"),
     baseline_samples: int = typer.Option(30, "--baseline-samples", help="how many evaluated detectors also get the per-operator baseline"),
     seed: int = typer.Option(0),
-    out: Path = typer.Option(Path("validate.json")),
-    plot: Optional[Path] = typer.Option(None, help="write a predicted-vs-measured plot (png)"),
+    out: Path = typer.Option(Path("validate.json"), parser=path_arg),
+    plot: Optional[Path] = typer.Option(None, help="write a predicted-vs-measured plot (png)", parser=path_arg),
     force: bool = typer.Option(False, help="validate even if this machine differs from the table's target"),
 ) -> None:
     """Predict and measure sampled detectors; report within_5/within_10, MAPE, rank correlations."""
-    from hwnas.fileio import check_writable
+    from hwnas.fileio import check_outputs, exclusive
     from hwnas.latency import LatencyTable
+    from hwnas.limits import check_count, check_seed
     from hwnas.validate import plot as make_plot
     from hwnas.validate import validate as run_validate
 
-    check_writable(out, "report")
-    if plot:
-        check_writable(plot, "plot")
-    if samples < 3:
-        raise HwnasError(f"--samples must be >= 3 for rank correlations, got {samples}")
+    check_count("--samples", samples, 3)  # rank correlations need three
+    check_count("--calib-samples", calib_samples, 0)
+    check_count("--baseline-samples", baseline_samples, 0)
+    check_seed(seed)
     tab = LatencyTable.load(table)
+    check_outputs([(out, "validation report", "report")] + ([(plot, "image", "plot")] if plot else []),
+                  inputs=[table])
     t = tab.target
     from hwnas.backends import backend_for_target
 
     be = backend_for_target(t)
     tab.check_target(be.target(), force=force, path=str(table))
-    with _progress("validate") as update:
+    keeps(f"the detectors measured so far are kept in {out}; rerun the same command to resume")
+    with exclusive(table, "latency table"), _progress("validate") as update:
         rep = run_validate(tab, table, be, out, samples=samples, calib_samples=calib_samples, seed=seed,
                            baseline_samples=baseline_samples, progress=update)
     if plot:
@@ -226,7 +256,7 @@ def validate(
 def train(
     arch: Optional[str] = typer.Option(None, help="arch string to train"),
     preset: Optional[str] = typer.Option(None, help="preset name instead of --arch (see hwnas/presets.py)"),
-    data: Path = typer.Option(..., help="dataset folder: hwnas data synth, COCO or WIDER FACE layout"),
+    data: Path = typer.Option(..., help="dataset folder: hwnas data synth, COCO or WIDER FACE layout", parser=path_arg),
     epochs: Optional[int] = typer.Option(None, help="training epochs (default: the preset's recipe, else 12)"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (overrides the arch's)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the recipe's, else 16"),
@@ -239,9 +269,10 @@ def train(
     das_p: Optional[float] = typer.Option(None, "--das-p", help="face head: share of samples cut by data-anchor-sampling (default: the recipe's, else 0)"),
     step1_iou: Optional[str] = typer.Option(None, "--step1-iou", help="face head: POS,NEG IoU thresholds of the first step (default 0.5,0.4)"),
     step2_iou: Optional[str] = typer.Option(None, "--step2-iou", help="face head: POS,NEG IoU thresholds of the second step of two-step regression (default 0.6,0.5)"),
-    out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, detections.json (resumed if present)"),
+    eval_every: int = typer.Option(0, "--eval-every", help="score the val split every N epochs and keep RUN/best.pt by val mAP (0: only at the end)"),
+    out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, results.csv, detections.json (resumed if present)", parser=path_arg),
 ) -> None:
-    """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json."""
+    """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json and RUN/results.csv."""
     from dataclasses import replace
 
     from hwnas.evaluate import summarize
@@ -253,17 +284,23 @@ def train(
         raise HwnasError("give exactly one of --arch or --preset")
     a = resolve_arch(arch or preset)
     if img_size is not None:
-        a = replace(a, input_hw=(img_size, img_size))
+        from hwnas.limits import check_side
+
+        a = replace(a, input_hw=(check_side(img_size), check_side(img_size)))
     # The preset's recipe, then what the command line says; checked here, before any file is touched.
     fields = {k: v for k, v in recipe(preset or "").items() if k in TrainConfig.__dataclass_fields__}
-    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "box_loss": box_loss, "das_p": das_p,
+    given = {"epochs": epochs, "eval_every": eval_every or None, "batch_size": batch_size, "lr": lr, "box_loss": box_loss, "das_p": das_p,
              "scale_jitter": scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
              "step1_iou": step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
              "step2_iou": step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5")}
     fields.update({k: v for k, v in given.items() if v is not None})
     cfg = TrainConfig(device=device, seed=seed, on_error=on_error, **fields)
-    with _progress("train", f"training {a} for {cfg.epochs} epochs on {data} -> {out}") as update:
-        res = run_train(a, data, out, cfg, progress=update)
+    _run_folder(out, "run folder", _data(data), {"last.pt": "checkpoint", "best.pt": "checkpoint",
+                                                 "metrics.json": "metrics", "detections.json": "detections",
+                                                 "results.csv": "file"})
+    keeps(f"finished epochs are kept in {out / 'last.pt'}; rerun the same command to resume")
+    with _progress("train", f"training {a} for {cfg.epochs} epochs on {data} -> {out}") as bar:
+        res = run_train(a, data, out, cfg, progress=bar, log=bar.log)
     m = res.metrics
     typer.echo(f"{summarize(m)} train_s={m['train_seconds']:.1f} train_images/s={m['train_images_per_s']:.1f}")
     typer.echo(f"wrote {res.checkpoint} and {out / 'metrics.json'}")
@@ -271,16 +308,16 @@ def train(
 
 @app.command(name="eval")
 def eval_(
-    weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt)"),
-    model: Optional[Path] = typer.Option(None, help="instead of --weights: a deployable ONNX (.onnx) or engine (.engine)"),
-    data: Optional[Path] = typer.Option(None, help="dataset folder (hwnas data synth, COCO or WIDER FACE layout)"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt)", parser=path_arg),
+    model: Optional[Path] = typer.Option(None, help="instead of --weights: a deployable ONNX (.onnx) or engine (.engine)", parser=path_arg),
+    data: Optional[Path] = typer.Option(None, help="dataset folder (hwnas data synth, COCO or WIDER FACE layout)", parser=path_arg),
     split: str = typer.Option("val", help="val or train"),
     format: str = typer.Option("coco", "--format", help="coco (pycocotools mAP) | wider (WIDER FACE easy/medium/hard AP, official protocol, plus COCO mAP)"),
-    predictions: Optional[Path] = typer.Option(None, help="wider: folder of official per-image prediction files, written (with a model) or scored (with --gt)"),
-    gt: Optional[Path] = typer.Option(None, help="wider, without a model: ground truth for --predictions (wider_face_val_bbx_gt.txt, wider_face_val.mat or a COCO json)"),
+    predictions: Optional[Path] = typer.Option(None, help="wider: folder of official per-image prediction files, written (with a model) or scored (with --gt)", parser=path_arg),
+    gt: Optional[Path] = typer.Option(None, help="wider, without a model: ground truth for --predictions (wider_face_val_bbx_gt.txt, wider_face_val.mat or a COCO json)", parser=path_arg),
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale testing of a checkpoint, e.g. 0.5:64-,1,1f,2:-128 (SCALE[f][:MIN-MAX], f flips)"),
-    out: Path = typer.Option(Path("metrics.json"), help="metrics json"),
-    detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)"),
+    out: Path = typer.Option(Path("metrics.json"), help="metrics json", parser=path_arg),
+    detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)", parser=path_arg),
     device: str = typer.Option("cpu"),
     threads: int = typer.Option(1, help="onnxruntime threads (--model .onnx)"),
     batch_size: int = typer.Option(8, "--batch-size"),
@@ -291,11 +328,14 @@ def eval_(
     from hwnas.data.transforms import EvalTransform
     from hwnas.data.wider import open_dataset
     from hwnas.evaluate import coco_score, coco_truth, detect_dataset, summarize
-    from hwnas.fileio import check_writable, write_json
+    from hwnas.fileio import check_outputs, write_json
+    from hwnas.limits import MAX_THREADS, check_batch, check_int
     from hwnas.train import resolve_device
 
     if format not in ("coco", "wider"):
         raise HwnasError(f"--format {format!r}: give coco or wider")
+    check_batch(batch_size)
+    check_int("--threads", threads, 1, MAX_THREADS)
     if gt is not None:
         if format != "wider" or predictions is None or weights or model or data:
             raise HwnasError("--gt scores existing prediction files: give --format wider --predictions DIR --gt FILE "
@@ -304,7 +344,7 @@ def eval_(
 
         truth, keep = W.load_gt(gt)
         preds = W.read_predictions(predictions)
-        check_writable(out, "metrics file")  # after the inputs proved readable: no empty folder left
+        check_outputs([(out, "metrics", "metrics file")], inputs=[gt, predictions])
         metrics = W.evaluate_wider(preds, truth, keep)
         metrics.update({"predictions": str(predictions), "gt": str(gt)})
         write_json(out, metrics)
@@ -316,6 +356,7 @@ def eval_(
                          "--format wider --predictions DIR --gt FILE")
     if data is None:
         raise HwnasError("--data is missing: the dataset folder to evaluate on")
+    data_parts = _data(data)
     if predictions is not None and format != "wider":
         raise HwnasError("--predictions writes WIDER prediction files: add --format wider")
     multiscale_graph = model is not None and _is_multiscale_onnx(model)
@@ -329,10 +370,14 @@ def eval_(
 
         scales = parse_scales(test_scales)
     detections = detections or out.with_name(out.stem + ".detections.json")
-    if detections.resolve() == out.resolve():
+    if os.path.realpath(detections) == os.path.realpath(out):
         raise HwnasError(f"--detections and --out are both {out}; give two files")
     if format == "wider":
         predictions = predictions or out.with_name(out.stem + ".predictions")
+    model_files = [weights or model, (weights or model).with_suffix(".json")]  # a graph's manifest is read too
+    check_outputs([(out, "metrics", "metrics file"), (detections, "detections", "detections file")],
+                  inputs=data_parts + model_files,
+                  folders=[(predictions, "predictions folder")] if format == "wider" else [])
     from hwnas.export.pipeline import open_model
 
     if multiscale_graph:
@@ -349,8 +394,7 @@ def eval_(
         raise HwnasError(f"{weights or model} was trained on classes {m.class_names}, the data has {ds.class_names}")
     if len(ds) == 0:
         raise HwnasError(f"no images to evaluate in {ds.json_path}")
-    check_writable(detections, "detections file")  # first: out's folder is not made for a run that cannot write
-    check_writable(out, "metrics file")
+    keeps("nothing was written; rerun the same command")
     with _progress("eval") as update:
         from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, original_results, torch_multiscale
 
@@ -367,8 +411,6 @@ def eval_(
                 detect = TorchDetector(m.model, device=device, score_thresh=WIDER_SCORE_THRESH,
                                        max_dets=WIDER_MAX_DETS).detect
             results, ips = detect_dataset(detect, ds, batch_size=batch_size, progress=update)
-        # written inside the progress block: a failed write (a full disk) takes the bar with it
-        write_json(detections, results)
         if format == "wider":
             from hwnas.face_eval import score_faces
 
@@ -383,6 +425,9 @@ def eval_(
             from hwnas.multiscale import describe
 
             metrics["test_scales"] = describe(scales)
+        # both files after the scoring: a command that fails leaves no lone detections file; written
+        # inside the progress block, so a failed write (a full disk) takes the bar with it
+        write_json(detections, results)
         write_json(out, metrics)
     if format == "wider":
         from hwnas.wider_eval import summarize as wider_summary
@@ -395,9 +440,9 @@ def eval_(
 # ----------------------------------------------------------------------------- search
 @app.command()
 def search(
-    data: Path = typer.Option(..., help="dataset folder the candidates train on (hwnas data synth, or COCO layout)"),
-    table: Path = typer.Option(..., help="latency table of the target (profiled for this data's class count)"),
-    out: Path = typer.Option(..., help="run folder: pareto.json, pareto.png, report.md, search.db, trials/"),
+    data: Path = typer.Option(..., help="dataset folder the candidates train on (hwnas data synth, or COCO layout)", parser=path_arg),
+    table: Path = typer.Option(..., help="latency table of the target (profiled for this data's class count)", parser=path_arg),
+    out: Path = typer.Option(..., help="run folder: pareto.json, pareto.png, report.md, search.db, trials/", parser=path_arg),
     space: Optional[str] = typer.Option(None, help="search space: default | small | face | tiny (default: default)"),
     preset: Optional[str] = typer.Option(None, help="face: search the face space with the face-s training recipe (box loss, data-anchor-sampling)"),
     resolutions: Optional[str] = typer.Option(None, help="input sizes to search, e.g. 192,256 (default: the table's)"),
@@ -423,7 +468,7 @@ def search(
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
     from hwnas.search import Search, SearchConfig
 
-    res = _parse_ints(resolutions, "--resolutions") if resolutions else ()
+    res = _sizes(resolutions, "--resolutions") if resolutions else ()
     from hwnas.presets import SEARCH_PRESETS
 
     rec = ""
@@ -441,7 +486,11 @@ def search(
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
                        max_failures=max_failures)
+    _run_folder(out, "search folder", _data(data) + [table],
+                {"pareto.json": "JSON file", "search.json": "JSON file", "report.md": "file", "pareto.png": "image",
+                 "search.db": "file"})
     header = f"searching {stage} over space {space!r} ({trials} trained candidates) -> {out}"
+    keeps(f"finished candidates are kept in {out}; rerun the same command to resume")
     with _progress("search", header) as update:
         s = Search(cfg, progress=update, say=_say)
         o = s.run()
@@ -472,7 +521,8 @@ def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, 
                        others: dict[str, bool]) -> None:
     from hwnas.export.multiscale import export_multiscale_onnx
     from hwnas.export.pipeline import _out_base
-    from hwnas.fileio import check_writable, write_atomic
+    from hwnas.fileio import check_outputs, write_atomic
+    from hwnas.limits import check_batch
     from hwnas.multiscale import describe, parse_scales, scaled_hw
     from hwnas.train import load_model
 
@@ -484,10 +534,11 @@ def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, 
     if nms not in ("auto", "onnx", "ops"):
         raise HwnasError(f"--nms {nms}: a multi-scale graph takes onnx (onnxruntime, TensorRT) or ops (TensorRT-RTX)")
     scales = parse_scales(test_scales)
-    model, arch, _ = load_model(weights)
+    check_batch(batch, "--batch")
     path = _out_base(out)
     path = path.with_name(path.name + ".onnx")
-    check_writable(path, "ONNX file")
+    check_outputs([(path, "ONNX graph", "ONNX file")], inputs=[weights])
+    model, arch, _ = load_model(weights)
     graph = export_multiscale_onnx(model, scales, nms="onnx" if nms == "auto" else nms, batch=batch)
     write_atomic(path, graph)
     sizes = ", ".join(f"{h}x{w}" for h, w in (scaled_hw(arch.input_hw, s.scale) for s in scales))
@@ -497,14 +548,14 @@ def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, 
 
 @app.command()
 def export(
-    weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)"),
+    weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)", parser=path_arg),
     preset: Optional[str] = typer.Option(None, help="instead of --weights: a preset or arch string, untrained (to build and time its engine before training)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="with --preset: classes of the untrained head (default 1 for a face head, else 80)"),
-    out: Path = typer.Option(..., help="engines/NAME: writes NAME.onnx, NAME.json and (engine) NAME.engine"),
+    out: Path = typer.Option(..., help="engines/NAME: writes NAME.onnx, NAME.json and (engine) NAME.engine", parser=path_arg),
     format: str = typer.Option("onnx", "--format", help="onnx | engine"),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (explicit Q/DQ, calibrated with --calib-data)"),
     nms: str = typer.Option("auto", help="auto | onnx (NonMaxSuppression op) | ops (plain operators, for TensorRT-RTX) | efficient (TensorRT plugin) | host (decode only)"),
-    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="dataset whose training images calibrate int8"),
+    calib_data: Optional[Path] = typer.Option(None, "--calib-data", help="dataset whose training images calibrate int8", parser=path_arg),
     calib_images: int = typer.Option(64, "--calib-images", help="how many images calibrate int8"),
     int8_target: Optional[str] = typer.Option(None, "--int8-target", help="cpu (uint8 activations, fastest in onnxruntime) | tensorrt (symmetric int8); default: tensorrt for engines, cpu for ONNX"),
     backend: str = typer.Option("tensorrt-rtx", help="engine builder: tensorrt | tensorrt-rtx"),
@@ -513,10 +564,10 @@ def export(
     dynamic_batch: Optional[str] = typer.Option(None, "--dynamic-batch", help="MIN:OPT:MAX batch profile instead of --batch"),
     workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="builder workspace limit (MiB)"),
     opt_level: Optional[int] = typer.Option(None, "--opt-level", help="builder optimisation level 0..5"),
-    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (loaded if present, saved after the build)"),
+    timing_cache: Optional[Path] = typer.Option(None, "--timing-cache", help="timing cache file (loaded if present, saved after the build)", parser=path_arg),
     version_compatible: bool = typer.Option(False, "--version-compatible", help="full TensorRT: engine runs on later versions"),
     hardware_compatible: bool = typer.Option(False, "--hardware-compatible", help="full TensorRT: engine runs on Ampere and newer"),
-    check: Optional[Path] = typer.Option(None, help="dataset: score the export against the checkpoint on its val images"),
+    check: Optional[Path] = typer.Option(None, help="dataset: score the export against the checkpoint on its val images", parser=path_arg),
     threads: int = typer.Option(1, help="onnxruntime threads for --check"),
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale graph: one fixed-size input per test pass, e.g. 0.5:64-,1,1f,2:-128 (fp32 ONNX; merged on the host by box voting)"),
 ) -> None:
@@ -534,7 +585,8 @@ def export(
                        calib_images=calib_images, int8_target=int8_target, workspace_mb=workspace_mb,
                        opt_level=opt_level, timing_cache=timing_cache, version_compatible=version_compatible,
                        hardware_compatible=hardware_compatible, check=check, threads=threads)
-    res = run_export(cfg, progress=_say)
+    keeps("nothing was written (an export replaces its files only once all of them are built)")
+    res = run_export(cfg, progress=lambda msg: _say(f"{PROGRESS_PREFIX}export | {msg}"))
     m = res.manifest
     typer.echo(f"{m.arch}: {m.precision} {m.form}-NMS form, {m.flavour} {m.library_version}"
                + (f" sm_{m.sm}" if m.sm else "") + (f", built in {m.build_s:.1f} s" if m.flavour != "onnx" else ""))
@@ -555,15 +607,15 @@ def export(
 
 @app.command()
 def bench(
-    model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)"),
-    images: list[Path] = typer.Argument(None, help="image files to run on (default: random pixels)"),
+    model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)", parser=path_arg),
+    images: list[Path] = typer.Argument(None, help="image files to run on (default: random pixels)", parser=path_arg),
     batch: int = typer.Option(1, help="images per run"),
     threads: int = typer.Option(1, help="CPU threads (torch and onnxruntime alike)"),
     device: str = typer.Option("cpu", help="cpu, or cuda for checkpoints and engines"),
     min_time: float = typer.Option(2.0, "--min-time", help="seconds of timing per figure"),
     repeats: int = typer.Option(20, help="minimum timed runs"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
-    out: Optional[Path] = typer.Option(None, help="also write the figures to this JSON file"),
+    out: Optional[Path] = typer.Option(None, help="also write the figures to this JSON file", parser=path_arg),
 ) -> None:
     """Latency (median, p90, p99) and throughput of a model: network only and end to end."""
     import torch
@@ -571,12 +623,13 @@ def bench(
     from hwnas.export.pipeline import bench as run_bench
     from hwnas.export.pipeline import load_images, open_model
 
-    if batch < 1:
-        raise HwnasError(f"--batch must be >= 1, got {batch}")
-    if out is not None:
-        from hwnas.fileio import check_writable
+    from hwnas.fileio import check_outputs
+    from hwnas.limits import MAX_THREADS, check_batch, check_int
 
-        check_writable(out, "bench file")
+    check_batch(batch, "--batch")
+    check_int("--threads", threads, 1, MAX_THREADS)
+    if out is not None:
+        check_outputs([(out, "benchmark", "bench file")], inputs=[model, model.with_suffix(".json"), *(images or [])])
     m = open_model(model, threads=threads, device=device, batch=batch)
     if images:
         x, _ = load_images([images[i % len(images)] for i in range(batch)], m.arch.input_hw)
@@ -602,9 +655,9 @@ def bench(
 
 @app.command()
 def infer(
-    model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)"),
-    images: list[Path] = typer.Argument(..., help="image files"),
-    out: Path = typer.Option(..., help="folder: detections.json and the images with boxes drawn"),
+    model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)", parser=path_arg),
+    images: list[Path] = typer.Argument(..., help="image files", parser=path_arg),
+    out: Path = typer.Option(..., help="folder: detections.json and the images with boxes drawn", parser=path_arg),
     threads: int = typer.Option(1),
     device: str = typer.Option("cpu"),
     score_thresh: float = typer.Option(0.3, "--score-thresh", help="boxes drawn from this score"),
@@ -612,7 +665,14 @@ def infer(
     """Detect objects in image files; write detections.json and the images with boxes drawn."""
     from hwnas.export.pipeline import infer as run_infer
     from hwnas.export.pipeline import open_model
+    from hwnas.fileio import check_outputs
+    from hwnas.limits import MAX_THREADS, check_float, check_int
 
+    check_float("--score-thresh", score_thresh, 0.0, 1.0)
+    check_int("--threads", threads, 1, MAX_THREADS)
+    # the drawn images are checked against the input images by name in run_infer
+    check_outputs([(out / "detections.json", "detections", "detections file")],
+                  inputs=[model, model.with_suffix(".json")], folders=[(out, "output folder")])
     m = open_model(model, threads=threads, device=device)
     recs = run_infer(m, list(images), out, score_thresh=score_thresh)
     for r in recs:
@@ -624,7 +684,7 @@ def infer(
 # ----------------------------------------------------------------------------- small helpers
 @app.command()
 def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), help="folder for everything it makes (rerun to resume)"),
+    out: Path = typer.Option(Path("runs/quickstart"), help="folder for everything it makes (rerun to resume)", parser=path_arg),
     preset: Optional[str] = typer.Option(None, help="face: the face preset on generated faces (default: generated shapes)"),
     fast: bool = typer.Option(False, "--fast", help="toy sizes: the whole pipeline in about a minute"),
 ) -> None:
@@ -641,8 +701,10 @@ def units(
     num_classes: int = typer.Option(80, "--num-classes"),
 ) -> None:
     """List the units a detector is built from (the rows its latency is predicted from)."""
+    from hwnas.limits import check_num_classes
     from hwnas.presets import resolve_arch
 
+    check_num_classes(num_classes)
     for p in resolve_arch(arch).placed_units(num_classes):
         typer.echo(f"{p.role:<18} {p.unit.key()}")
 
@@ -655,8 +717,14 @@ def sample(
 ) -> None:
     """Print archs sampled from a search space."""
     from hwnas.arch import get_space
+    from hwnas.limits import MAX_SEED, check_count, check_seed
 
     sp = get_space(space)
+    check_count("--n", n)
+    check_seed(seed)
+    if seed + n - 1 > MAX_SEED:
+        raise HwnasError(f"--seed {seed} with --n {n}: the samples take seeds {seed}..{seed + n - 1}, past the "
+                         f"largest seed {MAX_SEED}; lower --seed")
     for i in range(n):
         typer.echo(str(sp.sample(seed + i)))
 
@@ -720,6 +788,11 @@ def main(argv: list[str] | None = None) -> int:
             return 143 if _terminated[0] else 130
         if _is(e, "Exit"):
             return e.exit_code
+        if isinstance(e, MemoryError) or _is(e, "OutOfMemoryError") or "can't allocate memory" in str(e):
+            # a size under the documented limits can still exceed this machine's memory
+            _say(f"error: out of memory ({str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__}); "
+                 f"lower --batch-size, the input size or the model's widths, or use a machine with more memory")
+            return 1
         if os.environ.get("HWNAS_DEBUG"):  # a bug, not bad input: still one line, the traceback on request
             raise
         _say(f"error: internal error {e.__class__.__name__}: {e} (rerun with HWNAS_DEBUG=1 for the traceback and report it)")

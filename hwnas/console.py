@@ -19,7 +19,8 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-PLAIN_EVERY_S = 10.0  # the most often a non-terminal gets a progress line
+PLAIN_EVERY_S = 10.0  # the most often a non-terminal gets a progress line (HWNAS_PROGRESS_EVERY_S overrides)
+PROGRESS_PREFIX = "progress: "
 
 _kept = [""]
 
@@ -39,6 +40,16 @@ def interrupted_line() -> str:
     return f"error: interrupted; {note}"
 
 
+def _every_s() -> float:
+    import os
+
+    try:
+        v = float(os.environ.get("HWNAS_PROGRESS_EVERY_S", PLAIN_EVERY_S))
+    except ValueError:
+        return PLAIN_EVERY_S
+    return v if v >= 0 else PLAIN_EVERY_S
+
+
 def _clock(seconds: float) -> str:
     s = int(max(0.0, seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
@@ -49,7 +60,7 @@ class Progress:
 
     def __init__(self, title: str, header: str = "", every_s: float | None = None) -> None:
         self.title, self.header = title, header
-        self.every_s = PLAIN_EVERY_S if every_s is None else every_s
+        self.every_s = _every_s() if every_s is None else every_s
         self.tty = sys.stderr.isatty()
         self._bar = None
         self._task = None
@@ -78,10 +89,10 @@ class Progress:
     def plain_line(self, done: int, total: int, item: str, now: float) -> str:
         elapsed = now - self._t0
         rate = (done - self._done0) / elapsed if elapsed > 0 else 0.0
-        eta = _clock((total - done) / rate) if rate > 0 else "?"
+        eta = _clock((total - done) / rate) if rate > 0 else "0:00:00" if done >= total else "?"
         pct = 100.0 * done / total if total else 100.0
         tail = f" | {item}" if item else ""
-        return f"progress: {self.title} {done}/{total} {pct:.1f}% elapsed {_clock(elapsed)} eta {eta}{tail}"
+        return f"{PROGRESS_PREFIX}{self.title} {done}/{total} {pct:.1f}% elapsed {_clock(elapsed)} eta {eta}{tail}"
 
     # ------------------------------------------------------------------ lifecycle
     def _start(self, done: int, total: int) -> None:
@@ -125,3 +136,18 @@ def progress(title: str, header: str = "") -> Iterator[Progress]:
         p._abort()
         raise
     p._finish()
+
+
+def path_arg(text):
+    """typer's parser for every path option: an empty path is a usage error, not the working folder
+    (``--out ""`` would otherwise write a run into whatever folder the command was started in).
+    Defaults arrive here too, already as ``Path``."""
+    from pathlib import Path
+
+    import typer
+
+    if isinstance(text, Path):
+        return text
+    if not text.strip():
+        raise typer.BadParameter("the path is empty; give a file or folder name")
+    return Path(text)

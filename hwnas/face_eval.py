@@ -23,20 +23,44 @@ WIDER_MAX_DETS = 750
 
 
 def wider_truth(dataset) -> tuple[list, dict | None, dict[int, str]]:
-    """``(gt images, official keep-lists or None, image_id -> WIDER name)`` of ``dataset``."""
-    from hwnas.data.wider import WiderFace, coco_to_wider
-    from hwnas.wider_eval import load_gt
+    """``(gt images, official keep-lists or None, image_id -> WIDER name)`` of ``dataset``.
+
+    Faces the dataset dropped as outside their image (``on_error="skip"``) are dropped from the gt
+    too, keep-lists renumbered: what is not trained on as broken is not scored either."""
+    from hwnas.data.wider import WiderFace, coco_to_wider, faces_outside
+    from hwnas.wider_eval import drop_faces, load_gt
 
     if isinstance(dataset, WiderFace):
         gt, keep = load_gt(dataset.gt_path)
         loaded = {im.name for im in dataset.wider_images()}
         gt = [im for im in gt if im.name in loaded]  # images skipped by on_error="skip" are not scored
-        return gt, keep, {iid: im.name for iid, im in zip(dataset.image_ids, dataset.wider_images())}
-    gt = coco_to_wider(dataset.json_path)
-    # coco_to_wider keeps the json's image order, as CocoDetection's image_ids do
-    names = {im["id"]: f"synth/{im['file_name']}" for im in _coco_images(dataset.json_path)}
-    loaded = {names[i] for i in dataset.image_ids}
-    return [im for im in gt if im.name in loaded], None, {i: names[i] for i in dataset.image_ids}
+        names = {iid: im.name for iid, im in zip(dataset.image_ids, dataset.wider_images())}
+        # the same gt file parsed again: the same faces in the same order as the dataset's
+        dropped = {im.name: dataset.dropped_faces(i) for i, im in enumerate(dataset.wider_images())}
+    else:
+        gt, keep = coco_to_wider(dataset.json_path), None
+        # coco_to_wider keeps the json's image order, as CocoDetection's image_ids do
+        all_names = {im["id"]: f"synth/{im['file_name']}" for im in _coco_images(dataset.json_path)}
+        names = {i: all_names[i] for i in dataset.image_ids}
+        kept = set(names.values())
+        gt = [im for im in gt if im.name in kept]
+        dropped = {}
+        if getattr(dataset, "on_error", "raise") == "skip":  # CocoDetection dropped them as box_outside
+            sizes = image_sizes(dataset)
+            dropped = {im.name: faces_outside(im.boxes, sizes[im.name]) for im in gt}
+    gt, keep = drop_faces(gt, keep, dropped)
+    return gt, keep, names
+
+
+def image_sizes(dataset) -> dict[str, tuple[int, int]]:
+    """WIDER name -> (h, w) of every image of ``dataset`` (WiderFace: from the file headers read at
+    construction; CocoDetection: from the json, checked against the file when it is read)."""
+    from hwnas.data.wider import WiderFace
+
+    if isinstance(dataset, WiderFace):
+        return {im.name: dataset.image_hw(i) for i, im in enumerate(dataset.wider_images())}
+    all_names = {im["id"]: f"synth/{im['file_name']}" for im in _coco_images(dataset.json_path)}
+    return {all_names[iid]: dataset.image_hw(i) for i, iid in enumerate(dataset.image_ids)}
 
 
 def _coco_images(path: Path) -> list[dict]:
@@ -101,13 +125,15 @@ def score_faces(results: list[dict], dataset, predictions_dir: Path | None = Non
     """WIDER easy/medium/hard AP (official protocol) and COCO mAP of ``results`` on ``dataset``;
     writes the official per-image prediction files to ``predictions_dir`` when given."""
     from hwnas.evaluate import coco_score
-    from hwnas.wider_eval import evaluate_wider, write_predictions
+    from hwnas.wider_eval import check_inside, evaluate_wider, write_predictions
 
     gt, keep, names = wider_truth(dataset)
     preds = to_wider_predictions(results, names)
+    sizes = image_sizes(dataset)
+    check_inside(gt, sizes)  # before the prediction files are written: a refused gt leaves nothing behind
     if predictions_dir is not None:
         write_predictions(predictions_dir, preds)
-    metrics = evaluate_wider(preds, gt, keep)
+    metrics = evaluate_wider(preds, gt, keep, image_hw=sizes)
     gt_coco = dataset.coco_gt() if hasattr(dataset, "coco_gt") else dataset.json_path
     metrics.update(coco_score(gt_coco, results, image_ids=dataset.image_ids))
     return metrics

@@ -8,6 +8,7 @@ the unit in flight and the same command resumes.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import platform
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +48,10 @@ class Correction:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Correction":
-        return cls(**d)
+        c = cls(**d)
+        if not all(math.isfinite(v) for v in (c.scale, c.offset_ms, c.per_unit_ms)):
+            raise ValueError(f"correction {d} holds a number that is not finite")
+        return c
 
     @classmethod
     def fit(cls, raw_ms: Iterable[float], n_units: Iterable[int], measured_ms: Iterable[float], seed: int = 0) -> "Correction":
@@ -122,10 +126,22 @@ class LatencyTable:
                 num_classes=int(d["num_classes"]), timing=TimingConfig(**d["timing"]), entries=entries,
                 units=units, ops={k: Latency.from_dict(v) for k, v in d.get("ops", {}).items()},
                 correction=Correction.from_dict(d["correction"]) if d.get("correction") else None,
-                created=d.get("created", ""), host=d.get("host", ""))
+                created=d.get("created", ""), host=d.get("host", ""))._checked()
         except (KeyError, TypeError, ValueError, AttributeError, HwnasError) as e:
             raise HwnasError(f"latency table {path} is malformed ({e.__class__.__name__}: {e}); "
                              f"delete it and run hwnas profile again") from None
+
+    def _checked(self) -> "LatencyTable":
+        from hwnas.limits import MAX_INPUT_SIDE, MAX_NUM_CLASSES
+
+        if not 1 <= self.num_classes <= MAX_NUM_CLASSES:
+            raise ValueError(f"num_classes {self.num_classes} is not in 1..{MAX_NUM_CLASSES}")
+        if not self.resolutions or not all(isinstance(r, int) and 32 <= r <= MAX_INPUT_SIDE for r in self.resolutions):
+            raise ValueError(f"resolutions {list(self.resolutions)} are not sizes in 32..{MAX_INPUT_SIDE}")
+        bad = [k for k, u in self.units.items() if u.key() != k]
+        if bad:  # an edited key would make lookups find the wrong unit's latency
+            raise ValueError(f"entry {bad[0]!r} does not match its unit {self.units[bad[0]].key()!r}")
+        return self
 
     # ------------------------------------------------------------------ use
     def check_target(self, target: Target, *, force: bool = False, path: str = "table") -> None:

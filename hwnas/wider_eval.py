@@ -20,7 +20,9 @@ generated data) subsets are derived from face height (``MIN_HEIGHT``, ``derive_s
 the result says so: the derived numbers approximate, and are not comparable with, official ones.
 
 Prediction files follow the official submission layout: ``DIR/<event>/<image stem>.txt`` holding
-the image name, the box count, then ``x y w h score`` lines.
+the image name, the box count, then ``x y w h score`` lines. They never leave ``DIR``: names with
+``..`` are refused (``image_key``), every path written is checked after resolving links
+(``write_predictions``), and links leading out of ``DIR`` are not read (``read_predictions``).
 """
 from __future__ import annotations
 
@@ -30,7 +32,8 @@ from typing import Any, Optional
 
 import numpy as np
 
-from hwnas.data.wider import ATTRS, WiderImage, coco_to_wider, read_wider_gt, wider_image
+from hwnas.data.coco import EDGE_TOLERANCE_PX
+from hwnas.data.wider import ATTRS, WiderImage, coco_to_wider, faces_outside, read_wider_gt, wider_image
 from hwnas.errors import HwnasError
 from hwnas.fileio import write_atomic
 
@@ -66,6 +69,10 @@ def image_key(name: str) -> tuple[str, str]:
     parts = str(name).replace("\\", "/").split("/")
     if len(parts) < 2 or not parts[0] or not parts[-1]:
         raise HwnasError(f"image name {name!r} must be '<event>/<file>' (e.g. '0--Parade/0_Parade_x_465.jpg')")
+    # the key names a prediction file DIR/<event>/<stem>.txt: no part may lead out of DIR
+    if ".." in parts or parts[0] == "." or "\x00" in str(name):
+        raise HwnasError(f"image name {name!r} has a '..' or '.' component or a NUL character; names must stay "
+                         f"inside the prediction folder: give '<event>/<file>'")
     return parts[0], _stem(parts[-1])
 
 
@@ -111,6 +118,14 @@ def write_predictions(directory: Path, dets: dict[str, Any]) -> list[Path]:
             raise HwnasError(f"predictions {jobs[key][0]!r} and {name!r} would both go to {key[0]}/{key[1]}.txt; "
                              f"give each image once")
         jobs[key] = (name, _as_dets(d, name))
+    # Belt and braces after image_key's check: every file must resolve (links followed) inside the
+    # folder, checked for all before the first is written.
+    base = directory.resolve()
+    for (event, stem), (name, _) in jobs.items():
+        target = (directory / event / f"{stem}.txt").resolve()
+        if base not in target.parents:
+            raise HwnasError(f"the prediction file of {name!r} would be written to {target}, which leads outside the "
+                             f"prediction folder {directory}; give names '<event>/<file>' and no links out of it")
     written = []
     for (event, stem), (_, arr) in jobs.items():
         folder = directory / event
@@ -178,6 +193,13 @@ def read_predictions(directory: Path) -> dict[str, np.ndarray]:
     if not files:
         raise HwnasError(f"prediction folder {directory} holds no prediction files; expected "
                          f"{directory}/<event>/<image stem>.txt")
+    base = directory.resolve()
+    for p in files:
+        # glob follows links: a file or event folder linking out would read files from elsewhere
+        real = p.resolve()
+        if base not in real.parents:
+            raise HwnasError(f"prediction file {p} leads outside the prediction folder {directory} (a link to "
+                             f"{real}); copy the files into {directory} instead of linking them")
     return {f"{p.parent.name}/{p.name[:-4]}": _read_pred_file(p) for p in files}
 
 
@@ -291,22 +313,63 @@ def _keep_masks(keep: Keep, gt: list[WiderImage]) -> list[dict[str, tuple[np.nda
     return out
 
 
+def check_inside(gt: list[WiderImage], image_hw: dict[str, tuple[int, int]]) -> None:
+    """Refuse a gt face with area lying outside its image by more than the loaders' tolerance
+    (``hwnas.data.wider.faces_outside``), for the images whose ``(h, w)`` ``image_hw`` knows."""
+    for im in gt:
+        hw = image_hw.get(im.name)
+        if hw is None:
+            continue
+        outside = np.flatnonzero(faces_outside(im.boxes, hw))
+        if outside.size:
+            k = int(outside[0])
+            box = " ".join(f"{float(v):g}" for v in im.boxes[k])
+            raise HwnasError(f"gt face {k + 1} of {im.name} ({box}) lies outside the {hw[1]}x{hw[0]} image by more "
+                             f"than {EDGE_TOLERANCE_PX:g} px; fix the face in the gt, or load the dataset with "
+                             f"on_error='skip' to drop such faces")
+
+
+def drop_faces(gt: list[WiderImage], keep: Optional[Keep], drop: dict[str, np.ndarray]) -> tuple[list[WiderImage],
+                                                                                                Optional[Keep]]:
+    """``gt`` without the faces ``drop`` marks (image name -> bool [N]) and ``keep`` renumbered to
+    match: a dropped face leaves every subset, the faces after it move up one index."""
+    out, new_keep = [], ({s: dict(v) for s, v in keep.items()} if keep is not None else None)
+    for im in gt:
+        mask = drop.get(im.name)
+        if mask is None or not mask.any():
+            out.append(im)
+            continue
+        out.append(WiderImage(im.name, im.event, im.boxes[~mask], im.attrs[~mask]))
+        new_index = np.cumsum(~mask) - 1
+        for lists in (new_keep or {}).values():
+            idx = np.asarray(lists.get(im.name, [])).ravel()
+            if idx.size and idx.dtype.kind in "iu" and idx.min() >= 0 and idx.max() < len(mask):
+                lists[im.name] = new_index[idx[~mask[idx]]]
+            # other lists are left as they are, for _keep_masks to name what is wrong with them
+    return out, new_keep
+
+
 def evaluate_wider(predictions: dict[str, Any], gt: list[WiderImage], keep: Optional[Keep] = None,
-                   iou_thresh: float = IOU_THRESH, thresholds: int = THRESHOLDS) -> dict:
+                   iou_thresh: float = IOU_THRESH, thresholds: int = THRESHOLDS,
+                   image_hw: Optional[dict[str, tuple[int, int]]] = None) -> dict:
     """Official WIDER FACE AP of each subset.
 
     ``predictions``: image name (``<event>/<file>`` or ``<event>/<stem>``, matched to ``gt`` by
     event + stem) -> [N, 5] x, y, w, h, score; images without an entry have no predictions and
     entries for images not in ``gt`` are not used (nor in the score normalisation), as in
     ``read_pred.m``. ``keep``: subset -> image name -> 0-based face indices (``load_gt`` reads the
-    official lists); None derives them (``derive_subsets``). Returns ``{"easy", "medium", "hard"}``
-    APs, ``subsets`` (which rule), ``n_images``, ``n_faces`` per subset and
-    ``n_images_with_predictions``.
+    official lists); None derives them (``derive_subsets``). ``image_hw``: gt image name -> (h, w)
+    where the caller knows the sizes: a face outside its image is then refused (``check_inside``;
+    faces within the tolerance are scored as written, as the official tools do). Returns
+    ``{"easy", "medium", "hard"}`` APs, ``subsets`` (which rule), ``n_images``, ``n_faces`` per
+    subset and ``n_images_with_predictions``.
     """
     if not 0.0 < float(iou_thresh) <= 1.0:
         raise HwnasError(f"iou_thresh {iou_thresh} must lie in (0, 1]")
     if isinstance(thresholds, bool) or not isinstance(thresholds, (int, np.integer)) or thresholds < 1:
         raise HwnasError(f"thresholds {thresholds!r} must be a whole number >= 1 (the official value is {THRESHOLDS})")
+    if image_hw is not None:
+        check_inside(gt, image_hw)
     rule = OFFICIAL_RULE if keep is not None else DERIVED_RULE
     masks = _keep_masks(keep if keep is not None else derive_subsets(gt), gt)
 

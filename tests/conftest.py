@@ -56,18 +56,23 @@ def table_copy(tiny_table_file, tmp_path) -> Path:
 
 
 def sigkill_when(cmd: list[str], log_path: Path, ready: Callable[[], bool], timeout: float, *,
-                 cwd: Path | None = None, env: dict | None = None, poll_s: float = 0.02) -> int:
-    """Start ``cmd``, SIGKILL it as soon as ``ready()`` holds (it must still be running then),
-    and return its exit code. ``ready`` may itself assert on what it reads (e.g. a file is whole)."""
+                 cwd: Path | None = None, env: dict | None = None, poll_s: float = 0.02,
+                 sig: int = signal.SIGKILL) -> int:
+    """Start ``cmd``, send it ``sig`` (SIGKILL unless told) as soon as ``ready()`` holds (it must
+    still be running then), and return its exit code once it ended. ``ready`` may itself assert
+    on what it reads (e.g. a file is whole)."""
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.time() + timeout
         try:
             while not ready():
-                assert proc.poll() is None, f"ended before it could be killed: {log_path.read_text()}"
-                assert time.time() < deadline, f"not ready to kill in {timeout} s: {log_path.read_text()}"
+                assert proc.poll() is None, f"ended before it could be signalled: {log_path.read_text()}"
+                assert time.time() < deadline, f"not ready to signal in {timeout} s: {log_path.read_text()}"
                 time.sleep(poll_s)
+            proc.send_signal(sig)
+            proc.wait(timeout=120)
         finally:
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     return proc.returncode

@@ -167,9 +167,9 @@ BAD_INPUT = {
                          "pip install", 1),
     "torch cuda without gpu": (["profile", "--backend", "torch", "--device", "cuda", "--space", "tiny",
                                 "--out", "{d}/cuda.json"], "cuda", 1),
-    "too few samples": (["validate", "--table", "{good}", "--samples", "2"], "--samples must be >= 3", 1),
+    "too few samples": (["validate", "--table", "{good}", "--samples", "2"], "--samples 2: must be in 3..", 1),
     "num classes": (["profile", "--space", "tiny", "--num-classes", "0", "--out", "{d}/x.json"],
-                    "--num-classes must be >= 1", 1),
+                    "--num-classes 0: must be in 1..10000", 1),
     # failing commands pointed at the good table must leave it alone
     "good table other space": (["profile", "--space", "default", "--resolutions", str(TINY_RES), "--out", "{good}"],
                                "holds space 'tiny'", 1),

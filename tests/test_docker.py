@@ -529,3 +529,12 @@ def test_docs_commands_mount_what_they_read_and_write():
             assert target in r.mounts, f"{w} is used but {target} is not mounted: {r.command}"
             if k and words[k - 1] == "--out":
                 assert not r.mounts[target], f"--out {w} on a read-only mount: {r.command}"
+
+
+def test_the_build_checks_a_usage_error_the_cli_really_prints(instructions, capfd):
+    """The image build greps for the exact usage-error line: it must be what hwnas prints today."""
+    greps = [c[c.index("grep"):] for i in instructions if i.keyword == "RUN" for c in shell_commands(i.args)
+             if c[:2] == ["hwnas", "latency"] and "grep" in c]  # hwnas latency 2>&1 | grep -qx LINE
+    assert len(greps) == 1 and greps[0][1] == "-qx", greps
+    assert main(["latency"]) == 2
+    assert capfd.readouterr().err.strip() == greps[0][2]

@@ -244,6 +244,10 @@ def test_rtx_engine_file_is_the_raw_plan(tmp_path, monkeypatch, onnx_static, sm)
     out = tmp_path / "retina.engine"
     m = build_engine_file(onnx_static, out, FIELDS, flavour="tensorrt-rtx", sm=f"sm_{sm}", workspace_mb=256, opt_level=2)
     assert out.read_bytes() == plans[0]  # raw plan: no header of ours
+    from engine_checks import check_plan, network_io
+
+    assert network_io(onnx_static) == ([("images", (1, 3, 64, 64), "FLOAT")], ["boxes", "scores"])
+    check_plan(plans[0], onnx_static)  # names images, boxes and scores, holds the weights
     assert m.sm == sm and m.flavour == "tensorrt-rtx" and m.library_version == tensorrt_rtx.__version__
     assert m.engine_bytes == len(plans[0]) and m.build.batch == 1 and m.build.dynamic_batch is None
     assert m.build.workspace_mb == 256 and m.build.opt_level == 2
@@ -275,11 +279,15 @@ def test_rtx_timing_cache_saved_and_reused(tmp_path, onnx_static) -> None:
     t0 = time.perf_counter()
     first = build_engine_file(onnx_static, tmp_path / "a.engine", FIELDS, sm="80", timing_cache=cache)
     t1 = time.perf_counter()
-    assert cache.is_file() and cache.stat().st_size > 0
+    from engine_checks import empty_timing_cache
+
+    # what TensorRT-RTX serializes for its (no-op, so empty) timing cache, not some other bytes
+    assert cache.read_bytes() == empty_timing_cache()
     again = build_engine_file(onnx_static, tmp_path / "b.engine", FIELDS, sm="80", timing_cache=cache)
     t2 = time.perf_counter()
-    assert again.build.timing_cache == str(cache)
-    check_engine(tmp_path / "b.engine")
+    assert again.build.timing_cache == str(cache) and first.build.timing_cache == str(cache)
+    assert check_engine(tmp_path / "b.engine") == again
+    assert cache.read_bytes() == empty_timing_cache()  # read back and written again
     print(f"rtx build {first.build_s:.2f} s ({t1 - t0:.2f} s with I/O), rebuild with cache "
           f"{again.build_s:.2f} s ({t2 - t1:.2f} s), cache {cache.stat().st_size} bytes")
 

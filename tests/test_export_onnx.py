@@ -180,14 +180,22 @@ def test_ops_form_cut_short_keeps_a_subset_of_greedy_nms(head, detectors, images
 @needs_rtx
 @pytest.mark.parametrize("head", HEADS)
 def test_ops_form_builds_with_tensorrt_rtx(head, detectors, graphs):
+    """No GPU here to load the plan: TensorRT's parser shows the network it builds, and the plan must name
+    that network's tensors and hold its weights (tests/engine_checks.py)."""
+    from engine_checks import check_plan, network_io
+
     from hwnas.backends.tensorrt import build_engine
 
-    ops = {n.op_type for n in onnx.load_from_string(graphs[(head, "ops")]).graph.node}
+    graph = graphs[(head, "ops")]
+    ops = {n.op_type for n in onnx.load_from_string(graph).graph.node}
     assert not ops & {"NonMaxSuppression", "NonZero", "RoiAlign", "Loop", "If"}
-    assert len(build_engine(graphs[(head, "ops")], flavour="tensorrt-rtx", sm="80")) > 0
-    if head == "rcnn":  # half net, fp32 post
+    fixed = ["num_dets", "boxes", "scores", "classes"]
+    assert network_io(graph) == ([("images", (2, 3, 64, 64), "FLOAT")], fixed)
+    check_plan(build_engine(graph, flavour="tensorrt-rtx", sm="80"), graph)
+    if head == "rcnn":  # half net, fp32 post: images still come in as fp32
         fp16 = export_deploy_onnx(detectors[head], nms="ops", precision="fp16")
-        assert len(build_engine(fp16, flavour="tensorrt-rtx", sm="80")) > 0
+        assert network_io(fp16) == ([("images", (1, 3, 64, 64), "FLOAT")], fixed)
+        check_plan(build_engine(fp16, flavour="tensorrt-rtx", sm="80"), fp16)
 
 
 # ----------------------------------------------------------------------------- the other forms

@@ -285,14 +285,25 @@ def test_sensitivity_sorted_finite(int8, resnet, target) -> None:
 @pytest.mark.trt
 @needs_rtx
 def test_rtx_builds_fp16(resnet) -> None:
+    """No GPU here to load the plan: the parsed network and what the plan stores (tests/engine_checks.py)."""
+    from engine_checks import check_plan, network_io
+
     from hwnas.backends.tensorrt import build_engine
 
-    assert len(build_engine(to_fp16(resnet), flavour="tensorrt-rtx", sm="80")) > 0
+    half = to_fp16(resnet)
+    # fp32 in and out as before the conversion; the weights are half
+    assert network_io(half) == ([("images", (1, 3, RES, RES), "FLOAT")], ["boxes", "scores", "raw"])
+    plan = build_engine(half, flavour="tensorrt-rtx", sm="80")
+    check_plan(plan, half)
+    assert len(build_engine(resnet, flavour="tensorrt-rtx", sm="80")) > len(plan)  # the fp32 plan is larger
 
 
 @pytest.mark.trt
 @needs_rtx
 def test_rtx_builds_int8_tensorrt_target(int8) -> None:
+    from engine_checks import check_plan, network_io
+
     from hwnas.backends.tensorrt import build_engine
 
-    assert len(build_engine(int8["tensorrt"], flavour="tensorrt-rtx", sm="80")) > 0
+    assert network_io(int8["tensorrt"]) == ([("images", (1, 3, RES, RES), "FLOAT")], ["boxes", "scores", "raw"])
+    check_plan(build_engine(int8["tensorrt"], flavour="tensorrt-rtx", sm="80"), int8["tensorrt"])

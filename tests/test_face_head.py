@@ -295,9 +295,14 @@ def test_deployable_graph_matches_eager(face_detector, form):
 def test_face_preset_builds_ahead_of_time_with_tensorrt_rtx():
     from hwnas.backends.tensorrt import build_engine
 
-    det = Detector.from_arch(resolve_arch("face-s"), 1).eval()
+    from engine_checks import check_plan, network_io
+
+    arch = resolve_arch("face-s")
+    det = Detector.from_arch(arch, 1).eval()
     graph = export_deploy_onnx(det, nms="ops", batch=1)
-    assert len(build_engine(graph, flavour="tensorrt-rtx", sm="89")) > 0
+    assert network_io(graph) == ([("images", (1, 3, *arch.input_hw), "FLOAT")],
+                                 ["num_dets", "boxes", "scores", "classes"])
+    check_plan(build_engine(graph, flavour="tensorrt-rtx", sm="89"), graph)
 
 
 # ----------------------------------------------------------------------------- multi-scale graph
@@ -353,5 +358,11 @@ def test_multiscale_graph_builds_ahead_of_time_with_tensorrt_rtx(face_detector):
     from hwnas.export.multiscale import export_multiscale_onnx
     from hwnas.multiscale import parse_scales
 
+    from engine_checks import check_plan, network_io
+
     graph = export_multiscale_onnx(face_detector, parse_scales(MS_SCALES), nms="ops")
-    assert len(build_engine(graph, flavour="tensorrt-rtx", sm="89")) > 0
+    # one input a scale (64, mirrored 64, 128 px) and each pass's detections (NMS stays inside each pass)
+    fixed = ["num_dets", "boxes", "scores", "classes"]
+    assert network_io(graph) == ([("images_s0", (1, 3, 64, 64), "FLOAT"), ("images_s1", (1, 3, 64, 64), "FLOAT"),
+                                  ("images_s2", (1, 3, 128, 128), "FLOAT")], [f"{n}_s{i}" for i in range(3) for n in fixed])
+    check_plan(build_engine(graph, flavour="tensorrt-rtx", sm="89"), graph)

@@ -355,6 +355,8 @@ def test_train_cli_in_process(data, tmp_path, capfd, monkeypatch):
     assert stderr.startswith(f"training {RETINA} for 1 epochs") and "Traceback" not in stderr
     assert "loss" in stderr and "eta" in stderr and "2/2" in stderr
     assert stdout.startswith("map=") and f"wrote {out / 'last.pt'}" in stdout
+    assert "epoch 1/1 loss " in stderr and " img/s val mAP " in stderr  # the epoch's own line
+    assert (out / "results.csv").read_text().count("\n") == 2  # header and the one epoch
     assert load_model(out / "last.pt")[1] == Arch.parse(RETINA)
 
 
@@ -416,9 +418,8 @@ def bad_dir(tmp_path_factory, scoring_ckpt) -> Path:
         (d / run).mkdir()
     (d / "run-corrupt" / "last.pt").write_bytes(good[:1000])
     (d / "run-good" / "last.pt").write_bytes(good)
-    ck = load_checkpoint(scoring_ckpt)
-    ck["epoch"] = 2
-    torch.save(ck, d / "run-ahead" / "last.pt")
+    model, arch, names = load_model(scoring_ckpt)  # saved anew: an edited epoch would not match the digest
+    save_checkpoint(d / "run-ahead" / "last.pt", model=model, arch=arch, class_names=names, epoch=2)
     return d
 
 

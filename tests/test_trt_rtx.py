@@ -22,6 +22,8 @@ except ImportError:
 
 needs_rtx = pytest.mark.skipif(not HAS_RTX, reason="tensorrt_rtx is not installed (pip install tensorrt-rtx-cu13)")
 
+BYTES = {"fp32": 4, "fp16": 2}  # a weight in the plan at each precision
+
 
 def _first_of_each_head(space: str = "tiny") -> dict[str, Arch]:
     found: dict[str, Arch] = {}
@@ -110,17 +112,50 @@ def test_gather_form_exports_and_runs_in_onnxruntime() -> None:
 
 
 # ------------------------------------------------------------------ TensorRT-RTX ahead-of-time builds
+_ENGINES: dict = {}
+
+
+def _detector_engine(head: str, precision: str) -> tuple[bytes, dict]:
+    """Built once per module run: the fp16 test compares its plan with the fp32 one."""
+    from hwnas.aot import build_detector_engine
+
+    if (head, precision) not in _ENGINES:
+        _ENGINES[head, precision] = build_detector_engine(TINY[head], 3, sm="80", precision=precision)
+    return _ENGINES[head, precision]
+
+
+def _n_outputs(arch: Arch) -> int:
+    """Raw outputs of the detector, by the grammar (docs/arch-grammar.md): per level cls + box (retina),
+    cls + box + ctr (fcos), RPN obj + box (rcnn) and then proposals, class logits and boxes of the RoI head."""
+    n_levels = arch.levels[1] - arch.levels[0] + 1
+    return {"retina": 2 * n_levels, "fcos": 3 * n_levels, "rcnn": 2 * n_levels + 3}[arch.head]
+
+
 @pytest.mark.trt
 @needs_rtx
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 @pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
 def test_whole_detector_builds_aot_sm80(head: str, precision: str) -> None:
-    from hwnas.aot import build_detector_engine
+    """A plan cannot be deserialized without a GPU; what it stores can be checked (tests/engine_checks.py)."""
+    from engine_checks import plan_io_numbers
 
-    engine, info = build_detector_engine(TINY[head], 3, sm="80", precision=precision)
-    assert isinstance(engine, bytes) and len(engine) > 0
+    from hwnas.models.detector import Detector
+
+    engine, info = _detector_engine(head, precision)
     assert info["form"] == "full" and info["head"] == head and info["precision"] == precision
     assert info["roi_impl"] == ("gather" if head == "rcnn" else None)
+    assert info["arch"] == str(TINY[head]) and info["engine_bytes"] == len(engine)
+    # the built network: one image input, every raw output of the detector (hwnas.onnx_export names them
+    # input0 and output0..N-1 in the detector's output order)
+    n = _n_outputs(TINY[head])
+    assert len(info["outputs"]) == n
+    assert plan_io_numbers(engine, "input") == {0} and plan_io_numbers(engine, "output") == set(range(n))
+    # the plan holds the weights at the precision asked for
+    params = sum(p.numel() for p in Detector.from_arch(TINY[head], 3).parameters())
+    assert len(engine) >= BYTES[precision] * params
+    if precision == "fp16":  # the same network with half weights: smaller by at least a byte a weight
+        fp32, _ = _detector_engine(head, "fp32")
+        assert len(fp32) - len(engine) >= params, (len(fp32), len(engine), params)
 
 
 # Handwritten archs whose units together hold every kind (and strides 1 and 2, top/inner FPN nodes).
@@ -143,6 +178,11 @@ def _unit_sample():
 UNITS = _unit_sample()
 
 
+def _n_tensors(out) -> int:
+    """Tensors in a module's (possibly nested) output."""
+    return 1 if isinstance(out, torch.Tensor) else sum(_n_tensors(o) for o in out)
+
+
 def test_unit_sample_covers_every_kind() -> None:
     assert {u.kind for u in UNITS} == set(KINDS)
 
@@ -154,10 +194,19 @@ def test_unit_builds_aot_sm80(unit) -> None:
     """The profiler's path on a GPU: TensorRTBackend.build(module, example inputs)."""
     from hwnas.backends.tensorrt import TensorRTBackend
 
-    backend = TensorRTBackend(flavour="tensorrt-rtx", sm="80", precision="fp16" if unit.kind == "roi" else "fp32")
+    from engine_checks import plan_io_numbers
+
+    precision = "fp16" if unit.kind == "roi" else "fp32"
+    backend = TensorRTBackend(flavour="tensorrt-rtx", sm="80", precision=precision)
     assert backend.roi_impl == "gather"
-    engine = backend.build(build(unit), example_inputs(unit))
-    assert len(engine) > 0
+    module, inputs = build(unit), example_inputs(unit)
+    engine = backend.build(module, inputs)
+    # the plan stores every input and output of the unit (by the names to_onnx gives them) and its weights
+    with torch.no_grad():
+        n_out = _n_tensors(module(*inputs))
+    assert plan_io_numbers(engine, "input") == set(range(len(inputs)))
+    assert plan_io_numbers(engine, "output") == set(range(n_out))
+    assert len(engine) >= BYTES[precision] * sum(p.numel() for p in module.parameters())
 
 
 @pytest.mark.trt

@@ -149,7 +149,7 @@ def test_skip_counts_bad_entries_and_missing_images(tmp_path):
         WiderFace(root, "val")
     assert "line 5:" in _one_line(e)
     ds = WiderFace(root, "val", on_error="skip")
-    assert ds.skipped == {"bad_image_entry": 2, "missing_image": 1} and ds.num_skipped() == 3
+    assert ds.skipped == {"bad_image_entry": 2, "missing_image": 1, "box_outside": 0} and ds.num_skipped() == 3
     assert [im.name for im in ds.wider_images()] == ["e/good1.jpg", "e/good2.jpg", "e/good3.jpg"]
     assert ds.image_ids == [1, 2, 3]
     # The missing image alone, raised: named with the line of its entry.
@@ -163,7 +163,7 @@ def test_skip_counts_bad_entries_and_missing_images(tmp_path):
 # ============================================================================ the dataset
 def test_dataset_items_like_coco(root):
     ds = WiderFace(root, "val")
-    assert ds._hw == [None] * 3  # no image opened at construction
+    assert ds._hw == [(H, W)] * 3  # sizes from the file headers at construction (faces are checked against them)
     assert (ds.class_names, ds.cat_ids, ds.num_classes, len(ds), ds.image_ids) == (["face"], [1], 1, 3, [1, 2, 3])
     assert ds.json_path == root / "wider_face_split" / "wider_face_val_bbx_gt.txt"
     ann = ds.annotations(0)

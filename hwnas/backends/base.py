@@ -76,7 +76,15 @@ class Latency:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Latency":
-        return cls(median_ms=float(d["median_ms"]), spread_ms=float(d["spread_ms"]), n=int(d["n"]))
+        """From a file: a median that is NaN, infinite or negative would predict NaN (invalid JSON
+        downstream) or a negative latency, so it is refused here, where every table entry passes."""
+        median, spread, n = d["median_ms"], d["spread_ms"], d["n"]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (median, spread)) \
+                or not isinstance(n, int) or isinstance(n, bool):
+            raise ValueError(f"median_ms, spread_ms must be numbers and n an integer, got {median!r}, {spread!r}, {n!r}")
+        if not (math.isfinite(median) and median >= 0 and math.isfinite(spread) and spread >= 0 and n >= 1):
+            raise ValueError(f"median_ms {median} and spread_ms {spread} must be finite and >= 0, n {n} >= 1")
+        return cls(median_ms=float(median), spread_ms=float(spread), n=n)
 
 
 # The Target fields that change latency; `libraries` is recorded but not compared.

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import typer
 
+from hwnas.console import keeps, path_arg
+
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                        rich_markup_mode=None, help="Detection datasets: generate synthetic COCO-format data.")
 
@@ -17,7 +19,7 @@ def synth(
     n_val: int = typer.Option(200, "--n-val", help="validation images"),
     size: int = typer.Option(256, help="image side in px (64..4096)"),
     seed: int = typer.Option(0, help="same seed, same files"),
-    out: Path = typer.Option(..., help="dataset folder: train.json, val.json, images/ (then --data OUT)"),
+    out: Path = typer.Option(..., help="dataset folder: train.json, val.json, images/ (then --data OUT)", parser=path_arg),
 ) -> None:
     """Generate a COCO-format dataset (objects of many scales, clutter, occlusion) to train offline."""
     from hwnas.console import progress, say
@@ -26,6 +28,7 @@ def synth(
 
     check_args(kind, n_train, n_val, size, out)  # bad input fails before the progress bar appears
     t0 = time.time()
+    keeps(f"nothing was written to {out} (a dataset appears there only once complete); rerun the same command")
     with progress(f"synth {kind}") as update:
         counts = run_synth(kind, n_train, n_val, size, seed, out, progress=update)
     say(f"wrote {out}: {n_train} train + {n_val} val images at {size} px, {counts['annotations']} boxes, "

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from hwnas.errors import HwnasError
-from hwnas.fileio import check_writable, write_json
+from hwnas.fileio import check_writable, staged_folder, write_json
 
 KINDS = ("shapes", "faces")
 SHAPE_CLASSES = ("circle", "rectangle", "triangle")  # category ids 1, 2, 3
@@ -68,6 +68,11 @@ def check_args(kind: str, n_train: int, n_val: int, size: int, out: Optional[Pat
         out = Path(out)
         if out.exists() and not out.is_dir():
             raise HwnasError(f"output {out} is a file: give a folder for the dataset")
+        if out.is_dir() and any(out.iterdir()):
+            # a dataset is made whole in a staging folder and moved in: it never replaces one
+            # (trained runs refer to it) nor mixes with other files (stale images of another size)
+            raise HwnasError(f"output {out} is not empty; give a new folder for the dataset (or delete {out} "
+                             f"first to generate it again)")
         check_writable(out / "train.json", "dataset")
 
 
@@ -75,19 +80,20 @@ def synth(kind: str, n_train: int, n_val: int, size: int, seed: int, out: Path,
           progress: Optional[Progress] = None) -> dict[str, int]:
     """Write a synthetic dataset to ``out``; returns counts (``images``, ``annotations``, ``empty``).
 
-    Images come first, each split's json last (atomically), so a killed run leaves no json that
-    points at missing images; jsons of an earlier run in ``out`` are removed before any image is
-    overwritten for the same reason.
+    The dataset is written into a staging folder beside ``out`` and renamed to ``out`` when it is
+    complete: a killed or failed run leaves no dataset at all (its staging folder is swept by the
+    next run), never one whose json points at missing images.
     """
     out = Path(out)
     check_args(kind, n_train, n_val, size, out)
+    with staged_folder(out, "dataset") as stage:
+        return _generate(kind, n_train, n_val, size, seed, stage, progress)
+
+
+def _generate(kind: str, n_train: int, n_val: int, size: int, seed: int, out: Path,
+              progress: Optional[Progress]) -> dict[str, int]:
     img_dir = out / "images"
-    try:
-        img_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise HwnasError(f"cannot create {img_dir}: {e.strerror}; choose another --out") from None
-    for split in ("train", "val"):
-        (out / f"{split}.json").unlink(missing_ok=True)
+    img_dir.mkdir()
 
     total = n_train + n_val
     done = 0

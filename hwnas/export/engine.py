@@ -24,13 +24,13 @@ from hwnas.export.manifest import (
     EngineManifest,
     InputSpec,
     TensorSpec,
+    manifest_json,
     manifest_path,
     read_manifest,
-    write_manifest,
 )
-from hwnas.fileio import check_writable, write_atomic
+from hwnas.fileio import check_writable, write_together
 
-__all__ = ["EngineRunner", "build_engine_file", "check_engine", "load_engine"]
+__all__ = ["EngineRunner", "build_engine_file", "check_engine", "load_engine", "prepare_engine"]
 
 # What the caller describes; everything else in the manifest is measured here (hashes, sizes,
 # versions, build options), so a manifest cannot claim what the build did not do.
@@ -159,7 +159,16 @@ def _build_plan(onnx_bytes: bytes, flavour: str, sm: str | None, options: dict[s
     return build_engine(onnx_bytes, flavour=flavour, sm=sm, **options)
 
 
-def build_engine_file(
+def build_engine_file(onnx_bytes: bytes, out: Path, manifest_fields: dict[str, Any], **options: Any) -> EngineManifest:
+    """Build ``onnx_bytes`` into ``out`` (the raw plan) and ``out.with_suffix(".json")`` (the
+    manifest): :func:`prepare_engine`, then both files written together (nothing is replaced
+    unless the build succeeded and both files are on disk)."""
+    plan, manifest = prepare_engine(onnx_bytes, out, manifest_fields, **options)
+    write_together([(out, plan), (manifest_path(out), manifest_json(manifest))])
+    return manifest
+
+
+def prepare_engine(
     onnx_bytes: bytes,
     out: Path,
     manifest_fields: dict[str, Any],
@@ -172,15 +181,14 @@ def build_engine_file(
     version_compatible: bool = False,
     hardware_compatible: bool = False,
     batch_profile: tuple[int, int, int] | None = None,
-) -> EngineManifest:
-    """Build ``onnx_bytes`` into ``out`` (the raw plan) and ``out.with_suffix(".json")`` (the manifest).
+) -> tuple[bytes, EngineManifest]:
+    """The engine of ``onnx_bytes`` bound for ``out`` and its manifest, built in memory: nothing is
+    written (the caller writes them with whatever else belongs to the same export).
 
     manifest_fields: what only the caller knows: arch (str), class_names, input ({"mean": [...],
     "std": [...]} or None each; name/shape/dtype are read from the graph), form, roi_impl,
     precision, int8_target; outputs default to the graph's. The build options are those of
-    :func:`hwnas.backends.tensorrt.build_engine`. Nothing is written unless the build succeeds;
-    then the engine, then the manifest, each atomically (a reader that sees the new engine with
-    the old manifest gets a sha256 mismatch from :func:`check_engine`, never a wrong model).
+    :func:`hwnas.backends.tensorrt.build_engine`.
     """
     from hwnas.backends.base import check_choice
 
@@ -236,9 +244,7 @@ def build_engine_file(
     plan = _build_plan(onnx_bytes, flavour, sm, options)
     build_s = time.perf_counter() - t0
     manifest = replace(draft, engine_sha256=_sha256(plan), engine_bytes=len(plan), build_s=round(build_s, 3))
-    write_atomic(out, plan)
-    write_manifest(manifest_path(out), manifest)
-    return manifest
+    return plan, manifest
 
 
 # ------------------------------------------------------------------ check

@@ -7,15 +7,17 @@ a message instead of a crash or wrong detections. Format: ``engines/README.md``.
 """
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError
-from hwnas.fileio import read_json, write_json
+from hwnas.fileio import read_json, write_atomic
 
 __all__ = [
+    "manifest_json",
     "FLAVOURS",
     "FORMAT",
     "FORMS",
@@ -375,9 +377,14 @@ def manifest_path(engine_path: Path) -> Path:
     return Path(engine_path).with_suffix(".json")
 
 
+def manifest_json(manifest: EngineManifest) -> str:
+    """The manifest file's text (the one serialisation ``write_manifest`` and exports use)."""
+    return json.dumps(manifest.to_dict(), indent=1) + "\n"
+
+
 def write_manifest(path: Path, manifest: EngineManifest) -> None:
     """Atomic write: a reader sees the old manifest or the new one, never half of one."""
-    write_json(Path(path), manifest.to_dict())
+    write_atomic(Path(path), manifest_json(manifest))
 
 
 def read_manifest(path: Path) -> EngineManifest:

@@ -11,6 +11,7 @@ Files of an export to ``engines/NAME``:
 from __future__ import annotations
 
 import hashlib
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -55,24 +56,37 @@ class ExportConfig:
             raise HwnasError("give exactly one of --weights (a checkpoint) or --preset (an untrained preset or arch)")
         if self.preset is not None and self.check is not None:
             raise HwnasError("--check compares the export with trained weights: give --weights, not --preset")
-        if self.num_classes is not None and (self.preset is None or self.num_classes < 1):
-            raise HwnasError(f"--num-classes {self.num_classes}: only with --preset, and >= 1")
+        if self.num_classes is not None and self.preset is None:
+            raise HwnasError(f"--num-classes {self.num_classes}: only with --preset (a checkpoint knows its classes)")
         for name, value, valid in (("--format", self.format, FORMATS), ("--precision", self.precision, PRECISIONS),
                                    ("--nms", self.nms, NMS_CHOICES), ("--backend", self.backend, ("tensorrt", "tensorrt-rtx"))):
             if value not in valid:
                 raise HwnasError(f"{name} {value!r}: choose one of {', '.join(valid)}")
         if self.precision == "int8" and self.calib_data is None:
             raise HwnasError("--precision int8 needs --calib-data DIR (real images to calibrate on, e.g. the training data)")
-        if self.calib_images < 1:
-            raise HwnasError(f"--calib-images must be >= 1, got {self.calib_images}")
         if self.int8_target not in (None, "cpu", "tensorrt"):
             raise HwnasError(f"--int8-target {self.int8_target!r}: choose cpu or tensorrt")
         if self.format == "onnx" and (self.sm or self.version_compatible or self.hardware_compatible):
             raise HwnasError("--sm, --version-compatible and --hardware-compatible are engine options; add --format engine")
         if self.dynamic_batch is not None and self.batch != 1:
             raise HwnasError("give --batch or --dynamic-batch, not both")
-        if self.batch < 1:
-            raise HwnasError(f"--batch must be >= 1, got {self.batch}")
+        from hwnas.limits import MAX_THREADS, check_batch, check_count, check_int, check_num_classes
+
+        check_batch(self.batch, "--batch")
+        if self.dynamic_batch is not None:
+            check_batch(self.dynamic_batch[2], "--dynamic-batch MAX")
+        check_count("--calib-images", self.calib_images)
+        check_int("--threads", self.threads, 1, MAX_THREADS)
+        if self.num_classes is not None:
+            check_num_classes(self.num_classes)
+        # build options checked here, before an export of minutes, not by the builder at the end
+        if self.opt_level is not None:
+            check_int("--opt-level", self.opt_level, 0, 5, "TensorRT's builder optimisation levels")
+        if self.workspace_mb is not None:
+            check_int("--workspace-mb", self.workspace_mb, 1, 1 << 20)
+        if self.format == "onnx" and (self.opt_level is not None or self.workspace_mb is not None
+                                      or self.timing_cache is not None):
+            raise HwnasError("--opt-level, --workspace-mb and --timing-cache are engine build options; add --format engine")
 
     @property
     def form(self) -> str:
@@ -109,22 +123,51 @@ def _calibration_images(data: Path, input_hw: tuple[int, int], n: int) -> list:
     return [ds[i][0][None].numpy() for i in range(min(n, len(ds)))]
 
 
+def export_files(cfg: ExportConfig) -> list[tuple[Path, str, str]]:
+    """The files an export writes, as ``(path, kind, what)`` for ``hwnas.fileio.check_outputs``."""
+    base = _out_base(cfg.out)
+    onnx_path = base.with_name(base.name + ".onnx")
+    files = [(onnx_path, "ONNX graph", "ONNX file")]
+    if cfg.format == "engine":
+        files.append((base.with_name(base.name + ".engine"), "file", "engine"))
+    files.append((base.with_name(base.name + ".json"), "export manifest", "manifest"))
+    return files
+
+
 def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> ExportResult:
-    """Checkpoint -> deployable ONNX (fp32, fp16 or int8 Q/DQ) -> optional engine, manifest, parity."""
+    """Checkpoint -> deployable ONNX (fp32, fp16 or int8 Q/DQ) -> optional engine, manifest, parity.
+
+    Everything is built and checked in memory first (graph, engine, parity against the
+    checkpoint); the files are written together at the end, so a failure at any step, a bad build
+    option or a failing --check included, leaves a previous export under the same name intact."""
+    from hwnas.data import dataset_inputs
     from hwnas.data.transforms import MEAN, STD
     from hwnas.export.deploy import export_deploy_onnx, resolve_roi_impl
-    from hwnas.export.engine import build_engine_file
-    from hwnas.fileio import check_writable, write_atomic
+    from hwnas.export.engine import prepare_engine
+    from hwnas.export.manifest import manifest_json
+    from hwnas.fileio import check_outputs, write_together
     from hwnas.train import load_model
 
+    files = export_files(cfg)
+    inputs = [cfg.weights, cfg.timing_cache] + [p for d in (cfg.calib_data, cfg.check) if d for p in dataset_inputs(d)]
+    # the timing cache is read and rewritten by the build (any bytes: no kind to check), never an export file
+    check_outputs(files + ([(cfg.timing_cache, None, "timing cache")] if cfg.timing_cache else []),
+                  inputs=[i for i in inputs if i is not None and i is not cfg.timing_cache])
+    for path, _, what in files:
+        if cfg.timing_cache is not None and os.path.realpath(cfg.timing_cache) == os.path.realpath(path):
+            raise HwnasError(f"--timing-cache {cfg.timing_cache} is the export's {what}; give another file")
     if cfg.weights is not None:
         model, arch, names = load_model(cfg.weights)
     else:
         model, arch, names = untrained_model(cfg.preset, cfg.num_classes)
-    base = _out_base(cfg.out)
-    onnx_path = base.with_name(base.name + ".onnx")
-    engine_path = base.with_name(base.name + ".engine")
-    check_writable(onnx_path, "ONNX file")
+    if cfg.check is not None:  # the parity set must hold the classes the detector was trained on
+        from hwnas.data.wider import open_dataset
+
+        data_names = open_dataset(cfg.check, "val").class_names
+        if list(data_names) != list(names):
+            raise HwnasError(f"--check {cfg.check} has classes {list(data_names)}, the detector was trained on "
+                             f"{list(names)}; give --check the dataset it was trained on")
+    onnx_path = files[0][0]
     res = ExportResult()
     if cfg.preset is not None:
         res.notes.append(f"exported an untrained {cfg.preset}: for engine builds and latency only; train it for detections")
@@ -150,18 +193,16 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
               "roi_impl": resolve_roi_impl(arch, cfg.form, roi, cfg.dynamic_batch is not None) if arch.head == "rcnn" else None,
               "precision": cfg.precision, "int8_target": cfg.target if cfg.precision == "int8" else None}
     if cfg.format == "onnx":
-        res.manifest = build_engine_file(graph, onnx_path, fields, flavour="onnx", batch_profile=cfg.dynamic_batch)
-        res.files += [onnx_path, onnx_path.with_suffix(".json")]
+        _, res.manifest = prepare_engine(graph, onnx_path, fields, flavour="onnx", batch_profile=cfg.dynamic_batch)
+        writes = [(onnx_path, graph)]
     else:
-        write_atomic(onnx_path, graph)
+        engine_path = files[1][0]
         progress(f"building a {cfg.backend} engine" + (f" for sm_{cfg.sm}" if cfg.sm else ""))
-        res.manifest = build_engine_file(
+        plan, res.manifest = prepare_engine(
             graph, engine_path, fields, flavour=cfg.backend, sm=cfg.sm, workspace_mb=cfg.workspace_mb,
             opt_level=cfg.opt_level, timing_cache=cfg.timing_cache, version_compatible=cfg.version_compatible,
             hardware_compatible=cfg.hardware_compatible, batch_profile=cfg.dynamic_batch)
-        res.files += [onnx_path, engine_path, engine_path.with_suffix(".json")]
-        if cfg.timing_cache:
-            res.files.append(cfg.timing_cache)
+        writes = [(onnx_path, graph), (engine_path, plan)]
 
     if cfg.check is not None:
         res.parity = check_parity(cfg.weights, graph, cfg.check, threads=cfg.threads)
@@ -173,6 +214,9 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
             res.int8_flag = (f"int8 LOST {-res.parity['delta_map_points']:.2f} mAP points (more than "
                              f"{100 * INT8_LOSS_FLAG:.1f}) against the checkpoint")
             res.sensitivity = sensitivity(fp32, graph, calib[:8])
+    # the manifest last: a reader that finds it finds the files it describes
+    write_together(writes + [(files[-1][0], manifest_json(res.manifest))])
+    res.files = [p for p, _ in writes] + [files[-1][0]] + ([cfg.timing_cache] if cfg.timing_cache else [])
     return res
 
 
@@ -258,6 +302,10 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
     if kind == "onnx":
         from hwnas.export.deploy import OnnxDetector
 
+        if device != "cpu":  # silently running on the CPU instead would mislabel every figure
+            raise HwnasError(f"--device {device}: an ONNX model runs on onnxruntime's CPU provider here; drop "
+                             f"--device, or build an engine for the GPU with `hwnas export --format engine`")
+
         runner = OnnxDetector(path, threads=threads)
         if batch is not None and runner.static_batch not in (None, batch):
             raise HwnasError(f"{path} was exported for batch {runner.static_batch}, not {batch}; export it again "
@@ -331,20 +379,14 @@ def _engine_detect(runner, bound: int) -> Callable[[torch.Tensor], list[dict]]:
 # ============================================================================ bench and infer
 def load_images(paths: list[Path], input_hw: tuple[int, int]) -> tuple[torch.Tensor, list[dict]]:
     """Image files -> a letterboxed batch [B,3,H,W] in [0,1] and, per image, what maps boxes back."""
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
+    from hwnas.data.images import read_rgb
     from hwnas.data.transforms import EvalTransform
 
     tf = EvalTransform(input_hw)
     batch, info = [], []
     for p in paths:
-        try:
-            with Image.open(p) as im:
-                arr = np.asarray(im.convert("RGB"))
-        except (OSError, UnidentifiedImageError) as e:
-            raise HwnasError(f"cannot read image {p}: {e.__class__.__name__}; give JPEG or PNG files") from None
-        img = torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div_(255.0)
+        arr = read_rgb(p)
+        img = torch.from_numpy(arr).permute(2, 0, 1).float().div_(255.0)
         out, _, _, scale = tf(img, torch.zeros(0, 4), 0, 0)
         batch.append(out)
         info.append({"path": p, "scale": scale, "orig_hw": arr.shape[:2], "pixels": arr})

@@ -22,6 +22,7 @@ from typing import Callable
 from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
+from hwnas.limits import MAX_THREADS, check_batch, check_count, check_float, check_int, check_seed
 from hwnas.presets import RECIPES, recipe
 from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
 from hwnas.search.pareto import nadir_reference
@@ -69,11 +70,17 @@ class SearchConfig:
             raise HwnasError(f"--structural-share {self.structural_share}: must be between 0 and 1")
         if self.population < 0 or self.population == 1:
             raise HwnasError(f"--population {self.population}: give 0 (auto) or at least 2")
-        if self.latency_max_ms is not None and not self.latency_max_ms > 0:
-            raise HwnasError(f"--latency-max-ms {self.latency_max_ms}: must be > 0")
-        if self.threads < 0 or self.max_draws < 1 or self.max_failures < 1:
-            raise HwnasError(f"--threads must be >= 0, max_draws and --max-failures >= 1; got {self.threads}, "
-                             f"{self.max_draws}, {self.max_failures}")
+        if self.latency_max_ms is not None:
+            check_float("--latency-max-ms", self.latency_max_ms, 0.0, 1e7, open_lo=True)
+        check_count("--trials", self.trials)
+        check_count("--epochs-per-trial", self.epochs)
+        check_batch(self.batch_size)
+        check_float("--lr", self.lr, 0.0, 1.0, open_lo=True)
+        check_count("--max-train-images", self.max_train_images, 0)
+        check_seed(self.seed)
+        check_int("--threads", self.threads, 0, MAX_THREADS)
+        check_count("--max-failures", self.max_failures)
+        check_count("max_draws", self.max_draws)
         if self.recipe and self.recipe not in RECIPES:
             raise HwnasError(f"recipe {self.recipe!r}: presets with a recipe are {', '.join(RECIPES)}")
         if not self.study or "/" in self.study:
@@ -161,6 +168,7 @@ class Search:
             self.backend = backend_for_target(self.table.target)
             self.table.check_target(self.backend.target(), force=cfg.force, path=str(cfg.table))
         check_writable(Path(cfg.out) / "report.md", "search folder")
+        Path(cfg.out).mkdir(parents=True, exist_ok=True)  # the study's SQLite file lives in it
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
 
