@@ -184,11 +184,11 @@ def main() -> None:
 
     metrics = weights.parent / "metrics.json"  # a training run's folder, if that is where the checkpoint is
     ck = json.loads(metrics.read_text()) if metrics.exists() else {}
-    from hwnas.train import load_checkpoint
+    from hwnas.checkpoint import load_checkpoint
 
     result = {"command": shlex.join(["python", "benchmarks/export_deploy.py", *sys.argv[1:]]), "data": str(args.data),
               "n_val": len(val["images"]), "calib_images": args.calib_images, "min_time": args.min_time, "repeats": args.repeats,
-              "checkpoint": {"weights": str(weights), "arch": load_checkpoint(weights)["arch"],
+              "checkpoint": {"weights": str(weights), "arch": str(load_checkpoint(weights).arch),
                              **{k: ck[k] for k in ("epochs", "map", "map50", "train_seconds") if k in ck}},
               "environment": env, "exports": exports, "latency": latency, "speedups": speedups, "commands": COMMANDS}
     write_results(args.results, result, markdown(result))

@@ -25,17 +25,19 @@ from common import HWNAS, run
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from hwnas.search.records import TrialRecord  # noqa: E402
+from hwnas.search.report import searched  # noqa: E402
 from hwnas.search.runner import slug  # noqa: E402
 
 
-def searched(run_dirs: list[Path]) -> tuple[list[dict], dict[str, float]]:
-    """The completed candidates of every search run, and the baselines' predicted latency."""
+def candidates(run_dirs: list[Path]) -> tuple[list[tuple[TrialRecord, str]], dict[str, float]]:
+    """The completed candidates of every search run (with the run's folder name), and the
+    baselines' predicted latency."""
     pool, baselines = [], {}
     for d in run_dirs:
         summary = json.loads((d / "search.json").read_text())
-        pool += [{**t, "run": d.name} for t in summary["trials"]
-                 if t["state"] == "complete" and t["stage"] != "baseline"]
-        baselines.update({b["arch"]: b["predicted_latency_ms"] for b in summary["baselines"]})
+        pool += [(r, d.name) for r in searched([TrialRecord.from_dict(t) for t in summary["trials"]])]
+        baselines.update({str(b.arch): b.predicted_latency_ms for b in map(TrialRecord.from_dict, summary["baselines"])})
     return pool, baselines
 
 
@@ -54,17 +56,17 @@ def main() -> None:
     a = ap.parse_args()
 
     runs = [Path(r) for r in a.runs]
-    pool, predicted = searched(runs)
+    pool, predicted = candidates(runs)
     pairs = []
     for base in a.baselines.split(","):
         lat = predicted[base]
-        fits = [t for t in pool if t["predicted_latency_ms"] <= lat]
-        best = max(fits, key=lambda t: (t["map"], -t["predicted_latency_ms"])) if fits else None
+        fits = [(t, run) for t, run in pool if t.predicted_latency_ms <= lat]
+        best = max(fits, key=lambda f: (f[0].score, -f[0].predicted_latency_ms)) if fits else None
         pairs.append((base, lat, best))
 
     seeds = [int(s) for s in a.seeds.split(",")]
     work = Path(a.work)
-    archs = list(dict.fromkeys([p[0] for p in pairs] + [p[2]["arch"] for p in pairs if p[2]]))
+    archs = list(dict.fromkeys([p[0] for p in pairs] + [str(p[2][0].arch) for p in pairs if p[2]]))
     jobs = [[*HWNAS, "train", "--arch", arch, "--data", a.data, "--epochs", str(a.epochs), "--seed", str(s),
              "--out", str(work / f"{slug(arch)}-s{s}")] for arch in archs for s in seeds]
     os.environ["OMP_NUM_THREADS"] = "1"  # one torch thread per training: --jobs trainings share the cores
@@ -79,10 +81,11 @@ def main() -> None:
         mb = maps(base)
         row = {"baseline": base, "baseline_ms": lat, "baseline_maps": mb, "baseline_mean": statistics.mean(mb)}
         if best:
-            ms = maps(best["arch"])
-            row.update({"searched": best["arch"], "searched_ms": best["predicted_latency_ms"], "searched_run": best["run"],
-                        "search_map": best["map"], "searched_maps": ms, "searched_mean": statistics.mean(ms),
-                        "dominates": statistics.mean(ms) >= statistics.mean(mb) and best["predicted_latency_ms"] <= lat,
+            best, run_name = best
+            ms = maps(str(best.arch))
+            row.update({"searched": str(best.arch), "searched_ms": best.predicted_latency_ms, "searched_run": run_name,
+                        "search_map": best.score, "searched_maps": ms, "searched_mean": statistics.mean(ms),
+                        "dominates": statistics.mean(ms) >= statistics.mean(mb) and best.predicted_latency_ms <= lat,
                         "seeds_won": sum(x >= y for x, y in zip(ms, mb))})
         rows.append(row)
     out = Path(a.out)

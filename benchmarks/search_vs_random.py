@@ -28,7 +28,8 @@ sys.path.insert(0, str(ROOT))
 from hwnas.arch import get_space  # noqa: E402
 from hwnas.latency import LatencyTable  # noqa: E402
 from hwnas.search.pareto import hypervolume  # noqa: E402
-from hwnas.search.report import final_front  # noqa: E402
+from hwnas.search.records import TrialRecord  # noqa: E402
+from hwnas.search.report import final_front, searched  # noqa: E402
 
 
 def reference_latency(table: Path, space: str, resolutions: tuple[int, ...], q: float, n: int = 2000) -> float:
@@ -38,8 +39,10 @@ def reference_latency(table: Path, space: str, resolutions: tuple[int, ...], q: 
     return float(np.quantile(lat, q))
 
 
-def summary(run_dir: Path) -> dict:
-    return json.loads((run_dir / "search.json").read_text())
+def summary(run_dir: Path) -> tuple[list[TrialRecord], list[TrialRecord]]:
+    """(every trial, the baselines) of a search folder's search.json."""
+    s = json.loads((run_dir / "search.json").read_text())
+    return [TrialRecord.from_dict(t) for t in s["trials"]], [TrialRecord.from_dict(b) for b in s["baselines"]]
 
 
 def main() -> None:
@@ -74,35 +77,34 @@ def main() -> None:
         walls = list(pool.map(run, jobs))
 
     sm = {s: summary(runs / f"sm-s{s}") for s in seeds}
-    hv = lambda front: hypervolume([(t["map"], t["predicted_latency_ms"]) for t in front], 0.0, ref)  # noqa: E731
-    best = lambda front: max(t["map"] for t in front)  # noqa: E731
+    hv = lambda front: hypervolume([t.objectives for t in front], 0.0, ref)  # noqa: E731
+    best = lambda front: max(t.score for t in front)  # noqa: E731
     rows, ratios = [], []
     for s in seeds:
-        rand = summary(runs / f"random-s{s}")["trials"]
-        f_sm, f_rand = final_front(sm[s]["trials"]), final_front(rand)
+        rand, _ = summary(runs / f"random-s{s}")
+        trials = sm[s][0]
+        f_sm, f_rand = final_front(trials), final_front(rand)
         hv_sm, hv_rand = hv(f_sm), hv(f_rand)
         ratios.append(hv_sm / hv_rand if hv_rand else float("inf"))
         # Halfway: the structural stage against random search's first draws, as many as it trained.
-        struct = [t for t in sm[s]["trials"] if t["stage"] == "structural"]
-        n_struct = sum(t["state"] == "complete" for t in struct)
-        first = sorted((t for t in rand if t["state"] == "complete"), key=lambda t: int(t["trial"].split("#")[1]))
+        struct = [t for t in trials if t.stage == "structural"]
+        n_struct = sum(t.complete for t in struct)
+        first = sorted((t for t in rand if t.complete), key=lambda t: int(t.trial.split("#")[1]))
         # Which way the modular moves went: children faster than their (first) parent.
-        lat = {t["arch"]: t["predicted_latency_ms"] for t in sm[s]["trials"]}
-        kids = [t for t in sm[s]["trials"] if t["stage"] == "modular" and t["state"] == "complete"]
+        lat = {str(t.arch): t.predicted_latency_ms for t in trials}
+        kids = [t for t in trials if t.stage == "modular" and t.complete]
         rows.append({"seed": s, "hv_search": hv_sm, "hv_random": hv_rand, "ratio": ratios[-1],
                      "hv_structural": hv(final_front(struct)), "hv_random_first": hv(final_front(first[:n_struct])),
                      "n_structural": n_struct, "front_search": len(f_sm), "front_random": len(f_rand),
                      "best_map_search": best(f_sm), "best_map_random": best(f_rand), "children": len(kids),
-                     "children_faster": sum(t["predicted_latency_ms"] < lat[t["parent"]] for t in kids)})
+                     "children_faster": sum(t.predicted_latency_ms < lat[t.parent] for t in kids)})
 
     baselines = []
     for s in seeds:
-        sm_done = [t for t in sm[s]["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
-        for b in sm[s]["baselines"]:
-            better = [t for t in sm_done if t["predicted_latency_ms"] <= b["predicted_latency_ms"] and t["map"] >= b["map"]]
-            b["seed"] = s
-            b["matched"] = min(better, key=lambda t: t["predicted_latency_ms"]) if better else None
-            baselines.append(b)
+        sm_done = searched(sm[s][0])
+        for b in sm[s][1]:
+            better = [t for t in sm_done if t.predicted_latency_ms <= b.predicted_latency_ms and t.score >= b.score]
+            baselines.append((s, b, min(better, key=lambda t: t.predicted_latency_ms) if better else None))
 
     book = [json.loads(line) for s in seeds for kind in ("sm", "random")
             for line in (runs / f"{kind}-s{s}" / "bookkeeping.jsonl").read_text().splitlines() if line.strip()]
@@ -113,7 +115,8 @@ def main() -> None:
               "ratio_geometric_mean": statistics.geometric_mean(ratios), "seeds_won": sum(r > 1 for r in ratios),
               "hv_mean_search": statistics.mean(r["hv_search"] for r in rows),
               "hv_mean_random": statistics.mean(r["hv_random"] for r in rows),
-              "baselines": baselines, "bookkeeping": {"n": len(book), "overhead_ms_median": 1e3 * statistics.median(over),
+              "baselines": [{**b.to_dict(), "seed": s, "matched": m.to_dict() if m else None} for s, b, m in baselines],
+              "bookkeeping": {"n": len(book), "overhead_ms_median": 1e3 * statistics.median(over),
                                                      "fraction_mean": statistics.mean(frac), "fraction_max": max(frac)},
               "walls_s": walls, "args": vars(a)}
     out = Path(a.out)
@@ -139,10 +142,9 @@ def main() -> None:
               + ", ".join(f"{r['hv_random'] / r['hv_random_first'] - 1:+.0%}" for r in rows) + ".", "",
               "| seed | baseline | mAP | predicted ms | searched detector at <= its latency with >= its mAP | its mAP | its ms |",
               "|---|---|---|---|---|---|---|"]
-    for b in baselines:
-        m = b["matched"]
-        lines.append(f"| {b['seed']} | `{b['arch']}` | {b['map']:.4f} | {b['predicted_latency_ms']:.2f} | "
-                     + (f"`{m['arch']}` | {m['map']:.4f} | {m['predicted_latency_ms']:.2f} |" if m else "none | - | - |"))
+    for s, b, m in baselines:
+        lines.append(f"| {s} | `{b.arch}` | {b.score:.4f} | {b.predicted_latency_ms:.2f} | "
+                     + (f"`{m.arch}` | {m.score:.4f} | {m.predicted_latency_ms:.2f} |" if m else "none | - | - |"))
     bk = result["bookkeeping"]
     lines += ["", f"Bookkeeping over {bk['n']} trials: median {bk['overhead_ms_median']:.0f} ms a trial, "
               f"mean {100 * bk['fraction_mean']:.3f} % of a trial's cost, worst {100 * bk['fraction_max']:.3f} %."]

@@ -21,7 +21,7 @@ def untrained_map(preset: str, data: Path) -> dict:
     from hwnas.data.coco import CocoDetection
     from hwnas.data.transforms import EvalTransform
     from hwnas.evaluate import evaluate
-    from hwnas.heads import init_head_priors
+    from hwnas.heads.losses import init_head_priors
     from hwnas.models import Detector
     from hwnas.presets import resolve_arch
     import torch

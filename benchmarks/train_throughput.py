@@ -12,7 +12,7 @@ import time
 
 import torch
 
-from hwnas.heads import DetectionLoss, init_head_priors
+from hwnas.heads.losses import DetectionLoss, init_head_priors
 from hwnas.models import Detector
 from hwnas.presets import PRESETS, resolve_arch
 

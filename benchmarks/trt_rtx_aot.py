@@ -31,7 +31,7 @@ def sampled_per_head(resolution: int) -> list[tuple[str, Arch]]:
     found: dict[str, tuple[int, Arch]] = {}
     for seed in range(1000):
         a = space.sample(seed)
-        found.setdefault(a.head, (seed, a))
+        found.setdefault(a.head.kind, (seed, a))
         if len(found) == len(space.heads):
             break
     return [(f"default seed {s} @{resolution}", a) for s, a in (found[h] for h in space.heads if h in found)]
@@ -64,20 +64,20 @@ def main() -> None:
     t_all = time.perf_counter()
     for name, arch in archs:
         runs = [(sm, p, None) for sm in args.sms for p in args.precisions]
-        if arch.head == "rcnn":
+        if arch.head.kind == "rcnn":
             runs.append((args.sms[0], args.precisions[0], "torchvision"))
         for sm, prec, roi_impl in runs:
-            row = f"| `{arch}` | {name} | {arch.head} | {prec} | {sm} |"
+            row = f"| `{arch}` | {name} | {arch.head.kind} | {prec} | {sm} |"
             try:
                 engine, info = build_detector_engine(arch, args.num_classes, sm=sm, precision=prec, roi_impl=roi_impl)
             except HwnasError as e:
                 msg = str(e)
                 parsed = "could not parse" not in msg
                 short = msg.split(": ", 1)[-1][:140].replace("|", "/")
-                form = f"full, roi={roi_impl or 'gather'}" if arch.head == "rcnn" else "full"
+                form = f"full, roi={roi_impl or 'gather'}" if arch.head.kind == "rcnn" else "full"
                 print(f"{row} {'yes' if parsed else 'no'} | no | | | | {form}: FAILED `{short}` |", flush=True)
                 continue
-            form = f"full (RoI head incl., roi={info['roi_impl']})" if arch.head == "rcnn" else "full"
+            form = f"full (RoI head incl., roi={info['roi_impl']})" if arch.head.kind == "rcnn" else "full"
             print(f"{row} yes | yes | {info['export_s']:.1f} | {info['build_s']:.1f} | "
                   f"{info['engine_bytes'] / 2**20:.1f} | {form} |", flush=True)
     print(f"\nTotal {time.perf_counter() - t_all:.0f} s.")

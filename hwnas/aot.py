@@ -13,14 +13,14 @@ from typing import Any
 import torch
 
 from hwnas.arch import Arch
-from hwnas.backends.tensorrt import ROI_IMPL, build_engine, export_for_precision, trt_module
+from hwnas.backends.tensorrt import build_engine, export_for_precision, trt_module
 from hwnas.errors import HwnasError
 
 __all__ = ["build_detector_engine"]
 
 
 def build_detector_engine(
-    arch: Arch | str,
+    arch: Arch,
     num_classes: int,
     *,
     flavour: str = "tensorrt-rtx",
@@ -34,19 +34,18 @@ def build_detector_engine(
     """Export ``Detector.from_arch(arch, num_classes)`` (raw head outputs, decode/NMS outside) at
     ``precision`` and build a serialized engine for compute capability ``sm``.
 
-    roi_impl: RoIAlign form of a two-stage head; None = the flavour's (:data:`ROI_IMPL`).
+    roi_impl: RoIAlign form of a two-stage head; None = the head's choice for the flavour
+    (:func:`hwnas.heads.rcnn.choose_roi_impl`).
     Returns (engine bytes, info) where info records what was built: arch, head, form ("full":
     the whole detector incl. the RoI head), roi_impl, output names, sizes and seconds.
-    Raises HwnasError (with the parser's or builder's message) when it does not parse or build.
+    Raises HwnasError (with the builder's message) when it does not build.
     """
     from hwnas.models.detector import Detector
 
-    if isinstance(arch, str):
-        arch = Arch.parse(arch)
     if not isinstance(batch, int) or batch < 1:
         raise HwnasError(f"batch must be a positive integer, got {batch!r}")
     trt = trt_module(flavour)
-    roi_impl = roi_impl or ROI_IMPL[flavour]
+    roi_impl = arch.head.roi_impl(backend=flavour, requested=roi_impl)  # None: the head has no RoIAlign
     torch.manual_seed(seed)
     det = Detector.from_arch(arch, num_classes).eval()
     x = torch.randn(batch, 3, *arch.input_hw)
@@ -57,7 +56,7 @@ def build_detector_engine(
     t2 = time.perf_counter()
     info = {
         "arch": str(arch),
-        "head": arch.head,
+        "head": arch.head.kind,
         "num_classes": num_classes,
         "flavour": flavour,
         "version": trt.__version__,
@@ -65,7 +64,7 @@ def build_detector_engine(
         "precision": precision,
         "batch": batch,
         "form": "full",
-        "roi_impl": roi_impl if arch.head == "rcnn" else None,
+        "roi_impl": roi_impl,
         # the plan's tensors are named output0..N-1 (hwnas.onnx_export); each is the detector output
         # of the same position, recorded so a loader can tell which is which
         "outputs": [{"name": f"output{i}", "is": n} for i, n in enumerate(det.output_names)],

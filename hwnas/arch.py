@@ -13,44 +13,40 @@ Grammar (five fields separated by ``/``; see docs/arch-grammar.md)::
   stage k ends at pyramid level k+1 (stride 2^(k+1)). ResNet-18 = ``11-21-21-21``.
 * neck: ``none`` (the head runs on the last backbone level) | ``fpn_p<lo>-<hi>_c<width>`` |
   ``pafpn_p<lo>-<hi>_c<width>``; levels above the backbone's last come from strided 3x3 convs.
-* head: ``retina_d<depth>_c<width>`` (anchor-based) | ``fcos_d<depth>_c<width>`` (anchor-free) |
-  ``rcnn_d<fc layers>_c<fc width>_n<proposals>`` (RPN + RoI box head at N proposals) |
-  ``face_d<depth>_c<width>_stc<a>_str<b>_mo<m>`` (the face head, :mod:`hwnas.heads.face`: a
-  RetinaNet head with face anchors, two-step classification on the ``a`` lowest levels, two-step
-  regression on the ``b`` highest, ``m`` max-out background logits on the lowest level; 0 turns
-  a trick off, so ``face_d2_c64_stc0_str0_mo0`` is a plain RetinaNet with face anchors).
+* head: ``<kind>_d<depth>_c<width>`` then the kind's own fields, one kind of
+  :data:`hwnas.heads.HEAD_KINDS` (``Arch.head`` holds it): ``retina_d4_c128`` (anchor-based) |
+  ``fcos_d4_c128`` (anchor-free) | ``rcnn_d<fc layers>_c<fc width>_n<proposals>`` (RPN + RoI box
+  head at N proposals) | ``face_d<depth>_c<width>_stc<a>_str<b>_mo<m>`` (:mod:`hwnas.heads.face`).
 * norm: ``bn`` | ``gn`` (backbone and head towers).
 
 ``Arch.units(num_classes)`` yields the units the detector is assembled from, in build order;
 the latency table, the predictor and ``Detector.from_arch`` all use that walk and no other.
+This module imports no torch: the description layer (arch, units, head kinds, search space)
+stands without it.
 """
 from __future__ import annotations
 
 import random
 import re
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import Iterator
 
 from hwnas.errors import HwnasError
+from hwnas.heads import HEAD_KINDS, Head, parse_head
+from hwnas.heads.retina import RetinaHead
 from hwnas.limits import MAX_INPUT_SIDE
-from hwnas.units import FACE_ANCHORS, HW, RETINA_ANCHORS, RPN_ANCHORS, Unit, out_hw
+from hwnas.units import HW, Placed, Unit, out_hw
+
+__all__ = ["BLOCK_TYPES", "HEADS", "NECKS", "NORMS", "SPACES", "Arch", "Placed", "SearchSpace", "get_space"]
 
 BLOCK_TYPES = ("basic", "bottleneck", "mbconv", "shuffle")
 NECKS = ("none", "fpn", "pafpn")
-HEADS = ("retina", "fcos", "rcnn")  # the general-purpose heads (what the spaces search by default)
-ALL_HEADS = HEADS + ("face",)
-MAX_MAXOUT = 8
+# the general-purpose heads: what the spaces search by default
+HEADS = tuple(token for token, kind in HEAD_KINDS.items() if kind.GENERAL_PURPOSE)
 NORMS = ("bn", "gn")
 MAX_LEVEL = 7
 GRAMMAR_HINT = "expected e.g. i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn (see docs/arch-grammar.md)"
-
-
-@dataclass(frozen=True)
-class Placed:
-    """A unit and where it sits in the detector (``role``: stem.0, stage2.1, neck.p4, head.p3.cls.0 ...)."""
-
-    role: str
-    unit: Unit
 
 
 @dataclass(frozen=True)
@@ -62,16 +58,8 @@ class Arch:
     neck: str = "fpn"
     levels: tuple[int, int] = (3, 5)
     neck_width: int = 128
-    head: str = "retina"
-    head_depth: int = 4
-    head_width: int = 128
-    proposals: int = 0
+    head: Head = RetinaHead(4, 128)  # a kind of hwnas.heads.HEAD_KINDS with its parameters
     norm: str = "bn"
-    # Face head only (0 elsewhere): levels with two-step classification (lowest first), with
-    # two-step regression (highest first), and the max-out background logits of the lowest level.
-    stc_levels: int = 0
-    str_levels: int = 0
-    maxout: int = 0
 
     def __post_init__(self) -> None:
         if self.neck == "none":
@@ -112,31 +100,10 @@ class Arch:
                 raise bad(f"levels p{lo}-{hi}: need 2 <= lo <= {top} (last backbone level) and lo <= hi <= {MAX_LEVEL}")
             if not 16 <= self.neck_width <= 512 or self.neck_width % 8:
                 raise bad(f"neck width {self.neck_width}: must be a multiple of 8 in 16..512")
-        if self.head not in ALL_HEADS:
-            raise bad(f"head {self.head!r}: valid heads are {', '.join(ALL_HEADS)}")
-        if self.head == "face":
-            n = len(self.out_levels)
-            if self.neck == "none":
-                raise bad("the face head needs a neck (fpn or pafpn): its tricks work across pyramid levels")
-            if self.stc_levels < 0 or self.str_levels < 0 or self.stc_levels + self.str_levels > n:
-                raise bad(f"face head stc{self.stc_levels} str{self.str_levels}: two-step classification (lowest "
-                          f"levels) and regression (highest levels) may not overlap: need stc + str <= {n} levels")
-            if not 0 <= self.maxout <= MAX_MAXOUT:
-                raise bad(f"face head mo{self.maxout}: max-out background logits must be 0..{MAX_MAXOUT}")
-        elif self.stc_levels or self.str_levels or self.maxout:
-            raise bad(f"only the face head takes stc/str/mo options (head {self.head})")
-        if self.head == "rcnn":
-            if self.neck == "none":
-                raise bad("the rcnn head needs a neck (fpn or pafpn)")
-            if not 1 <= self.head_depth <= 4 or not 1 <= self.proposals <= 2000:
-                raise bad(f"rcnn head: fc layers 1..4 and proposals 1..2000, got d{self.head_depth} n{self.proposals}")
-        else:
-            if self.proposals:
-                raise bad(f"only the rcnn head takes a proposal count (n{self.proposals})")
-            if not 0 <= self.head_depth <= 8:
-                raise bad(f"head depth {self.head_depth}: must be 0..8")
-        if not 8 <= self.head_width <= 2048 or self.head_width % 8:
-            raise bad(f"head width {self.head_width}: must be a multiple of 8 in 8..2048")
+        if not isinstance(self.head, Head):
+            raise bad(f"head {self.head!r}: give a head of hwnas.heads.HEAD_KINDS, e.g. "
+                      f"hwnas.heads.parse_head('retina_d4_c128')")
+        self.head.check(self)
         if self.norm not in NORMS:
             raise bad(f"norm {self.norm!r}: valid norms are {', '.join(NORMS)}")
         if out_hw(self.input_hw, 2 ** hi)[0] < 1:
@@ -151,12 +118,7 @@ class Arch:
             neck = "none"
         else:
             neck = f"{self.neck}_p{self.levels[0]}-{self.levels[1]}_c{self.neck_width}"
-        head = f"{self.head}_d{self.head_depth}_c{self.head_width}"
-        if self.head == "rcnn":
-            head += f"_n{self.proposals}"
-        elif self.head == "face":
-            head += f"_stc{self.stc_levels}_str{self.str_levels}_mo{self.maxout}"
-        return "/".join((size, bb, neck, head, self.norm))
+        return "/".join((size, bb, neck, str(self.head), self.norm))
 
     @classmethod
     def parse(cls, text: str) -> "Arch":
@@ -183,21 +145,13 @@ class Arch:
             if not m:
                 raise HwnasError(f"invalid arch {text!r}: neck {neck!r} should look like fpn_p3-5_c128 or none")
             neck_kind, levels, neck_width = m[1], (int(m[2]), int(m[3])), int(m[4])
-        m = re.fullmatch(r"([a-z]+)_d([0-9]+)_c([0-9]+)(?:_n([0-9]+))?(?:_stc([0-9]+)_str([0-9]+)_mo([0-9]+))?", head)
-        if not m:
-            raise HwnasError(f"invalid arch {text!r}: head {head!r} should look like retina_d4_c128, "
-                             f"rcnn_d2_c512_n100 or face_d2_c64_stc3_str3_mo3")
-        head_kind, depth, head_width, proposals = m[1], int(m[2]), int(m[3]), int(m[4] or 0)
-        face_opts = tuple(int(v) for v in m.groups()[4:]) if m[5] is not None else (0, 0, 0)
-        if head_kind == "rcnn" and not m[4]:
-            raise HwnasError(f"invalid arch {text!r}: the rcnn head needs a proposal count, e.g. rcnn_d2_c512_n100")
-        if head_kind == "face" and m[5] is None:
-            raise HwnasError(f"invalid arch {text!r}: the face head names its tricks, e.g. face_d2_c64_stc3_str3_mo3 "
-                             f"(0 turns one off)")
+        try:
+            head_spec = parse_head(head)
+        except HwnasError as e:
+            raise HwnasError(f"invalid arch {text!r}: {e}") from None
         if levels is None:
             levels = (len(stages) + 1,) * 2
-        return cls(hw, block, width, stages, neck_kind, levels, neck_width, head_kind, depth,
-                   head_width, proposals, norm, *face_opts)
+        return cls(hw, block, width, stages, neck_kind, levels, neck_width, head_spec, norm)
 
     def to_dict(self) -> dict:
         return {"arch": str(self)}
@@ -260,7 +214,7 @@ class Arch:
                 hw, cin = out_hw(hw, stride), c_this
         if self.neck != "none":
             yield from self._walk_neck(self.stage_channels())
-        yield from self._walk_head(k)
+        yield from self.head.units(self, k)
 
     def _walk_neck(self, chans: list[int]) -> Iterator[Placed]:
         lo, hi = self.levels
@@ -274,42 +228,6 @@ class Arch:
         if self.neck == "pafpn":
             for level in range(lo + 1, hi + 1):
                 yield Placed(f"neck.n{level}", Unit("pan_node", w, w, self.level_hw(level - 1)))
-
-    def _walk_head(self, k: int) -> Iterator[Placed]:
-        cin, w, d = self.head_in_channels(), self.head_width, self.head_depth
-        if self.head == "rcnn":
-            for level in self.out_levels:
-                hw = self.level_hw(level)
-                yield Placed(f"head.p{level}.rpn", Unit("conv", cin, cin, hw, 3, 1, "none", "relu"))
-                yield Placed(f"head.p{level}.obj", Unit("conv", cin, RPN_ANCHORS, hw, 1))
-                yield Placed(f"head.p{level}.box", Unit("conv", cin, 4 * RPN_ANCHORS, hw, 1))
-            yield Placed("head.roi", Unit(
-                "roi", cin=cin, width=w, depth=d, classes=k, proposals=self.proposals,
-                levels=self.out_levels, level_hws=tuple(self.level_hw(lv) for lv in self.out_levels),
-                image_hw=self.input_hw))
-            return
-        a = {"retina": RETINA_ANCHORS, "face": FACE_ANCHORS}.get(self.head, 1)
-        preds = {"cls": a * k, "box": a * 4} if self.head != "fcos" else {"cls": k, "box": 4, "ctr": 1}
-        levels = self.out_levels
-        for li, level in enumerate(levels):
-            hw = self.level_hw(level)
-            for tower in ("cls", "box"):
-                c = cin
-                for i in range(d):
-                    yield Placed(f"head.p{level}.{tower}.{i}", Unit("conv", c, w, hw, 3, 1, self.norm, "relu"))
-                    c = w
-            c_last = w if d else cin
-            for name, cout in preds.items():
-                if name == "cls" and self.maxout and li == 0:
-                    # max-out: m background logits per anchor beside the K class logits (S3FD)
-                    name, cout = "cls_maxout", a * (k + self.maxout)
-                yield Placed(f"head.p{level}.{name}", Unit("conv", c_last, cout, hw, 3, 1))
-            # The first steps of STC/STR predict from the neck's features, before the towers, as
-            # SRN's first step predicts from the less processed backbone features.
-            if li < self.stc_levels:
-                yield Placed(f"head.p{level}.cls1", Unit("conv", cin, a * k, hw, 3, 1))
-            if li >= len(levels) - self.str_levels:
-                yield Placed(f"head.p{level}.box1", Unit("conv", cin, a * 4, hw, 3, 1))
 
 
 # =============================================================================== search space
@@ -343,19 +261,11 @@ class SearchSpace:
             if not getattr(self, attr):
                 raise HwnasError(f"space {self.name}: {attr} is empty")
 
-    def face_options(self, levels: tuple[int, int]) -> tuple[int, int, int]:
-        """(stc, str, mo) of a face head on ``levels``: STC keeps its lowest levels, STR gets what is left."""
-        stc, str_, mo = self.face_tricks
-        n = levels[1] - levels[0] + 1
-        stc = min(stc, n)
-        return stc, min(str_, n - stc), mo
-
     def arch(self, hw: int, block: str, width: int, stages: tuple[str, ...], neck: str, levels: tuple[int, int],
-              neck_width: int, head: str, depth: int, head_width: int, proposals: int, norm: str) -> Arch:
-        """An arch of this space's choices; a face head gets the space's tricks fitted to its levels."""
-        face = self.face_options(levels) if head == "face" else (0, 0, 0)
-        return Arch((hw, hw), block, width, stages, neck, levels, neck_width, head, depth, head_width, proposals,
-                    norm, *face)
+             neck_width: int, head: Head, norm: str) -> Arch:
+        """An arch of this space's choices; the head as the space places it on ``levels`` (``Head.fit``:
+        a face head gets the space's tricks fitted to its levels)."""
+        return Arch((hw, hw), block, width, stages, neck, levels, neck_width, head.fit(self, levels), norm)
 
     def with_resolutions(self, resolutions: tuple[int, ...]) -> "SearchSpace":
         return replace(self, resolutions=tuple(resolutions))
@@ -366,19 +276,16 @@ class SearchSpace:
         rng = random.Random(seed)
         stages = [self._stage(rng, i) for i in range(self.num_stages)]
         neck = rng.choice(self.necks)
-        head = rng.choice(self.heads)
-        if head in ("rcnn", "face") and neck == "none":
+        kind = head_kind(rng.choice(self.heads))
+        if kind.NEEDS_NECK and neck == "none":
             neck = rng.choice([n for n in self.necks if n != "none"] or ["fpn"])
         top = self.num_stages + 1
         ranges = [r for r in self.level_ranges if r[0] <= top]
         levels = rng.choice(ranges) if neck != "none" else (top, top)
         r = rng.choice(self.resolutions)
-        if head == "rcnn":
-            depth, hwidth, props = rng.choice(self.rcnn_depths), rng.choice(self.rcnn_widths), rng.choice(self.proposals)
-        else:
-            depth, hwidth, props = rng.choice(self.head_depths), rng.choice(self.head_widths), 0
+        head = kind.sample(self, rng)
         return self.arch(r, rng.choice(self.blocks), rng.choice(self.widths), tuple(stages), neck, levels,
-                          rng.choice(self.neck_widths), head, depth, hwidth, props, rng.choice(self.norms))
+                         rng.choice(self.neck_widths), head, rng.choice(self.norms))
 
     def _stage(self, rng: random.Random, i: int) -> str:
         n = rng.randint(1, self.max_blocks[i])
@@ -430,12 +337,8 @@ class SearchSpace:
                     if arch.neck == "none":
                         continue
                     cand = replace(arch, neck_width=_neighbour(rng, self.neck_widths, arch.neck_width))
-                elif move == "head_depth":
-                    depths = self.rcnn_depths if arch.head == "rcnn" else self.head_depths
-                    cand = replace(arch, head_depth=_neighbour(rng, depths, arch.head_depth))
-                else:
-                    widths = self.rcnn_widths if arch.head == "rcnn" else self.head_widths
-                    cand = replace(arch, head_width=_neighbour(rng, widths, arch.head_width))
+                else:  # head_depth or head_width, along the head kind's choices
+                    cand = replace(arch, head=arch.head.moved(self, move[len("head_"):], partial(_neighbour, rng)))
             except HwnasError:
                 continue
             if cand != arch:
@@ -457,18 +360,17 @@ class SearchSpace:
         opts = [["1" * min(2, self.max_blocks[0])]] + [
             ["121"] if m >= 3 else ["12", "21"] if m == 2 else ["2"] for m in self.max_blocks[1:]]
         encs = list(dict.fromkeys((tuple(o[0] for o in opts), tuple(o[-1] for o in opts))))
-        heads = [(h, d, w, n) for h in self.heads if h != "rcnn"
-                 for d in self.head_depths for w in self.head_widths for n in (0,)]
-        if "rcnn" in self.heads:
-            heads += [("rcnn", d, w, n) for d in self.rcnn_depths for w in self.rcnn_widths for n in self.proposals]
+        # one-stage heads first: the first of them is the cheap head the backbones are walked with
+        kinds = [head_kind(h) for h in self.heads]
+        heads = [h for kind in sorted(kinds, key=lambda k: k.TWO_STAGE) for h in kind.covering(self)]
         top = self.num_stages + 1
         necks = [(neck, lv, nw) for neck in self.necks if neck != "none"
                  for lv in self.level_ranges if lv[0] <= top for nw in self.neck_widths]
-        first_one_stage = next((h for h in heads if h[0] != "rcnn"), heads[0])
+        first_one_stage = next((h for h in heads if not h.TWO_STAGE), heads[0])
         for r in self.resolutions:
             for norm in self.norms:
                 def arch(block, width, neck, levels, nw, head, enc=encs[0]):
-                    return self.arch(r, block, width, enc, neck, levels, nw, head[0], head[1], head[2], head[3], norm)
+                    return self.arch(r, block, width, enc, neck, levels, nw, head, norm)
 
                 for block in self.blocks:
                     for width in self.widths:
@@ -479,7 +381,7 @@ class SearchSpace:
                                 yield arch(block, width, neck, levels, nw, first_one_stage, enc)
                         if "none" in self.necks:
                             for head in heads:
-                                if head[0] not in ("rcnn", "face"):
+                                if not head.NEEDS_NECK:
                                     yield arch(block, width, "none", (top, top), self.neck_widths[0], head)
                 for neck, levels, nw in necks:
                     for head in heads:
@@ -523,6 +425,14 @@ SPACES: dict[str, SearchSpace] = {
                         level_ranges=((3, 5), (4, 6)), neck_widths=(32,), head_depths=(1, 2), head_widths=(32,),
                         rcnn_depths=(1,), rcnn_widths=(128,), proposals=(32,), norms=("bn", "gn"), name="tiny"),
 }
+
+
+def head_kind(token: str) -> type[Head]:
+    """The head kind of a space's ``heads`` entry."""
+    try:
+        return HEAD_KINDS[token]
+    except KeyError:
+        raise HwnasError(f"unknown head {token!r} in the search space; valid heads: {', '.join(HEAD_KINDS)}") from None
 
 
 def get_space(name: str) -> SearchSpace:

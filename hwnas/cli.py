@@ -42,22 +42,6 @@ _say = say  # short names for the many call sites below
 _progress = progress
 
 
-def _is_multiscale_onnx(path: Path) -> bool:
-    """Whether ``path`` is a multi-scale graph (``hwnas export --test-scales``), from its metadata."""
-    if path.suffix.lower() != ".onnx" or not path.is_file():
-        return False
-    import onnx
-
-    from hwnas.export.deploy import read_metadata
-    from hwnas.export.multiscale import MULTISCALE_FORMAT
-
-    try:
-        meta = onnx.load(str(path), load_external_data=False).metadata_props
-    except Exception:  # not ONNX at all: open_model says so in its own words
-        return False
-    return read_metadata({p.key: p.value for p in meta}).get("format") == MULTISCALE_FORMAT
-
-
 def _pair(text: str, what: str, example: str) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in text.split(","))
@@ -177,15 +161,12 @@ def latency(
               "breakdown_ms": pred.breakdown_ms, "corrected": tab.correction is not None,
               "target": tab.target.to_dict(), "prediction_time_ms": predict_ms}
     if measure:
-        from hwnas.validate import measure_detector
-
-        t = tab.target
         from hwnas.backends import backend_for_target
+        from hwnas.validate import measured_latency_ms
 
-        be = backend_for_target(t)
+        be = backend_for_target(tab.target)
         tab.check_target(be.target(), force=force, path=str(table))
-        m1, m2 = measure_detector(be, a, tab.num_classes, tab.timing, t.batch)
-        result["measured_ms"] = (m1 + m2) / 2
+        result["measured_ms"] = measured_latency_ms(be, a, tab.num_classes, tab.timing, tab.target.batch)
         result["error_pct"] = 100 * (pred.latency_ms - result["measured_ms"]) / result["measured_ms"]
     if as_json:
         typer.echo(json.dumps(result, indent=1))
@@ -276,8 +257,7 @@ def train(
     from dataclasses import replace
 
     from hwnas.evaluate import summarize
-    from hwnas.presets import recipe, resolve_arch
-    from hwnas.train import TrainConfig
+    from hwnas.presets import recipe_config, resolve_arch
     from hwnas.train import train as run_train
 
     if (arch is None) == (preset is None):
@@ -288,13 +268,12 @@ def train(
 
         a = replace(a, input_hw=(check_side(img_size), check_side(img_size)))
     # The preset's recipe, then what the command line says; checked here, before any file is touched.
-    fields = {k: v for k, v in recipe(preset or "").items() if k in TrainConfig.__dataclass_fields__}
-    given = {"epochs": epochs, "eval_every": eval_every or None, "batch_size": batch_size, "lr": lr, "box_loss": box_loss, "das_p": das_p,
-             "scale_jitter": scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
-             "step1_iou": step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
-             "step2_iou": step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5")}
-    fields.update({k: v for k, v in given.items() if v is not None})
-    cfg = TrainConfig(device=device, seed=seed, on_error=on_error, **fields)
+    cfg = recipe_config(preset or "", epochs=epochs, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
+                        box_loss=box_loss, das_p=das_p,
+                        scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
+                        step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
+                        step2_iou=step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5"),
+                        device=device, seed=seed, on_error=on_error)
     _run_folder(out, "run folder", _data(data), {"last.pt": "checkpoint", "best.pt": "checkpoint",
                                                  "metrics.json": "metrics", "detections.json": "detections",
                                                  "results.csv": "file"})
@@ -325,14 +304,14 @@ def eval_(
 ) -> None:
     """Score a checkpoint, ONNX or engine: pycocotools mAP, or the WIDER FACE protocol; or score existing
     WIDER prediction files (--predictions DIR --gt FILE)."""
-    from hwnas.data.transforms import EvalTransform
-    from hwnas.data.wider import open_dataset
-    from hwnas.evaluate import coco_score, coco_truth, detect_dataset, summarize
-    from hwnas.fileio import check_outputs, write_json
+    from hwnas.evaluate import summarize
+    from hwnas.fileio import check_outputs
     from hwnas.limits import MAX_THREADS, check_batch, check_int
+    from hwnas.model_eval import FORMATS, EvalConfig, open_eval, run_eval, score_prediction_files
     from hwnas.train import resolve_device
+    from hwnas.wider_eval import summarize as wider_summary
 
-    if format not in ("coco", "wider"):
+    if format not in FORMATS:
         raise HwnasError(f"--format {format!r}: give coco or wider")
     check_batch(batch_size)
     check_int("--threads", threads, 1, MAX_THREADS)
@@ -340,15 +319,7 @@ def eval_(
         if format != "wider" or predictions is None or weights or model or data:
             raise HwnasError("--gt scores existing prediction files: give --format wider --predictions DIR --gt FILE "
                              "and no --weights, --model or --data")
-        from hwnas import wider_eval as W
-
-        truth, keep = W.load_gt(gt)
-        preds = W.read_predictions(predictions)
-        check_outputs([(out, "metrics", "metrics file")], inputs=[gt, predictions])
-        metrics = W.evaluate_wider(preds, truth, keep)
-        metrics.update({"predictions": str(predictions), "gt": str(gt)})
-        write_json(out, metrics)
-        typer.echo(W.summarize(metrics))
+        typer.echo(wider_summary(score_prediction_files(predictions, gt, out)))
         typer.echo(f"wrote {out}")
         return
     if (weights is None) == (model is None):
@@ -359,7 +330,6 @@ def eval_(
     data_parts = _data(data)
     if predictions is not None and format != "wider":
         raise HwnasError("--predictions writes WIDER prediction files: add --format wider")
-    multiscale_graph = model is not None and _is_multiscale_onnx(model)
     if test_scales is not None and weights is None:
         raise HwnasError("--test-scales runs a checkpoint at several input sizes: give --weights (a graph exported "
                          "with `hwnas export --test-scales` carries its scales)")
@@ -374,64 +344,17 @@ def eval_(
         raise HwnasError(f"--detections and --out are both {out}; give two files")
     if format == "wider":
         predictions = predictions or out.with_name(out.stem + ".predictions")
-    model_files = [weights or model, (weights or model).with_suffix(".json")]  # a graph's manifest is read too
+    source = weights or model
     check_outputs([(out, "metrics", "metrics file"), (detections, "detections", "detections file")],
-                  inputs=data_parts + model_files,
+                  inputs=data_parts + [source, source.with_suffix(".json")],  # a graph's manifest is read too
                   folders=[(predictions, "predictions folder")] if format == "wider" else [])
-    from hwnas.export.pipeline import open_model
-
-    if multiscale_graph:
-        from hwnas.export.multiscale import MultiScaleOnnxDetector
-
-        m = MultiScaleOnnxDetector(model, threads=threads)
-    else:
-        m = open_model(weights or model, threads=threads, device=device, kind="checkpoint" if weights else None)
-    ds = open_dataset(data, split, EvalTransform(m.arch.input_hw), on_error)
-    if ds.num_skipped():
-        _say(f"skipped {ds.num_skipped()} broken entries of {ds.json_path}: "
-             + ", ".join(f"{k} {v}" for k, v in ds.skipped.items() if v))
-    if len(m.class_names) != len(ds.class_names) or (not m.kind.startswith("onnx") and m.class_names != ds.class_names):
-        raise HwnasError(f"{weights or model} was trained on classes {m.class_names}, the data has {ds.class_names}")
-    if len(ds) == 0:
-        raise HwnasError(f"no images to evaluate in {ds.json_path}")
+    opened = open_eval(EvalConfig(model=source, data=data, out=out, detections=detections, checkpoint=weights is not None,
+                                  split=split, format=format, predictions=predictions, scales=scales, device=device,
+                                  threads=threads, batch_size=batch_size, on_error=on_error), say=_say)
     keeps("nothing was written; rerun the same command")
-    with _progress("eval") as update:
-        from hwnas.face_eval import WIDER_MAX_DETS, WIDER_SCORE_THRESH, original_results, torch_multiscale
-
-        if multiscale_graph or scales is not None:  # whole original images in, merged passes out
-            detect_original = m.detect_original if multiscale_graph else \
-                torch_multiscale(m.model, scales, device=device)
-            results, ips = original_results(detect_original, ds, batch_size=batch_size, progress=update)
-        else:
-            detect = m.detect
-            if weights is not None and format == "wider":
-                # the WIDER protocol ranks many low-scoring predictions: keep more than mAP needs
-                from hwnas.export.deploy import TorchDetector
-
-                detect = TorchDetector(m.model, device=device, score_thresh=WIDER_SCORE_THRESH,
-                                       max_dets=WIDER_MAX_DETS).detect
-            results, ips = detect_dataset(detect, ds, batch_size=batch_size, progress=update)
-        if format == "wider":
-            from hwnas.face_eval import score_faces
-
-            metrics = score_faces(results, ds, predictions)
-            metrics["predictions"] = str(predictions)
-        else:
-            metrics = coco_score(coco_truth(ds), results, image_ids=ds.image_ids)
-        metrics.update({"images_per_s": ips, "n_images": len(ds), "n_detections": len(results), "arch": str(m.arch),
-                        "model": str(weights or model), "kind": m.kind, "data": str(data), "split": split,
-                        "detections": str(detections), "format": format})
-        if scales is not None:
-            from hwnas.multiscale import describe
-
-            metrics["test_scales"] = describe(scales)
-        # both files after the scoring: a command that fails leaves no lone detections file; written
-        # inside the progress block, so a failed write (a full disk) takes the bar with it
-        write_json(detections, results)
-        write_json(out, metrics)
+    with _progress("eval") as update:  # a failed write (a full disk) takes the bar with it
+        metrics = run_eval(opened, progress=update)
     if format == "wider":
-        from hwnas.wider_eval import summarize as wider_summary
-
         typer.echo(wider_summary(metrics))
     typer.echo(summarize(metrics))
     typer.echo(f"wrote {out} and {detections}" + (f" and {predictions}/" if format == "wider" else ""))
@@ -464,28 +387,20 @@ def search(
     measure: bool = typer.Option(True, "--measure/--no-measure", help="re-measure the final front on the table's backend"),
     force: bool = typer.Option(False, help="re-measure even if this machine differs from the table's target"),
     max_failures: int = typer.Option(5, "--max-failures", help="failed candidates in a row before the search stops"),
+    evaluator: str = typer.Option("train", help="how candidates are scored (hwnas.search.evaluators): train = from scratch for --epochs-per-trial"),
 ) -> None:
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
+    from hwnas.presets import search_preset
     from hwnas.search import Search, SearchConfig
 
     res = _sizes(resolutions, "--resolutions") if resolutions else ()
-    from hwnas.presets import SEARCH_PRESETS
-
-    rec = ""
-    if preset is not None:
-        if preset not in SEARCH_PRESETS:
-            raise HwnasError(f"--preset {preset!r}: valid search presets are {', '.join(SEARCH_PRESETS)}")
-        preset_space, rec = SEARCH_PRESETS[preset]
-        if space not in (None, preset_space):
-            raise HwnasError(f"--preset {preset} searches space {preset_space!r}; drop --space {space}")
-        space = preset_space
-    space = space or "default"
+    space, rec = search_preset(preset, space)
     cfg = SearchConfig(recipe=rec, data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
                        structural_share=structural_share, population=population, epochs=epochs_per_trial,
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
-                       max_failures=max_failures)
+                       max_failures=max_failures, evaluator=evaluator)
     _run_folder(out, "search folder", _data(data) + [table],
                 {"pareto.json": "JSON file", "search.json": "JSON file", "report.md": "file", "pareto.png": "image",
                  "search.db": "file"})
@@ -498,9 +413,12 @@ def search(
                f"{o.pruned_duplicate} duplicate(s) and {o.pruned_budget} over budget")
     for note in o.notes:
         _say(f"note: {note}")
-    for r in json.loads((out / "pareto.json").read_text()):
-        meas = "-" if r["measured_latency_ms"] is None else f"{r['measured_latency_ms']:.2f}"
-        typer.echo(f"  mAP {r['map']:.4f}  predicted {r['predicted_latency_ms']:7.2f} ms  measured {meas:>7} ms  {r['arch']}")
+    from hwnas.search.records import read_front
+    from hwnas.search.report import accuracy_text
+
+    for r in read_front(out / "pareto.json"):
+        meas = "-" if r.measured_latency_ms is None else f"{r.measured_latency_ms:.2f}"
+        typer.echo(f"  mAP {accuracy_text(r)}  predicted {r.predicted_latency_ms:7.2f} ms  measured {meas:>7} ms  {r.arch}")
     typer.echo(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {o.report}")
 
 
@@ -517,14 +435,11 @@ def _batch_triple(text: Optional[str]) -> Optional[tuple[int, int, int]]:
     return lo, opt, hi
 
 
-def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, batch: int,
+def _export_multiscale(weights: Optional[Path], out: Path, test_scales: str, *, nms: str, batch: int,
                        others: dict[str, bool]) -> None:
-    from hwnas.export.multiscale import export_multiscale_onnx
-    from hwnas.export.pipeline import _out_base
-    from hwnas.fileio import check_outputs, write_atomic
+    from hwnas.export.pipeline import export_multiscale
     from hwnas.limits import check_batch
     from hwnas.multiscale import describe, parse_scales, scaled_hw
-    from hwnas.train import load_model
 
     if weights is None:
         raise HwnasError("--test-scales exports a trained checkpoint: give --weights")
@@ -535,15 +450,10 @@ def _export_multiscale(weights: Path, out: Path, test_scales: str, *, nms: str, 
         raise HwnasError(f"--nms {nms}: a multi-scale graph takes onnx (onnxruntime, TensorRT) or ops (TensorRT-RTX)")
     scales = parse_scales(test_scales)
     check_batch(batch, "--batch")
-    path = _out_base(out)
-    path = path.with_name(path.name + ".onnx")
-    check_outputs([(path, "ONNX graph", "ONNX file")], inputs=[weights])
-    model, arch, _ = load_model(weights)
-    graph = export_multiscale_onnx(model, scales, nms="onnx" if nms == "auto" else nms, batch=batch)
-    write_atomic(path, graph)
-    sizes = ", ".join(f"{h}x{w}" for h, w in (scaled_hw(arch.input_hw, s.scale) for s in scales))
-    typer.echo(f"{arch}: multi-scale graph, passes {describe(scales)} at {sizes}")
-    typer.echo(f"wrote {path} (score it with `hwnas eval --model {path} --data DIR --format wider`)")
+    res = export_multiscale(weights, out, scales, nms="onnx" if nms == "auto" else nms, batch=batch)
+    sizes = ", ".join(f"{h}x{w}" for h, w in (scaled_hw(res.arch.input_hw, s.scale) for s in res.scales))
+    typer.echo(f"{res.arch}: multi-scale graph, passes {describe(res.scales)} at {sizes}")
+    typer.echo(f"wrote {res.path} (score it with `hwnas eval --model {res.path} --data DIR --format wider`)")
 
 
 @app.command()
@@ -692,7 +602,7 @@ def quickstart(
     a TensorRT-RTX engine, in one command; each step is printed as the command that reruns it."""
     from hwnas.quickstart import Quickstart
 
-    Quickstart(out, preset=preset, fast=fast, say=typer.echo).run()
+    Quickstart(out, run, preset=preset, fast=fast, say=typer.echo).run()
 
 
 @app.command()

@@ -61,7 +61,7 @@ def predict_dataset(model: torch.nn.Module, arch: Arch, dataset, *, batch_size: 
                     score_thresh: float = 0.05, max_dets: int = 100, progress=None) -> tuple[list[dict], float]:
     """:func:`detect_dataset` with ``model`` in eager PyTorch and :func:`hwnas.heads.postprocess`."""
     from hwnas.data.transforms import normalize
-    from hwnas.heads import postprocess
+    from hwnas.heads.postprocess import postprocess
 
     model.eval().to(device)
 

@@ -87,9 +87,9 @@ def torch_multiscale(model: torch.nn.Module, scales: Sequence, *, device: str = 
     from hwnas.multiscale import multi_scale_detect
 
     arch, k = model.arch, model.num_classes
-    if arch.head == "rcnn":
-        raise HwnasError("multi-scale testing needs a one-stage head: the rcnn head's RoI stage is built for one "
-                         "input size")
+    if arch.head.TWO_STAGE:
+        raise HwnasError(f"multi-scale testing needs a one-stage head: the {arch.head.kind} head's RoI stage is "
+                         f"built for one input size")
     model = model.eval().to(device)
     sized: dict[tuple[int, int], torch.nn.Module] = {}
 

@@ -20,7 +20,8 @@ from hwnas.arch import Arch, get_space
 from hwnas.backends.base import Backend, Latency, Target, TimingConfig, time_module
 from hwnas.errors import HwnasError
 from hwnas.fileio import read_json, write_json
-from hwnas.units import Unit, build, example_inputs
+from hwnas.models.blocks import build, example_inputs
+from hwnas.units import Unit
 
 FORMAT = "hwnas-latency-table/1"
 
@@ -164,10 +165,8 @@ class LatencyTable:
                 f"{','.join(map(str, self.resolutions))}, {self.num_classes} classes); profile it with "
                 f"hwnas profile --resolutions <input size> --num-classes {self.num_classes}") from None
 
-    def predict(self, arch: Arch | str) -> Prediction:
+    def predict(self, arch: Arch) -> Prediction:
         """Predicted whole-detector latency: the sum over ``arch.placed_units`` (the one walk)."""
-        if isinstance(arch, str):
-            arch = Arch.parse(arch)
         total, var, groups = 0.0, 0.0, {}
         placed = arch.placed_units(self.num_classes)
         for p in placed:

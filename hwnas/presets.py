@@ -1,8 +1,13 @@
 """Named architectures (hand-designed baselines and the face presets) and their training recipes."""
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
+
+if TYPE_CHECKING:
+    from hwnas.train import TrainConfig
 
 # Baselines in the SM-NAS encoding. Stem and widths follow the original networks where the
 # grammar allows (ResNet: 64 base channels; MobileNetV2-like: inverted residuals from 16).
@@ -42,9 +47,43 @@ RECIPES: dict[str, dict] = {
 SEARCH_PRESETS: dict[str, tuple[str, str]] = {"face": ("face", "face-s")}
 
 
-def recipe(name: str) -> dict:
-    """The preset's training recipe ({} for presets without one)."""
-    return dict(RECIPES.get(name, {}))
+# What every user of a recipe sets itself: the search trains its candidates, and quickstart the one
+# it picks, with a recipe's tricks (box loss, data-anchor-sampling, jitter) and a budget of its own.
+BUDGET = ("epochs", "batch_size", "lr")
+
+
+def recipe_config(preset: str = "", **given: Any) -> "TrainConfig":
+    """The TrainConfig of ``preset``'s recipe (presets without one: the defaults) with the ``given``
+    fields on top (None: not given). The one place a recipe becomes training options."""
+    from hwnas.train import TrainConfig
+
+    fields = {k: v for k, v in RECIPES.get(preset, {}).items() if k in TrainConfig.__dataclass_fields__}
+    fields.update({k: v for k, v in given.items() if v is not None})
+    return TrainConfig(**fields)
+
+
+def recipe_flags(preset: str) -> list[str]:
+    """``hwnas train`` options giving an arch the training tricks of ``preset``'s recipe, without its
+    budget (quickstart prints and runs the command). Options are named after the TrainConfig fields."""
+    from hwnas.train import TrainConfig
+
+    flags = []
+    for k, v in RECIPES.get(preset, {}).items():
+        if k in TrainConfig.__dataclass_fields__ and k not in BUDGET:
+            flags += [f"--{k.replace('_', '-')}", ",".join(map(str, v)) if isinstance(v, tuple) else str(v)]
+    return flags
+
+
+def search_preset(preset: str | None, space: str | None) -> tuple[str, str]:
+    """(search space, recipe) of ``hwnas search [--preset P] [--space S]``; without a preset, no recipe."""
+    if preset is None:
+        return space or "default", ""
+    if preset not in SEARCH_PRESETS:
+        raise HwnasError(f"--preset {preset!r}: valid search presets are {', '.join(SEARCH_PRESETS)}")
+    preset_space, recipe = SEARCH_PRESETS[preset]
+    if space not in (None, preset_space):
+        raise HwnasError(f"--preset {preset} searches space {preset_space!r}; drop --space {space}")
+    return preset_space, recipe
 
 
 def resolve_arch(text: str) -> Arch:

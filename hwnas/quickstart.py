@@ -12,10 +12,13 @@ import json
 import shlex
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from hwnas.console import keeps
 from hwnas.errors import HwnasError
+
+if TYPE_CHECKING:
+    from hwnas.search.records import TrialRecord
 
 
 @dataclass(frozen=True)
@@ -81,13 +84,15 @@ def committed_table(plan: Plan) -> Path | None:
 
 
 class Quickstart:
-    def __init__(self, out: Path, preset: str | None = None, fast: bool = False,
+    def __init__(self, out: Path, run: Callable[[list[str]], int], preset: str | None = None, fast: bool = False,
                  say: Callable[[str], None] = print) -> None:
+        """``run(argv)`` runs one ``hwnas`` command in this process (``hwnas.cli.run``, passed in
+        by the command line, which imports this module)."""
         if preset not in PRESETS:
             raise HwnasError(f"--preset {preset!r}: quickstart knows {', '.join(p for p in PRESETS if p)} "
                              f"(or none: generated shapes)")
         self.plan = PLANS[(PRESETS[preset], fast)]
-        self.out, self.say = Path(out), say
+        self.out, self.say, self.run_command = Path(out), say, run
         self.preset, self.fast = preset, fast
         self.commands: list[str] = []
         self.data = self.out / "data"
@@ -95,8 +100,6 @@ class Quickstart:
 
     # ------------------------------------------------------------------ running steps
     def _hwnas(self, title: str, argv: list[str], done: Path | None = None) -> None:
-        from hwnas.cli import run
-
         cmd = shlex.join(["hwnas", *argv])
         self.commands.append(cmd)
         self.say(f"\n[{len(self.commands)}] {title}\n$ {cmd}")
@@ -104,7 +107,7 @@ class Quickstart:
             self.say(f"  done already ({done}); skipped")
             return
         try:
-            run(argv)
+            self.run_command(argv)
         except HwnasError as e:
             raise HwnasError(f"{e} (quickstart step {len(self.commands)}, {title}: fix it and run the same "
                              f"quickstart again; finished steps are kept)") from None
@@ -137,11 +140,11 @@ class Quickstart:
                      "--epochs-per-trial", str(p.epochs_per_trial), "--max-train-images", str(p.max_train_images),
                      "--batch-size", str(p.batch_size), "--threads", "2", "--out", str(search)])
         chosen = choose(search / "pareto.json")
-        self.say(f"\nchosen: {chosen['arch']} (best mAP on the front: {chosen['map']:.4f} after "
+        self.say(f"\nchosen: {chosen.arch} (best mAP on the front: {chosen.score:.4f} after "
                  f"{p.epochs_per_trial} epoch(s))")
         run = out / "train"
         self._hwnas("train the chosen detector longer",
-                    ["train", "--arch", chosen["arch"], "--data", str(self.data), "--epochs", str(p.train_epochs),
+                    ["train", "--arch", str(chosen.arch), "--data", str(self.data), "--epochs", str(p.train_epochs),
                      "--batch-size", str(p.batch_size), *self._recipe_flags(), "--out", str(run)])
         engines = out / "engines"
         fmt = ["--format", "wider"] if p.kind == "faces" else []
@@ -170,20 +173,12 @@ class Quickstart:
 
     def _recipe_flags(self) -> list[str]:
         """The final training uses the tricks the search trained its candidates with."""
-        from hwnas.presets import recipe
+        from hwnas.presets import recipe_flags
 
-        r = recipe(self.plan.recipe or "")
-        flags = []
-        if "box_loss" in r:
-            flags += ["--box-loss", r["box_loss"]]
-        if "das_p" in r:
-            flags += ["--das-p", str(r["das_p"])]
-        if "scale_jitter" in r:
-            flags += ["--scale-jitter", ",".join(map(str, r["scale_jitter"]))]
-        return flags
+        return recipe_flags(self.plan.recipe or "")
 
     # ------------------------------------------------------------------ the summary
-    def summary(self, chosen: dict, table: Path) -> dict:
+    def summary(self, chosen: "TrialRecord", table: Path) -> dict:
         from hwnas.fileio import write_json
 
         out = self.out
@@ -196,12 +191,12 @@ class Quickstart:
         bench = {n: read(f"bench-{n}.json") for n in ("pytorch", "onnx-fp32", "onnx-int8")}
         key = "hard" if self.plan.kind == "faces" else "map"
         figures = {
-            "arch": {"value": chosen["arch"], "file": "search/pareto.json"},
+            "arch": {"value": str(chosen.arch), "file": "search/pareto.json"},
             "map_checkpoint": {"value": train["map"], "file": "train/metrics.json"},
             "map_onnx_fp32": {"value": evals["best"]["map"], "file": "eval-best.json"},
             "map_onnx_int8": {"value": evals["best-int8"]["map"], "file": "eval-best-int8.json"},
-            "predicted_latency_ms": {"value": chosen["predicted_latency_ms"], "file": "search/pareto.json"},
-            "measured_latency_ms": {"value": chosen["measured_latency_ms"], "file": "search/pareto.json"},
+            "predicted_latency_ms": {"value": chosen.predicted_latency_ms, "file": "search/pareto.json"},
+            "measured_latency_ms": {"value": chosen.measured_latency_ms, "file": "search/pareto.json"},
         }
         if key == "hard":
             figures["wider_hard_ap_onnx_fp32"] = {"value": evals["best"]["hard"], "file": "eval-best.json"}
@@ -216,12 +211,12 @@ class Quickstart:
         lines = [
             "", f"done: {out}",
             f"  Pareto plot      {out / 'search/pareto.png'}",
-            f"  chosen arch      {chosen['arch']}",
+            f"  chosen arch      {chosen.arch}",
             f"  mAP              {train['map']:.4f} (checkpoint), {evals['best']['map']:.4f} (ONNX fp32), "
             f"{evals['best-int8']['map']:.4f} (ONNX int8)",
-            f"  latency          predicted {chosen['predicted_latency_ms']:.2f} ms, measured "
-            f"{chosen['measured_latency_ms']:.2f} ms (network, {Path(str(table)).name})" if chosen["measured_latency_ms"]
-            else f"  latency          predicted {chosen['predicted_latency_ms']:.2f} ms",
+            f"  latency          predicted {chosen.predicted_latency_ms:.2f} ms, measured "
+            f"{chosen.measured_latency_ms:.2f} ms (network, {Path(str(table)).name})" if chosen.measured_latency_ms
+            else f"  latency          predicted {chosen.predicted_latency_ms:.2f} ms",
             f"  end to end       PyTorch {pt:.2f} ms, ONNX fp32 {fp:.2f} ms ({pt / fp:.2f}x), int8 {i8:.2f} ms "
             f"({pt / i8:.2f}x), 1 thread",
         ]
@@ -232,13 +227,15 @@ class Quickstart:
         return s
 
 
-def choose(pareto: Path) -> dict:
+def choose(pareto: Path) -> "TrialRecord":
     """The front member with the best mAP (on the measured front when it was re-measured)."""
-    rows = json.loads(Path(pareto).read_text())
+    from hwnas.search.records import read_front
+
+    rows = read_front(pareto)
     if not rows:
         raise HwnasError(f"{pareto} holds no front: every candidate failed; see the search's report.md")
-    measured = [r for r in rows if r.get("on_measured_front")] or rows
-    return max(measured, key=lambda r: r["map"])
+    measured = [r for r in rows if r.on_measured_front] or rows
+    return max(measured, key=lambda r: r.score)
 
 
 def _has_rtx() -> bool:

@@ -9,7 +9,7 @@ static shapes only: every level is pooled for every box (bilinear sampling on a 
 ``out*ratio`` grid via one row ``index_select`` per corner, i.e. ONNX Gather), and each box keeps
 the level the FPN rule assigns it (a mask-weighted sum). It does ``len(levels)`` times the
 sampling work of torchvision's form, so it is timed as what it is: backends that export this
-form time it for the ``roi`` unit (see :class:`hwnas.units.RoIStage`).
+form time it for the ``roi`` unit (see :class:`hwnas.models.blocks.RoIStage`).
 """
 from __future__ import annotations
 

@@ -8,13 +8,10 @@ exactly the one the latency table timed).
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
-import json
 import math
 import random
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
@@ -25,14 +22,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from hwnas.arch import Arch
+from hwnas.checkpoint import check_resume, load_checkpoint, save_checkpoint
 from hwnas.errors import HwnasError
 from hwnas.fileio import write_atomic, write_json
-from hwnas.limits import MAX_COUNT, MAX_NUM_CLASSES, check_batch, check_count, check_float, check_seed
-
-# 2 adds "digest" (see state_digest); 1, written by earlier versions, has none and still loads.
-CHECKPOINT_FORMAT = "hwnas-checkpoint/2"
-FORMATS = ("hwnas-checkpoint/1", CHECKPOINT_FORMAT)
-
+from hwnas.limits import check_batch, check_count, check_float, check_seed
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -127,177 +120,6 @@ def add_weight_standardization(model: nn.Module) -> int:
     return n
 
 
-def _parametrized(model: nn.Module) -> bool:
-    return any(parametrize.is_parametrized(m) for m in model.modules())
-
-
-def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """State dict with standardisation folded in: loads into a plain ``Detector.from_arch``."""
-    out = {}
-    for k, v in model.state_dict().items():
-        if ".parametrizations.weight.original" in k:
-            continue
-        out[k] = v
-    for name, m in model.named_modules():
-        if parametrize.is_parametrized(m, "weight"):
-            out[f"{name}.weight"] = m.weight.detach().clone()
-    return out
-
-
-# ----------------------------------------------------------------------------- checkpoints
-def state_digest(arch: str, class_names: list[str], epoch: int, state_dict: dict[str, torch.Tensor]) -> str:
-    """sha256 over what decides the deployed model: the arch string, the class names, the epoch and
-    every tensor of ``state_dict`` (name, dtype, shape and bytes, in sorted key order).
-
-    A checkpoint stores it so that an edit that keeps every tensor shape (``i64`` -> ``i128``, a
-    moved stride) cannot load silently as a model other than the one trained. The bytes are hashed
-    in place (a CPU contiguous tensor viewed as uint8 exposes its buffer): no copies, about 0.05 s
-    for the 84 MB of resnet18-fpn-retinanet with 80 classes.
-    """
-    tensors = []
-    for name in sorted(state_dict):
-        t = state_dict[name].detach()
-        if t.device.type != "cpu":
-            t = t.cpu()
-        tensors.append((name, t.contiguous()))  # a no-op for the (contiguous) tensors of a state dict
-    # The lengths in the header make the byte stream after it unambiguous.
-    header = json.dumps({"arch": arch, "class_names": list(class_names), "epoch": epoch,
-                         "tensors": [[n, str(t.dtype), list(t.shape), t.numel() * t.element_size()]
-                                     for n, t in tensors]}, separators=(",", ":"))
-    h = hashlib.sha256(header.encode())
-    for _, t in tensors:
-        if t.numel():
-            h.update(t.reshape(-1).view(torch.uint8).numpy())
-    return h.hexdigest()
-
-
-def save_checkpoint(path: Path, *, model: nn.Module, arch: Arch, class_names: list[str], epoch: int,
-                    optimizer=None, scheduler=None, scaler=None, config: TrainConfig | None = None,
-                    metrics: dict | None = None) -> None:
-    weights = plain_state_dict(model)
-    state = {
-        "format": CHECKPOINT_FORMAT,
-        "arch": str(arch),
-        "class_names": list(class_names),
-        "epoch": epoch,
-        "state_dict": weights,
-        "digest": state_digest(str(arch), list(class_names), epoch, weights),
-        # Only weight-standardised models differ in training form; the rest would store the weights twice.
-        "train_state_dict": model.state_dict() if _parametrized(model) else None,
-        "optimizer": optimizer.state_dict() if optimizer else None,
-        "scheduler": scheduler.state_dict() if scheduler else None,
-        "scaler": scaler.state_dict() if scaler is not None else None,  # AMP loss scale ({} when off)
-        "config": asdict(config) if config else None,
-        "metrics": metrics or {},
-        "rng": {"torch": torch.get_rng_state()},
-    }
-    buf = io.BytesIO()
-    torch.save(state, buf)
-    write_atomic(path, buf.getvalue())
-
-
-def _is_count(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-# What load_checkpoint requires of each field before anything reads it.
-_FIELDS: dict[str, Callable[[object], bool]] = {
-    "arch": lambda v: isinstance(v, str),
-    "class_names": lambda v: isinstance(v, list) and 1 <= len(v) <= MAX_NUM_CLASSES
-    and all(isinstance(c, str) for c in v),
-    "epoch": _is_count,
-    "state_dict": lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in v.items()),
-    "train_state_dict": lambda v: v is None or (isinstance(v, dict) and all(torch.is_tensor(t) for t in v.values())),
-    "config": lambda v: v is None or isinstance(v, dict),
-    "metrics": lambda v: isinstance(v, dict),
-    "rng": lambda v: isinstance(v, dict),
-}
-
-
-def _all_finite(t: torch.Tensor) -> bool:
-    # A sum is finite only if every element is (a NaN or an infinity carries through), and it
-    # allocates nothing: isfinite().all() on every tensor of a just-loaded 80 MB checkpoint took
-    # 0.1-0.8 s here. Only a sum that is not finite (a NaN, or huge finite values overflowing)
-    # pays for the exact element-wise test.
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def non_finite(tensors: dict) -> list[str]:
-    """Names of the floating-point tensors in ``tensors`` holding a NaN or an infinity, in order."""
-    return [k for k, t in tensors.items() if torch.is_tensor(t) and t.is_floating_point() and not _all_finite(t)]
-
-
-def load_checkpoint(path: Path) -> dict:
-    """Load with ``weights_only=True`` (never unpickles code) and check what later code reads: the
-    fields' types, the epoch, finite weights and (format 2) the digest. Errors name the file and the fix."""
-    path = Path(path)
-    if not path.exists():
-        raise HwnasError(f"checkpoint {path} does not exist")
-    try:
-        with warnings.catch_warnings():
-            # a foreign pickle (e.g. protocol 4) makes the weights_only unpickler warn before it
-            # refuses: the refusal below is the one line the user sees
-            warnings.simplefilter("ignore")
-            ck = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for truncated or foreign files
-        raise HwnasError(f"checkpoint {path} is corrupt or not an hwnas checkpoint ({e.__class__.__name__}); "
-                         f"retrain or point --weights at another file") from None
-    if not isinstance(ck, dict) or ck.get("format") not in FORMATS:
-        raise HwnasError(f"{path} is not an hwnas checkpoint (format {CHECKPOINT_FORMAT!r} expected)")
-    fields = dict(_FIELDS)
-    if ck["format"] != FORMATS[0]:
-        fields["digest"] = lambda v: isinstance(v, str)
-    bad = [k for k, ok in fields.items() if k not in ck or not ok(ck[k])]
-    if bad:
-        raise HwnasError(f"checkpoint {path} is incomplete (missing or malformed {', '.join(bad)}); "
-                         f"retrain or point --weights at another file")
-    try:  # parsed here, before the digest, so a malformed string is named as such
-        Arch.parse(ck["arch"])
-    except HwnasError as e:  # the message alone would not say which file holds the bad string
-        raise HwnasError(f"checkpoint {path} holds an {e}; retrain or point --weights at another file") from None
-    # The epoch counts finished epochs from 0: a resume starts at epoch + 1, so a negative one
-    # would train extra epochs and one past the run's length would skip its evaluation.
-    epochs = (ck["config"] or {}).get("epochs", MAX_COUNT)
-    if not _is_count(epochs) or not 1 <= epochs <= MAX_COUNT:
-        raise HwnasError(f"checkpoint {path} is corrupt: its config has epochs {epochs!r}, not a count in "
-                         f"1..{MAX_COUNT}; retrain or point --weights at another file")
-    if not 0 <= ck["epoch"] < epochs:
-        raise HwnasError(f"checkpoint {path} is corrupt: it records epoch {ck['epoch']}, outside 0..{epochs - 1}; "
-                         f"retrain or point --weights at another file")
-    # Hashed first (the first pass over freshly loaded tensors is the slow one, and sha256 pays it
-    # least: 0.05 s where sums took 0.3 s), compared last: a diverged run writes NaNs with a valid
-    # digest, and those would otherwise load and score 0 without a word.
-    digest = "digest" in fields and state_digest(ck["arch"], ck["class_names"], ck["epoch"], ck["state_dict"])
-    bad = non_finite(ck["state_dict"])
-    if bad:
-        total = sum(t.is_floating_point() for t in ck["state_dict"].values())
-        raise HwnasError(f"checkpoint {path} holds weights that are not numbers: {len(bad)} of its {total} "
-                         f"floating-point tensors are not finite (first: {bad[0]}); retrain (if training "
-                         f"diverged, lower --lr)")
-    if digest and digest != ck["digest"]:
-        raise HwnasError(f"checkpoint {path} was modified after it was written (its digest does not match); "
-                         f"retrain or restore the file")
-    return ck
-
-
-def load_model(path: Path):
-    """(Detector in eval mode, Arch, class names) from a checkpoint."""
-    from hwnas.models import Detector
-
-    ck = load_checkpoint(path)
-    arch = Arch.parse(ck["arch"])  # load_checkpoint has checked it parses
-    model = Detector.from_arch(arch, len(ck["class_names"]))
-    try:
-        model.load_state_dict(ck["state_dict"])
-    except RuntimeError as e:
-        # torch's first line is only "Error(s) in loading state_dict for Detector:"; the next names the tensor
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-        detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
-        raise HwnasError(f"checkpoint {path} does not match its arch {arch} ({detail}); retrain or point --weights "
-                         f"at another file") from None
-    return model.eval(), arch, ck["class_names"]
-
-
 # ----------------------------------------------------------------------------- the loop
 def seed_everything(seed: int) -> None:
     random.seed(seed)
@@ -311,77 +133,6 @@ def lr_factor(it: int, total: int, warmup: int) -> float:
         return 0.01 + 0.99 * it / max(1, warmup)
     t = (it - warmup) / max(1, total - warmup)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _numbers_ok(obj) -> bool:
-    """Every number (and floating-point tensor) anywhere in a nested state dict is finite."""
-    if isinstance(obj, dict):
-        return all(_numbers_ok(v) for v in obj.values())
-    if isinstance(obj, (list, tuple)):
-        return all(_numbers_ok(v) for v in obj)
-    if isinstance(obj, float):
-        return math.isfinite(obj)
-    if torch.is_tensor(obj):
-        return not obj.is_floating_point() or _all_finite(obj)
-    return True
-
-
-def _history_problem(history, epoch: int) -> str | None:
-    """What is wrong with a resumed run's history (one record per finished epoch 0..epoch), or None."""
-    if not isinstance(history, list):
-        return f"a {type(history).__name__}, not a list of epoch records"
-    if len(history) != epoch + 1:
-        return f"{len(history)} epoch records for {epoch + 1} finished epochs"
-    for i, h in enumerate(history):
-        if not isinstance(h, dict) or h.get("epoch") != i or not _is_count(h.get("epoch")):
-            return f"record {i} is not the record of epoch {i}"
-        for k in ("loss", "seconds", "images_per_s"):
-            if not _number(h.get(k)) or (k != "loss" and h[k] < 0):
-                return f"record {i} has {k} {h.get(k)!r}"
-        for k, v in h.items():  # loss components and the learning rate, where recorded
-            if (k.startswith("loss_") or k == "lr") and not _number(v):
-                return f"record {i} has {k} {v!r}"
-        val = h.get("val")  # its map decides best.pt and is printed: a number pycocotools can give
-        if val is not None and not (isinstance(val, dict) and "map" in val and all(
-                _number(val[k]) and -1 <= val[k] <= 1 for k in ("map", "map50") if k in val)):
-            return f"record {i} has a malformed val score"
-        if h.get("new_best", False) not in (True, False) or (h.get("new_best") and val is None):
-            return f"record {i} has new_best {h['new_best']!r}" + (" without a val score" if val is None else "")
-    return None
-
-
-def _check_resume(ck: dict, path: Path) -> list[dict]:
-    """The numbers a resume reads from ``ck`` beyond what load_checkpoint checks; its history."""
-    history = ck["metrics"].get("history")
-    problem = _history_problem(history, ck["epoch"])
-    if problem:
-        raise HwnasError(f"{path} holds a malformed training history ({problem}); use another --out")
-    opt = ck.get("optimizer")
-    if opt is not None:
-        groups = opt.get("param_groups") if isinstance(opt, dict) else None
-        if (not isinstance(groups, list) or not isinstance(opt.get("state"), dict) or not _numbers_ok(opt)
-                or not all(isinstance(g, dict) and _number(g.get("lr")) and 0 < g["lr"] < 1 for g in groups)):
-            raise HwnasError(f"{path} holds a malformed optimizer state (a learning rate outside (0, 1) or a "
-                             f"non-finite number); use another --out")
-    sched = ck.get("scheduler")
-    if sched is not None and not (isinstance(sched, dict) and _is_count(sched.get("last_epoch"))
-                                  and 0 <= sched["last_epoch"] <= (ck["epoch"] + 1) * MAX_COUNT and _numbers_ok(sched)
-                                  and all(_number(b) and 0 < b < 1 for b in sched.get("base_lrs", []))):
-        raise HwnasError(f"{path} holds a malformed learning-rate scheduler state (step or base rate out of range); "
-                         f"use another --out")
-    if ck.get("scaler") is not None and not (isinstance(ck["scaler"], dict) and _numbers_ok(ck["scaler"])):
-        raise HwnasError(f"{path} holds a malformed AMP loss-scaler state; use another --out")
-    rng, want = ck["rng"].get("torch"), torch.get_rng_state()
-    if not (torch.is_tensor(rng) and rng.dtype == want.dtype and rng.shape == want.shape):
-        raise HwnasError(f"{path} holds a malformed random state; use another --out")
-    bad = non_finite(ck["train_state_dict"] or {})
-    if bad:
-        raise HwnasError(f"{path} holds non-finite training weights (first: {bad[0]}); use another --out")
-    return list(history)
 
 
 def _last_best(history: list[dict]) -> dict | None:
@@ -437,7 +188,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     from hwnas.data.transforms import EvalTransform, TrainTransform, collate, normalize
     from hwnas.evaluate import evaluate
     from hwnas.fileio import check_writable
-    from hwnas.heads import DetectionLoss, init_head_priors
+    from hwnas.heads.losses import DetectionLoss, init_head_priors
     from hwnas.models import Detector
 
     out = Path(out)
@@ -446,13 +197,13 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     seed_everything(cfg.seed)
     train_tf = TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter))
     if cfg.das_p > 0:
-        if arch.head != "face":
-            raise HwnasError(f"--das-p {cfg.das_p}: data-anchor-sampling samples the face head's anchors; "
-                             f"the arch has a {arch.head} head (use --das-p 0)")
+        anchor_sizes = arch.head.anchor_sizes(arch)
+        if anchor_sizes is None:
+            raise HwnasError(f"--das-p {cfg.das_p}: data-anchor-sampling samples the anchors of a head that names "
+                             f"their sizes (the face head); the arch has a {arch.head.kind} head (use --das-p 0)")
         from hwnas.data.anchor_sampling import DataAnchorSampling
-        from hwnas.heads.face import face_anchor_sizes
 
-        train_tf = DataAnchorSampling(arch.input_hw, seed=cfg.seed, anchor_sizes=face_anchor_sizes(arch),
+        train_tf = DataAnchorSampling(arch.input_hw, seed=cfg.seed, anchor_sizes=anchor_sizes,
                                       p=cfg.das_p, scale_range=tuple(cfg.scale_jitter))
     train_set = open_dataset(data_dir, "train", train_tf, cfg.on_error)
     val_set = open_dataset(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
@@ -467,15 +218,15 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     ck = None
     if ckpt.exists():  # checked before any work: a run of another arch or dataset is not resumed
         ck = load_checkpoint(ckpt)
-        if ck["arch"] != str(arch):
-            raise HwnasError(f"{ckpt} holds a run of another arch ({ck['arch']}); use another --out")
-        if ck["class_names"] != train_set.class_names:
-            raise HwnasError(f"{ckpt} was trained on classes {ck['class_names']}, {data_dir} has "
+        if str(ck.arch) != str(arch):
+            raise HwnasError(f"{ckpt} holds a run of another arch ({ck.arch}); use another --out")
+        if list(ck.class_names) != train_set.class_names:
+            raise HwnasError(f"{ckpt} was trained on classes {list(ck.class_names)}, {data_dir} has "
                              f"{train_set.class_names}; use another --out")
-        if ck["epoch"] + 1 > cfg.epochs:
-            raise HwnasError(f"{ckpt} has already trained {ck['epoch'] + 1} epochs, more than --epochs {cfg.epochs}; "
-                             f"give --epochs {ck['epoch'] + 1} or more, or use another --out")
-        resumed_history = _check_resume(ck, ckpt)
+        if ck.epoch + 1 > cfg.epochs:
+            raise HwnasError(f"{ckpt} has already trained {ck.epoch + 1} epochs, more than --epochs {cfg.epochs}; "
+                             f"give --epochs {ck.epoch + 1} or more, or use another --out")
+        resumed_history = check_resume(ck, ckpt)
 
     model = Detector.from_arch(arch, k)
     init_head_priors(model)
@@ -501,19 +252,19 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     start_epoch, history = 0, []
     if ck is not None:
         try:
-            model.load_state_dict(ck["train_state_dict"] or ck["state_dict"])
-            if ck["optimizer"]:
-                opt.load_state_dict(ck["optimizer"])
-            if ck["scheduler"]:
-                sched.load_state_dict(ck["scheduler"])
-            if ck.get("scaler"):
-                scaler.load_state_dict(ck["scaler"])
+            model.load_state_dict(ck.train_state_dict or ck.state_dict)
+            if ck.optimizer:
+                opt.load_state_dict(ck.optimizer)
+            if ck.scheduler:
+                sched.load_state_dict(ck.scheduler)
+            if ck.scaler:
+                scaler.load_state_dict(ck.scaler)
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # e.g. a run made with other training options
             raise HwnasError(f"{ckpt} does not fit this run ({str(e).splitlines()[0][:200]}); "
                              f"use another --out") from None
-        start_epoch = ck["epoch"] + 1
+        start_epoch = ck.epoch + 1
         history = resumed_history
-        torch.set_rng_state(ck["rng"]["torch"])
+        torch.set_rng_state(ck.rng["torch"])
     components = tuple(criterion.components)
     best_pt, results = out / "best.pt", out / "results.csv"
     # Best so far comes from the history, so a resume keeps it; a best.pt deleted since cannot be

@@ -25,7 +25,7 @@ from hwnas.errors import HwnasError
 from hwnas.fileio import read_json, write_json
 from hwnas.latency import Correction, LatencyTable
 from hwnas.models import Detector
-from hwnas.units import build, example_inputs
+from hwnas.models.blocks import build, example_inputs
 
 CALIB_SEED_OFFSET = 1_000_000  # calibration archs come from a seed range the evaluation never uses
 KEEP_CORRECTION_BELOW = 0.9  # held-out MAPE ratio (correction / plain sum) needed to keep a correction
@@ -78,6 +78,12 @@ def measure_detector(backend: Backend, arch: Arch, num_classes: int, timing: Tim
     a = measure(runner.run, runner.timer, timing)
     b = measure(runner.run, runner.timer, timing)
     return a.median_ms, b.median_ms
+
+
+def measured_latency_ms(backend: Backend, arch: Arch, num_classes: int, timing: TimingConfig, batch: int = 1) -> float:
+    """The whole detector's latency (ms) on ``backend``: the mean of :func:`measure_detector`'s two
+    measurements (validation keeps both apart, for the noise between them)."""
+    return sum(measure_detector(backend, arch, num_classes, timing, batch)) / 2
 
 
 # ----------------------------------------------------------------------------- naive baseline

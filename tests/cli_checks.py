@@ -17,6 +17,18 @@ def fill(argv: list[str], subs: dict[str, str]) -> list[str]:
     return out
 
 
+class Seen:
+    """capfd as ``assert_one_error`` reads it, keeping stderr to check the fix in the same line."""
+
+    def __init__(self, capfd) -> None:
+        self.capfd, self.err = capfd, ""
+
+    def readouterr(self):
+        r = self.capfd.readouterr()
+        self.err = r.err
+        return r
+
+
 def assert_one_error(capfd, argv: list[str], expect: str, watch: Path, absent: Path) -> None:
     """``hwnas.cli.main(argv)`` refuses the way a user should see it: a non-zero exit, nothing on
     stdout, exactly one ``error: ...`` line on stderr containing ``expect`` (no traceback, no

@@ -6,7 +6,10 @@ import pytest
 from hwnas.arch import BLOCK_TYPES, HEADS, NECKS, NORMS, SPACES, Arch, SearchSpace, get_space
 from hwnas.errors import HwnasError
 from hwnas.presets import PRESETS, resolve_arch
-from hwnas.units import RETINA_ANCHORS, RPN_ANCHORS, Unit
+from hwnas.heads import parse_head
+from hwnas.heads.rcnn import RPN_ANCHORS
+from hwnas.heads.retina import RETINA_ANCHORS
+from hwnas.units import Unit
 
 R18 = "i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn"
 GOOD = "i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn"
@@ -71,7 +74,7 @@ def test_neck_none_canonical() -> None:
     a = Arch.parse("i256/basic_c64_11-21-21-21/none/retina_d4_c128/bn")
     assert a.levels == (5, 5) and a.neck_width == 0 and a.out_levels == (5,)
     # the neck width means nothing without a neck: equal text, equal archs
-    b = Arch((256, 256), "basic", 64, ("11", "21", "21", "21"), "none", (5, 5), 96, "retina", 4, 128)
+    b = Arch((256, 256), "basic", 64, ("11", "21", "21", "21"), "none", (5, 5), 96, parse_head("retina_d4_c128"))
     assert a == b and str(b) == str(a)
 
 
@@ -113,7 +116,7 @@ BAD = [
     (_swap(3, "retina_4_c128"), "head 'retina_4_c128'"),
     (_swap(3, "retina_d9_c128"), "head depth 9"),
     (_swap(3, "retina_d4_c100"), "head width 100"),
-    (_swap(3, "retina_d4_c128_n100"), "proposal count (n100)"),
+    (_swap(3, "retina_d4_c128_n100"), "only the rcnn head takes n (n100)"),
     (_swap(3, "rcnn_d2_c512"), "rcnn head needs a proposal count"),
     (_swap(3, "rcnn_d2_c512_n0"), "proposals 1..2000"),
     (_swap(3, "rcnn_d5_c512_n100"), "d5"),
@@ -160,8 +163,8 @@ def test_samples_respect_the_space() -> None:
         assert a.norm in sp.norms
         if a.neck != "none":
             assert a.levels in sp.level_ranges
-        if a.head == "rcnn":
-            assert a.neck != "none" and a.proposals in sp.proposals
+        if a.head.kind == "rcnn":
+            assert a.neck != "none" and a.head.proposals in sp.proposals
 
 
 def test_sample_covers_every_choice() -> None:
@@ -169,7 +172,7 @@ def test_sample_covers_every_choice() -> None:
     archs = [sp.sample(s) for s in range(400)]
     assert {a.block for a in archs} == set(BLOCK_TYPES)
     assert {a.neck for a in archs} == set(NECKS)
-    assert {a.head for a in archs} == set(HEADS)
+    assert {a.head.kind for a in archs} == set(HEADS)
     assert {a.norm for a in archs} == set(NORMS)
 
 
@@ -205,8 +208,9 @@ def test_mutate(space: str) -> None:
         m = _move(a, b)
         moves[m] = moves.get(m, 0) + 1
         if m == "other":  # a module move: everything but one of these is unchanged
-            changed = [f for f in ("width", "neck_width", "head_depth", "head_width")
-                       if getattr(a, f) != getattr(b, f)]
+            changed = [f for f, get in (("width", lambda x: x.width), ("neck_width", lambda x: x.neck_width),
+                                        ("head_depth", lambda x: x.head.depth), ("head_width", lambda x: x.head.width))
+                       if get(a) != get(b)]
             assert len(changed) == 1, (a, b)
     for m in ("insert", "remove", "move2", "other"):
         assert moves.get(m, 0) >= 10, moves
@@ -323,3 +327,19 @@ def test_unit_key_and_dict_round_trip() -> None:
         Unit.from_dict({"kind": "conv", "colour": 3})
     with pytest.raises(HwnasError, match="num_classes must be >= 1"):
         Arch.parse(R18).placed_units(0)
+
+
+# ------------------------------------------------------------------------------ the description layer
+def test_description_layer_imports_no_torch() -> None:
+    """Arch, its grammar, the head kinds, the Unit spec, the search space and the manifest reader
+    stand without torch (a fresh interpreter: this one has torch loaded already)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, hwnas.arch, hwnas.units, hwnas.heads, hwnas.export.manifest\n"
+            "from hwnas.arch import SPACES, Arch\n"
+            "a = SPACES['default'].sample(0)\n"
+            "assert Arch.parse(str(a)) == a and a.units(80)\n"
+            "hwnas.export.manifest.read_manifest\n"
+            "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -22,13 +22,13 @@ import pytest
 import torch
 from PIL import Image
 
-from cli_checks import assert_one_error, fill
+from cli_checks import Seen, assert_one_error, fill
 from hwnas.arch import Arch
 from hwnas.cli import main
 from hwnas.data.synth import synth
 from hwnas.errors import HwnasError
 from hwnas.models import Detector
-from hwnas.train import save_checkpoint
+from hwnas.checkpoint import save_checkpoint
 
 TINY = "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn"
 SHAPES = ["circle", "rectangle", "triangle"]
@@ -259,24 +259,12 @@ FIX = {"coco file_name": "inside the image folder", "wider gt": "inside the imag
        "image over the pixel limit": "downscale", "truncated jpeg": "replace the file"}
 
 
-class _Seen:
-    """capfd as ``assert_one_error`` reads it, keeping stderr to check the fix in the same line."""
-
-    def __init__(self, capfd) -> None:
-        self.capfd, self.err = capfd, ""
-
-    def readouterr(self):
-        r = self.capfd.readouterr()
-        self.err = r.err
-        return r
-
-
 @pytest.mark.parametrize("name", list(BAD))
 def test_bad_data_is_refused(name: str, world: dict, tmp_path: Path, capfd) -> None:
     argv, expect = BAD[name]
     w = world["root"]
     before = sorted(w.parent.rglob("escaped*"))
-    seen = _Seen(capfd)
+    seen = Seen(capfd)
     assert_one_error(seen, fill(argv, {"{w}": str(w), "{o}": str(tmp_path / "out")}), expect, w, tmp_path / "out")
     fix = next(v for k, v in FIX.items() if name.startswith(k))
     assert fix in seen.err, seen.err  # the same one line says what to do

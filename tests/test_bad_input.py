@@ -23,14 +23,14 @@ import numpy as np
 import pytest
 import torch
 
-from cli_checks import assert_one_error, fill
+from cli_checks import Seen, assert_one_error, fill
 from hwnas.arch import SPACES, Arch
 from hwnas.backends import get_backend
 from hwnas.backends.base import Latency, TimingConfig
 from hwnas.data.synth import synth
 from hwnas.latency import LatencyTable
 from hwnas.models import Detector
-from hwnas.train import save_checkpoint
+from hwnas.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ROOT = os.geteuid() == 0
@@ -551,24 +551,12 @@ def _subs(world: dict, tmp_path: Path, argv: list[str]) -> dict[str, str]:
     return subs
 
 
-class _Seen:
-    """capfd as ``assert_one_error`` reads it, keeping stderr to check the fix in the same line."""
-
-    def __init__(self, capfd) -> None:
-        self.capfd, self.err = capfd, ""
-
-    def readouterr(self):
-        r = self.capfd.readouterr()
-        self.err = r.err
-        return r
-
-
 @pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.xfail(strict=True, reason=XFAIL[n]))
                                   if n in XFAIL else n for n in BAD])
 def test_bad_input(name: str, world: dict, tmp_path: Path, capfd) -> None:
     argv, problem, fix = BAD[name]
     subs = _subs(world, tmp_path, argv)
-    seen = _Seen(capfd)
+    seen = Seen(capfd)
     try:
         assert_one_error(seen, fill(argv, subs), problem, world["root"], tmp_path / "out")
     finally:
@@ -588,7 +576,7 @@ def test_the_malicious_payload_is_live(tmp_path) -> None:
     """The control for the malicious-checkpoint cases: the payload does run under a plain unpickle, so
     its marker staying absent there means hwnas refused it, not that the payload was a dud."""
     from hwnas.errors import HwnasError
-    from hwnas.train import load_checkpoint
+    from hwnas.checkpoint import load_checkpoint
 
     marker, path = tmp_path / "ran", tmp_path / "evil.pt"
     path.write_bytes(pickle.dumps(_Evil(marker), protocol=2))

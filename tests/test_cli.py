@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TINY_RES, sigkill_when
-from hwnas.arch import SPACES
+from hwnas.arch import SPACES, Arch
 from hwnas.cli import main
 from hwnas.latency import LatencyTable
 
@@ -79,7 +79,7 @@ def test_latency_measure_json(killed_and_resumed: dict) -> None:
     d = json.loads(r.stdout)
     assert d["arch"] == ARCH
     assert d["predicted_ms"] > 0 and d["measured_ms"] > 0
-    assert d["predicted_ms"] == pytest.approx(LatencyTable.load(table).predict(ARCH).latency_ms)
+    assert d["predicted_ms"] == pytest.approx(LatencyTable.load(table).predict(Arch.parse(ARCH)).latency_ms)
     assert d["error_pct"] == pytest.approx(100 * (d["predicted_ms"] - d["measured_ms"]) / d["measured_ms"])
     assert sum(d["breakdown_ms"].values()) == pytest.approx(d["unit_sum_ms"])
     assert d["target"]["backend"] == "ort-cpu" and d["corrected"] is False

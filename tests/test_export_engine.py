@@ -151,14 +151,14 @@ def test_manifest_rejects_bad_fields() -> None:
         BuildOptions.from_dict({**BuildOptions().to_dict(), "dynamic_batch": {"min": 4, "opt": 2, "max": 8}})
 
 
-def test_manifest_choices_match_their_sources() -> None:
-    """manifest.py repeats these lists so that reading a manifest imports no torch."""
+def test_manifest_choices_are_their_sources() -> None:
+    """The manifest reads its choices from their one (torch-free) home, the lists the export uses."""
     from hwnas.export.deploy import NMS_FORMS
     from hwnas.export.pipeline import PRECISIONS as EXPORT_PRECISIONS
-    from hwnas.units import ROI_IMPLS as UNIT_ROI_IMPLS
+    from hwnas.heads.rcnn import ROI_IMPLS as RCNN_ROI_IMPLS
 
-    assert ROI_IMPLS == UNIT_ROI_IMPLS and FORMS == NMS_FORMS
-    assert PRECISIONS == EXPORT_PRECISIONS and FLAVOURS == (*trt_backend.FLAVOURS, "onnx")
+    assert ROI_IMPLS is RCNN_ROI_IMPLS and FORMS is NMS_FORMS
+    assert PRECISIONS is EXPORT_PRECISIONS and FLAVOURS == (*trt_backend.FLAVOURS, "onnx")
 
 
 @pytest.mark.parametrize("content,words", [

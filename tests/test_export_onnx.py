@@ -20,18 +20,21 @@ from hwnas.export import nms as N
 from hwnas.export.deploy import (
     DeployConfig, DeployModel, OnnxDetector, TorchDetector, export_deploy_onnx, unpack_detections,
 )
+from hwnas.heads import HEAD_KINDS
 from hwnas.heads.postprocess import decode_outputs, postprocess, select_detections
 from hwnas.models import Detector
 
 from conftest import needs_rtx
 
 K = 3
-HEADS = ("retina", "fcos", "rcnn")
+HEADS = tuple(HEAD_KINDS)
 ARCHS = {
     "retina": "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn",
     "fcos": "i64/basic_c8_1-2-2/fpn_p3-4_c16/fcos_d1_c16/bn",
     "rcnn": "i64/basic_c8_1-2-2/fpn_p3-4_c16/rcnn_d1_c32_n64/bn",
+    "face": "i64/basic_c8_1-2-2/fpn_p3-4_c16/face_d1_c16_stc1_str1_mo2/bn",
 }
+assert set(ARCHS) == set(HEADS)  # one arch of every registered head kind
 PREFIXES = ("/pre/", "/net/", "/post/")
 
 

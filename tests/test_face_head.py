@@ -13,7 +13,8 @@ from hwnas.arch import Arch, get_space
 from hwnas.data.transforms import normalize
 from hwnas.errors import HwnasError
 from hwnas.export.deploy import OnnxDetector, TorchDetector, export_deploy_onnx
-from hwnas.heads import DetectionLoss, init_head_priors, postprocess
+from hwnas.heads.losses import DetectionLoss, init_head_priors
+from hwnas.heads.postprocess import postprocess
 from hwnas.heads.anchors import num_positions
 from hwnas.heads.boxes import decode_deltas, encode_boxes, iou_loss
 from hwnas.heads.losses import IGNORE, NEG, match
@@ -32,7 +33,7 @@ ROWS = {2: 16 * 16 * 2, 3: 8 * 8 * 2, 4: 4 * 4 * 2, 5: 2 * 2 * 2, 6: 1 * 1 * 2} 
 def raw_outputs(arch: Arch, k: int = 1, fill: float = 0.0) -> list[torch.Tensor]:
     """Zero (or ``fill``) raw outputs of the right shapes, in Detector.forward order."""
     out = []
-    m = arch.maxout
+    m = arch.head.maxout
     for li, (level, names) in enumerate(zip(arch.out_levels, outputs_per_level(arch))):
         h, w = arch.level_hw(level)
         ch = {"cls": 2 * (k + (m if li == 0 else 0)), "box": 8, "cls1": 2 * k, "box1": 8}
@@ -50,7 +51,7 @@ def test_grammar_round_trips_and_checks_the_tricks():
     assert Arch.parse(str(ARCH)) == ARCH
     for name in ("face-s", "face-m"):
         a = resolve_arch(name)
-        assert a.head == "face" and a.out_levels == (2, 3, 4, 5, 6, 7) and str(a) == PRESETS[name]
+        assert a.head.kind == "face" and a.out_levels == (2, 3, 4, 5, 6, 7) and str(a) == PRESETS[name]
     bad = {
         "i64/basic_c8_1-2-2-2/fpn_p2-6_c16/face_d1_c16/bn": "names its tricks",
         "i64/basic_c8_1-2-2-2/fpn_p2-6_c16/face_d1_c16_stc3_str3_mo0/bn": "may not overlap",
@@ -85,11 +86,11 @@ def test_detector_outputs_follow_the_walk():
 def test_face_space_samples_valid_face_archs():
     sp = get_space("face")
     archs = [sp.sample(s) for s in range(20)]
-    assert all(a.head == "face" and a.levels[0] == 2 for a in archs)
+    assert all(a.head.kind == "face" and a.levels[0] == 2 for a in archs)
     for a in archs:
         n = len(a.out_levels)
-        assert (a.stc_levels, a.str_levels, a.maxout) == (3, min(3, n - 3), 3)
-        assert sp.mutate(a, 1).head == "face"
+        assert (a.head.stc_levels, a.head.str_levels, a.head.maxout) == (3, min(3, n - 3), 3)
+        assert sp.mutate(a, 1).head.kind == "face"
     # the profiling set covers every unit of the samples (the one-walk claim for the new head)
     keys = {u.key() for u in sp.all_units(1)}
     assert all(u.key() in keys for a in archs for u in a.units(1))

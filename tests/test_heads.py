@@ -9,19 +9,25 @@ from torchvision.ops import box_iou
 
 from hwnas.arch import Arch
 from hwnas.errors import HwnasError
-from hwnas.heads import (
-    BOX_LOSSES, IGNORE, NEG, DetectionLoss, assign_points, decode_outputs, default_fcos_ranges, fcos_points,
-    flatten_levels, init_head_priors, iou_loss, match, postprocess, retina_anchors, rpn_anchors_for,
-)
+from hwnas.heads import HEAD_KINDS
+from hwnas.heads.anchors import flatten_levels
+from hwnas.heads.face import face_anchors, split_outputs
+from hwnas.heads.boxes import BOX_LOSSES, iou_loss
+from hwnas.heads.fcos import default_fcos_ranges, fcos_points
+from hwnas.heads.losses import IGNORE, NEG, DetectionLoss, assign_points, init_head_priors, match
+from hwnas.heads.postprocess import decode_outputs, postprocess
+from hwnas.heads.rcnn import rpn_anchors_for
+from hwnas.heads.retina import RETINA_ANCHORS, retina_anchors
 from hwnas.models import Detector
-from hwnas.units import RETINA_ANCHORS
 
 K = 3
 ARCHS = {
     "retina": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn",
     "fcos": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/fcos_d1_c32/bn",
     "rcnn": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/rcnn_d1_c128_n64/bn",
+    "face": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/face_d1_c32_stc1_str1_mo2/bn",
 }
+assert set(ARCHS) == set(HEAD_KINDS)  # one arch of every registered head kind
 
 
 def make_batch(n: int, hw: tuple[int, int], boxes_per_image: int = 2, seed: int = 0):
@@ -50,7 +56,7 @@ def build(head: str, seed: int = 0) -> tuple[Detector, DetectionLoss]:
     torch.manual_seed(seed)
     model = Detector.from_arch(ARCHS[head], K)
     init_head_priors(model)
-    return model, DetectionLoss.for_arch(ARCHS[head], K)
+    return model, DetectionLoss.for_arch(Arch.parse(ARCHS[head]), K)
 
 
 def train_steps(model, crit, images, targets, steps: int, lr: float = 1e-3) -> list[float]:
@@ -75,13 +81,16 @@ def test_positions_match_detector_outputs(text):
     model = Detector.from_arch(arch, K).eval()
     with torch.no_grad():
         out = model(torch.zeros(1, 3, *arch.input_hw))
-    if arch.head == "retina":
+    if arch.head.kind == "retina":
         rows = flatten_levels(out[0::2], K).shape[1]
         assert rows == flatten_levels(out[1::2], 4).shape[1] == len(retina_anchors(arch))
-    elif arch.head == "fcos":
+    elif arch.head.kind == "fcos":
         pts, strides = fcos_points(arch)
         assert flatten_levels(out[0::3], K).shape[1] == len(pts) == len(strides)
         assert flatten_levels(out[2::3], 1).shape[1] == len(pts)
+    elif arch.head.kind == "face":
+        f = split_outputs(out, arch, K)
+        assert f.cls.shape[1] == f.box.shape[1] == len(face_anchors(arch))
     else:
         n = len(arch.out_levels)
         anchors = rpn_anchors_for(arch)
@@ -167,7 +176,7 @@ def test_iou_family_losses(kind):
 
 
 # ----------------------------------------------------------------------------- optimisation
-@pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
+@pytest.mark.parametrize("head", list(HEAD_KINDS))
 def test_adam_steps_lower_the_loss(head):
     model, crit = build(head)
     images, targets = make_batch(2, model.arch.input_hw)
@@ -188,7 +197,7 @@ def test_retina_overfits_one_image():
     assert box_iou(dets["boxes"][:1], targets[0]["boxes"]).item() > 0.5
 
 
-@pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
+@pytest.mark.parametrize("head", list(HEAD_KINDS))
 def test_empty_targets_give_finite_loss(head):
     model, crit = build(head)
     images, targets = make_batch(2, model.arch.input_hw)
@@ -203,12 +212,12 @@ def test_empty_targets_give_finite_loss(head):
     assert crit.extra_boxes([empty, empty]) is None
 
 
-@pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
+@pytest.mark.parametrize("head", list(HEAD_KINDS))
 @pytest.mark.parametrize("box_loss", BOX_LOSSES)
 def test_every_box_loss_runs(head, box_loss):
     model, _ = build(head)
     kw = {"roi_box_loss": box_loss} if head == "rcnn" else {}
-    crit = DetectionLoss.for_arch(ARCHS[head], K, box_loss=box_loss, **kw)
+    crit = DetectionLoss.for_arch(Arch.parse(ARCHS[head]), K, box_loss=box_loss, **kw)
     images, targets = make_batch(1, model.arch.input_hw)
     targets[0]["crowd"][1] = True
     losses = crit(model(images, extra_boxes=crit.extra_boxes(targets)), targets)
@@ -227,7 +236,7 @@ def test_rcnn_extra_boxes_reach_the_roi_head_only_when_given():
     with torch.no_grad():
         plain = model(images)
         more = model(images, extra_boxes=extra)
-    n = model.arch.proposals
+    n = model.arch.head.proposals
     assert plain[-3].shape[1] == n and more[-3].shape[1] == n + 2
     assert torch.equal(more[-3][:, n:], extra)
     assert torch.allclose(more[-2][:, :n], plain[-2], atol=1e-5)  # the proposals' rows are unchanged
@@ -235,14 +244,14 @@ def test_rcnn_extra_boxes_reach_the_roi_head_only_when_given():
 
 def test_contracts_are_checked_early():
     with pytest.raises(HwnasError, match="valid box losses"):
-        DetectionLoss.for_arch(ARCHS["retina"], K, box_loss="l2")
+        DetectionLoss.for_arch(Arch.parse(ARCHS["retina"]), K, box_loss="l2")
     with pytest.raises(HwnasError, match="components"):
-        DetectionLoss.for_arch(ARCHS["retina"], K, weights={"loss_ctr": 1.0})
+        DetectionLoss.for_arch(Arch.parse(ARCHS["retina"]), K, weights={"loss_ctr": 1.0})
     model, crit = build("retina")
     images, targets = make_batch(2, model.arch.input_hw)
     out = model(images)
     with pytest.raises(HwnasError, match="num_classes"):
-        DetectionLoss.for_arch(ARCHS["retina"], K + 1)(out, targets)
+        DetectionLoss.for_arch(Arch.parse(ARCHS["retina"]), K + 1)(out, targets)
     with pytest.raises(HwnasError, match="one per image"):
         crit(out, targets[:1])
     bad = [{**targets[0], "labels": torch.tensor([0, K])}, targets[1]]
@@ -251,7 +260,7 @@ def test_contracts_are_checked_early():
 
 
 # ----------------------------------------------------------------------------- post-processing
-@pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
+@pytest.mark.parametrize("head", list(HEAD_KINDS))
 def test_postprocess_contract(head):
     torch.manual_seed(0)
     model = Detector.from_arch(ARCHS[head], K).eval()  # untrained: many overlapping candidates
@@ -273,4 +282,4 @@ def test_postprocess_contract(head):
     boxes, scores = decode_outputs(out, model.arch, K)
     assert scores.shape[-1] == K and ((scores >= 0) & (scores <= 1)).all()
     assert boxes.shape[-1] == 4 and boxes.shape[:2] == scores.shape[:2]
-    assert postprocess(out, ARCHS[head], K, score_thresh=0.999)[0]["boxes"].shape == (0, 4)
+    assert postprocess(out, model.arch, K, score_thresh=0.999)[0]["boxes"].shape == (0, 4)

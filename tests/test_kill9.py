@@ -25,7 +25,7 @@ from hwnas.arch import Arch
 from hwnas.data.synth import synth
 from hwnas.export.manifest import read_manifest
 from hwnas.models import Detector
-from hwnas.train import save_checkpoint
+from hwnas.checkpoint import save_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 ARCH = "i128/basic_c64_1-2-2-2/fpn_p3-5_c128/retina_d2_c128/bn"

@@ -109,7 +109,7 @@ def test_profile_refuses_another_space(table_copy: Path, ort_cpu) -> None:
 # ------------------------------------------------------------------------------ prediction
 # A detector written out by hand (3 classes): 11 placed units, 9 distinct keys; stage 1's two blocks
 # share one key, and so do the head's two tower convs: each is a separate run, counted twice.
-HAND_ARCH = "i64/basic_c16_11-21/none/fcos_d1_c32/bn"
+HAND_ARCH = Arch.parse("i64/basic_c16_11-21/none/fcos_d1_c32/bn")
 HAND_UNITS = {  # key: (median_ms, spread_ms), medians powers of two so a missed or doubled unit shows
     "conv[cin=3,cout=16,hw=64x64,kernel=3,stride=2,norm=bn,act=relu]": (1.0, 1.0),  # stem.0
     "conv[cin=16,cout=16,hw=32x32,kernel=3,stride=2,norm=bn,act=relu]": (2.0, 0.0),  # stem.1
@@ -180,7 +180,7 @@ def test_predict_of_the_profiled_table(table: LatencyTable) -> None:
         assert set(pred.breakdown_ms) <= {"stem", "neck", "head"} | {f"stage{i}" for i in range(1, 6)}
         assert ("neck" in pred.breakdown_ms) == (a.neck != "none")
         assert pred.spread_ms >= 0
-        assert table.predict(str(a)) == pred  # a string works too
+        assert table.predict(Arch.parse(str(a))) == pred  # the arch its string describes: the same prediction
 
 
 def test_predict_with_correction(ort_cpu) -> None:

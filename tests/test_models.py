@@ -7,10 +7,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from hwnas.arch import BLOCK_TYPES, HEADS, NECKS, NORMS, Arch, SearchSpace
+from hwnas.arch import BLOCK_TYPES, NECKS, NORMS, Arch, SearchSpace
 from hwnas.models import Detector
 from hwnas.onnx_export import to_onnx
-from hwnas.units import KINDS, RETINA_ANCHORS, RPN_ANCHORS, Unit, build, example_inputs
+from hwnas.heads import HEAD_KINDS
+from hwnas.heads.face import FACE_ANCHORS
+from hwnas.heads.rcnn import RPN_ANCHORS
+from hwnas.heads.retina import RETINA_ANCHORS
+from hwnas.models.blocks import BUILDERS, build, example_inputs
+from hwnas.units import UNIT_KINDS, Unit
 
 K = 3  # classes: small, so predictor shapes are easy to tell apart
 
@@ -40,7 +45,7 @@ UNITS = _unit_per_kind()
 
 
 def test_every_kind_has_a_case() -> None:
-    assert {u.kind for u in UNITS} == set(KINDS)
+    assert {u.kind for u in UNITS} == set(BUILDERS) == set(UNIT_KINDS)
 
 
 @pytest.mark.parametrize("unit", UNITS, ids=[u.key() for u in UNITS])
@@ -80,19 +85,21 @@ def test_group_norm_on_a_one_by_one_map() -> None:
 
 
 # ------------------------------------------------------------------------------ detectors
+# every registered head kind, the face head included (its tricks fitted to each level range)
 SPACE = SearchSpace(resolutions=(64, 96), blocks=BLOCK_TYPES, widths=(8, 16), max_blocks=(2, 2, 2, 2),
-                    level_ranges=((3, 5), (3, 6), (4, 6)), neck_widths=(16, 24), head_depths=(0, 1, 2),
-                    head_widths=(16, 24), rcnn_depths=(1, 2), rcnn_widths=(32,), proposals=(8, 16), name="models")
+                    level_ranges=((3, 5), (3, 6), (4, 6)), neck_widths=(16, 24), heads=tuple(HEAD_KINDS),
+                    head_depths=(0, 1, 2), head_widths=(16, 24), rcnn_depths=(1, 2), rcnn_widths=(32,),
+                    proposals=(8, 16), face_tricks=(2, 1, 2), name="models")
 
 
 def _covering_sample() -> list[Arch]:
     """Sampled archs until every (block, neck, head, norm) combination has one (capped)."""
-    want = {(b, n, h, no) for b in BLOCK_TYPES for n in NECKS for h in HEADS for no in NORMS
-            if not (h == "rcnn" and n == "none")}
+    want = {(b, n, h, no) for b in BLOCK_TYPES for n in NECKS for h in HEAD_KINDS for no in NORMS
+            if not (HEAD_KINDS[h].NEEDS_NECK and n == "none")}
     got: dict[tuple, Arch] = {}
     for seed in range(20000):
         a = SPACE.sample(seed)
-        got.setdefault((a.block, a.neck, a.head, a.norm), a)
+        got.setdefault((a.block, a.neck, a.head.kind, a.norm), a)
         if len(got) == len(want):
             break
     assert set(got) == want
@@ -104,20 +111,27 @@ ARCHS = _covering_sample()
 
 def _expected_shapes(a: Arch, b: int, k: int) -> list[tuple[int, ...]]:
     shapes = []
-    if a.head == "rcnn":
+    if a.head.kind == "rcnn":
         total = 0
         for lv in a.out_levels:
             h, w = a.level_hw(lv)
             shapes += [(b, RPN_ANCHORS, h, w), (b, 4 * RPN_ANCHORS, h, w)]
             total += h * w * RPN_ANCHORS
-        n = min(a.proposals, total)
+        n = min(a.head.proposals, total)
         return shapes + [(b, n, 4), (b, n, k + 1), (b, n, 4 * k)]
-    for lv in a.out_levels:
+    n_lv = len(a.out_levels)
+    for li, lv in enumerate(a.out_levels):
         h, w = a.level_hw(lv)
-        if a.head == "retina":
+        if a.head.kind == "retina":
             shapes += [(b, RETINA_ANCHORS * k, h, w), (b, RETINA_ANCHORS * 4, h, w)]
-        else:
+        elif a.head.kind == "fcos":
             shapes += [(b, k, h, w), (b, 4, h, w), (b, 1, h, w)]
+        else:  # face: max-out on the lowest level, first steps of STC on the lowest, STR on the highest
+            assert a.head.kind == "face", f"expected outputs of the {a.head.kind} head: add them here"
+            f, m = a.head, a.head.maxout if li == 0 else 0
+            shapes += [(b, FACE_ANCHORS * (k + m), h, w), (b, FACE_ANCHORS * 4, h, w)]
+            shapes += [(b, FACE_ANCHORS * k, h, w)] * (li < f.stc_levels) + [(b, FACE_ANCHORS * 4, h, w)] * (
+                li >= n_lv - f.str_levels)
     return shapes
 
 
@@ -210,5 +224,5 @@ def test_detector_onnx_matches_torch(text: str) -> None:
     for name, g, r in zip(det.output_names, got, ref):
         assert g.shape == r.shape, name
         np.testing.assert_allclose(g, r, atol=1e-3, rtol=1e-3, err_msg=name)
-    if arch.head == "rcnn":
+    if arch.head.kind == "rcnn":
         assert det.output_names[-3:] == ["proposals", "roi_cls", "roi_box"]  # compared above

@@ -24,7 +24,7 @@ from hwnas.search.pareto import (crowding, dominates, hypervolume, hypervolume_g
                                  pareto_indices, select_survivors)
 from hwnas.search.proposals import (DEPTHS, SIZES, AccuracyModel, Parent, crossover, initial_structures,
                                     neck_choices, ranked_children, structural_arch)
-from hwnas.search.runner import SearchConfig
+from hwnas.search.runner import SearchConfig, slug
 
 REPO = Path(__file__).resolve().parents[1]
 RES = 64
@@ -106,7 +106,7 @@ def test_hypervolume_and_gain_match_a_brute_force_union_of_boxes() -> None:
 
 def _truth(a: Arch, ms: float) -> float:
     """An additive mAP for the model tests: a two-stage head is worth 0.1, and ln(ms) 0.02 each."""
-    return 0.05 + 0.1 * (a.head == "rcnn") + 0.03 * (a.neck == "pafpn") + 0.02 * math.log(ms)
+    return 0.05 + 0.1 * (a.head.kind == "rcnn") + 0.03 * (a.neck == "pafpn") + 0.02 * math.log(ms)
 
 
 # ------------------------------------------------------------------------------ the structural design
@@ -115,11 +115,11 @@ SMALL = SPACES["small"].with_resolutions((128,))
 
 def test_size_sets_every_width_of_a_structural_candidate_together() -> None:
     got = {z: structural_arch(SMALL, 128, "mbconv", "shallow", "fpn_p3-5", "retina", z) for z in SIZES}
-    assert [(a.width, a.neck_width, a.head_width) for a in got.values()] == [(16, 32, 32), (24, 48, 48), (32, 64, 64)]
-    assert {(a.stages, a.neck, a.levels, a.head_depth) for a in got.values()} == {(("1", "2", "2", "2"), "fpn", (3, 5), 2)}
+    assert [(a.width, a.neck_width, a.head.width) for a in got.values()] == [(16, 32, 32), (24, 48, 48), (32, 64, 64)]
+    assert {(a.stages, a.neck, a.levels, a.head.depth) for a in got.values()} == {(("1", "2", "2", "2"), "fpn", (3, 5), 2)}
     # the two-stage head's two widths: the lower for narrow and middle, the upper for wide
     rcnn = [structural_arch(SMALL, 128, "basic", "deep", "none", "rcnn", z) for z in SIZES]
-    assert [a.head_width for a in rcnn] == [128, 128, 256] and {a.neck for a in rcnn} == {"fpn"}  # repaired
+    assert [a.head.width for a in rcnn] == [128, 128, 256] and {a.neck for a in rcnn} == {"fpn"}  # repaired
     with pytest.raises(HwnasError, match="valid sizes are narrow, middle, wide"):
         structural_arch(SMALL, 128, "basic", "deep", "fpn_p3-5", "retina", "huge")
 
@@ -169,22 +169,22 @@ def test_accuracy_model_recovers_an_additive_truth() -> None:
 
 def test_crossover_takes_one_backbone_and_the_other_neck_and_head() -> None:
     a = next(x for x in (TINY.sample(i) for i in range(100)) if x.neck == "none")
-    b = next(x for x in (TINY.sample(i) for i in range(100)) if x.head == "rcnn")
+    b = next(x for x in (TINY.sample(i) for i in range(100)) if x.head.kind == "rcnn")
     c = crossover(TINY, a, b)
     assert (c.input_hw, c.block, c.width, c.stages, c.norm) == (a.input_hw, a.block, a.width, a.stages, a.norm)
-    assert (c.neck, c.levels, c.neck_width, c.head, c.head_depth, c.head_width, c.proposals) == \
-        (b.neck, b.levels, b.neck_width, b.head, b.head_depth, b.head_width, b.proposals)
+    assert (c.neck, c.levels, c.neck_width, c.head, c.head.depth, c.head.width, c.head.proposals) == \
+        (b.neck, b.levels, b.neck_width, b.head, b.head.depth, b.head.width, b.head.proposals)
 
 
 def _blocks_ms(a: Arch) -> float:
     """A stand-in cost for ranking tests: 1 ms a block plus the widths, exact and monotone."""
-    return sum(len(s) for s in a.stages) + a.width / 8 + a.neck_width / 16 + a.head_depth
+    return sum(len(s) for s in a.stages) + a.width / 8 + a.neck_width / 16 + a.head.depth
 
 
 def _stage_ms(a: Arch) -> float:
     """A stand-in cost where each move saves a different amount: a block of stage k costs 2^(k-1) ms,
     a width step 24 -> 16 saves 1 ms, a head layer 0.5 ms."""
-    return 10 + sum(2 ** i * len(s) for i, s in enumerate(a.stages)) + a.width / 8 + 0.5 * a.head_depth
+    return 10 + sum(2 ** i * len(s) for i, s in enumerate(a.stages)) + a.width / 8 + 0.5 * a.head.depth
 
 
 def test_children_are_ranked_by_the_hypervolume_they_would_add() -> None:
@@ -220,7 +220,7 @@ def test_children_are_ranked_by_the_hypervolume_they_would_add() -> None:
 def _steep_truth(a: Arch, ms: float) -> float:
     """Like ``_truth`` but with a latency term ten times as steep, so a move that changes the latency
     changes the mAP by several points (a child estimated at its parent's mAP is visibly wrong)."""
-    return 0.05 + 0.1 * (a.head == "rcnn") + 0.03 * (a.neck == "pafpn") + 0.2 * math.log(ms)
+    return 0.05 + 0.1 * (a.head.kind == "rcnn") + 0.03 * (a.neck == "pafpn") + 0.2 * math.log(ms)
 
 
 def test_children_of_a_pool_are_estimated_from_their_parents_through_the_model() -> None:
@@ -252,8 +252,8 @@ def test_children_of_a_pool_are_estimated_from_their_parents_through_the_model()
         a, b = Arch.parse(c.parents[0].arch), Arch.parse(c.parents[1].arch)
         assert (c.arch.input_hw, c.arch.block, c.arch.width, c.arch.stages, c.arch.norm) == (
             a.input_hw, a.block, a.width, a.stages, a.norm)
-        assert (c.arch.neck, c.arch.levels, c.arch.neck_width, c.arch.head, c.arch.head_depth, c.arch.head_width,
-                c.arch.proposals) == (b.neck, b.levels, b.neck_width, b.head, b.head_depth, b.head_width, b.proposals)
+        # the head compares whole: its kind, depth, width and the kind's own fields
+        assert (c.arch.neck, c.arch.levels, c.arch.neck_width, c.arch.head) == (b.neck, b.levels, b.neck_width, b.head)
 
 
 def test_config_rejects_bad_values(tmp_path) -> None:
@@ -524,6 +524,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capfd) -> None:
         (["--baselines", "not-a-preset"], "unknown preset"),
         (["--storage", "mongodb://h/x"], "--storage"),
         (["--data", str(tmp_path / "nothing")], "nothing"),
+        (["--evaluator", "nope"], "--evaluator 'nope': valid evaluators are train"),
     ]
     for extra, msg in cases:
         a = args(setup, tmp_path / "o", "--no-measure")
@@ -563,3 +564,161 @@ def test_two_workers_share_one_postgres_study(setup, postgres_db, tmp_path) -> N
     eng.dispose()
     assert len(rows) == len({r.arch for r in rows}) == 6 and {r.slot for r in rows} == {0, 1}
     assert complete == 6
+
+
+# ------------------------------------------------------------------------------ evaluators and trial records
+def test_evaluation_budget_and_record_contracts(tmp_path) -> None:
+    from hwnas.search.evaluators import EVALUATORS, Budget, Evaluation
+    from hwnas.search.records import TrialRecord
+
+    ev = Evaluation(0.25, 12.5, is_proxy=False, checkpoint=tmp_path / "last.pt", map50=0.5)
+    assert Evaluation.from_dict(json.loads(json.dumps(ev.to_dict()))) == ev
+    bad = Evaluation.failed("out of memory (host)", 3.0)
+    assert Evaluation.from_dict(bad.to_dict()) == bad and bad.score is None
+    for kw, msg in [({"score": None}, "not both or neither"), ({"failure": "x"}, "not both or neither"),
+                    ({"score": math.nan}, "must be finite"), ({"cost_s": -1.0}, "must be >= 0")]:
+        with pytest.raises(HwnasError, match=msg):
+            Evaluation(**{"score": 0.1, "cost_s": 0.0, "is_proxy": True, **kw})
+    with pytest.raises(HwnasError, match="need epochs >= 1"):
+        Budget(0)
+    base = dict(data=tmp_path, table=tmp_path / "t.json", out=tmp_path / "o")
+    assert SearchConfig(**base, epochs=2, max_train_images=9).budget() == Budget(2, 9)
+    with pytest.raises(HwnasError, match=r"--evaluator 'nope': valid evaluators are " + ", ".join(EVALUATORS)):
+        SearchConfig(**base, evaluator="nope")
+    # a record survives its JSON form; the mAP a reader sees is never a proxy's score
+    arch = Arch.parse("i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn")
+    r = TrialRecord("modular#3", "modular", 2, "complete", arch, 1.5, proxy_map=0.3, evaluator="toy",
+                    parent=str(arch), worker=1)
+    assert TrialRecord.from_dict(json.loads(json.dumps(r.to_dict()))) == r
+    assert (r.is_proxy, r.score, r.map, r.objectives, r.latency_ms) == (True, 0.3, None, (0.3, 1.5), 1.5)
+    trained = TrialRecord("structural#0", "structural", 0, "complete", arch, 1.5, map=0.2, measured_latency_ms=1.2)
+    assert (trained.is_proxy, trained.score, trained.latency_ms) == (False, 0.2, 1.2)
+
+
+def _toy_score(a: Arch) -> float:
+    """A deterministic stand-in for mAP: wider and deeper heads, more blocks and a two-stage head score higher."""
+    return round(0.1 + 0.002 * a.head.width / 8 + 0.01 * a.head.depth + 0.005 * sum(map(len, a.stages))
+                 + 0.05 * (a.head.kind == "rcnn"), 6)
+
+
+class _ToyEvaluator:
+    """Scores an arch in no time from its text alone: what a registered evaluator minimally is."""
+
+    def __init__(self, cfg) -> None:
+        self.budget = cfg.budget()
+        self.seen: list[str] = []
+
+    def __call__(self, arch, budget, folder, note=None):
+        from hwnas.search.evaluators import Evaluation
+
+        assert budget == self.budget and folder.name == slug(str(arch))
+        self.seen.append(str(arch))
+        return Evaluation(_toy_score(arch), 0.0, is_proxy=True)
+
+
+@pytest.fixture(scope="module")
+def toy_search(setup) -> dict:
+    """A real two-stage search (Optuna, the table, the report) whose candidates a registered
+    evaluator scores instead of training."""
+    from hwnas.search.evaluators import EVALUATORS
+
+    made: list[_ToyEvaluator] = []
+    EVALUATORS["toy"] = lambda cfg: made.append(_ToyEvaluator(cfg)) or made[-1]
+    try:
+        out = setup["dir"] / "toy"
+        rc = main(args(setup, out, "--trials", 8, "--population", 2, "--evaluator", "toy", "--no-measure",
+                       "--baselines", "i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn"))
+    finally:
+        del EVALUATORS["toy"]
+    return {"rc": rc, "out": out, "made": made}
+
+
+def test_a_registered_evaluator_scores_a_real_search(toy_search, setup, capfd) -> None:
+    from hwnas.search.records import read_front, read_records
+    from hwnas.search.report import final_front
+
+    out = toy_search["out"]
+    assert toy_search["rc"] == 0 and len(toy_search["made"]) == 1
+    recs = read_records(storage_url(None, out), "search")
+    done = [r for r in recs if r.complete and r.stage != "baseline"]
+    assert len(done) == 8 and {r.stage for r in done} == {"structural", "modular"}
+    assert sorted(toy_search["made"][0].seen) == sorted(str(r.arch) for r in recs if r.complete)  # baseline too
+    for r in recs:
+        if r.complete:
+            assert (r.evaluator, r.is_proxy, r.map, r.cost_s, r.checkpoint) == ("toy", True, None, 0.0, None)
+            assert r.proxy_map == _toy_score(r.arch)
+    for r in done:
+        if r.stage == "modular":
+            assert r.parent in {str(x.arch) for x in done} and r.generation >= 1
+    # the front is the non-dominated set of (proxy score, predicted latency), as pareto.json and search.json say
+    front = final_front(recs)
+    pts = [r.objectives for r in done]
+    assert front and all(not any(dominates(p, f.objectives) for p in pts) for f in front)
+    assert all(any(dominates(f.objectives, r.objectives) or f.objectives == r.objectives for f in front) for r in done)
+    stored = read_front(out / "pareto.json")
+    assert [(r.trial, r.proxy_map, r.map) for r in stored] == [(r.trial, r.proxy_map, None) for r in front]
+    assert not (out / "trials").exists()  # nothing was trained
+    report = (out / "report.md").read_text()
+    assert "evaluator `toy`" in report and "(proxy)" in report
+    # the score means something else under another evaluator: the study refuses to mix them
+    capfd.readouterr()
+    assert main(args(setup, out, "--trials", 8, "--population", 2, "--no-measure")) == 1
+    assert "other settings (evaluator differ)" in capfd.readouterr().err
+
+
+def test_report_is_computed_from_records_alone(toy_search, setup) -> None:
+    """A fresh process reads the finished study's records from the storage; the report computed
+    from them, or from search.json's records, is the report the search wrote."""
+    from hwnas.latency import LatencyTable
+    from hwnas.search.records import TrialRecord
+    from hwnas.search.report import summarize
+
+    out = toy_search["out"]
+    code = ("import json, sys; from hwnas.search.records import read_records; "
+            "print(json.dumps([r.to_dict() for r in read_records(sys.argv[1], 'search')]))")
+    r = subprocess.run([sys.executable, "-c", code, storage_url(None, out)], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    stored = json.loads((out / "search.json").read_text())
+    fresh = [TrialRecord.from_dict(d) for d in json.loads(r.stdout)]
+    assert sorted(json.dumps(x.to_dict()) for x in fresh) == sorted(json.dumps(t) for t in stored["trials"])
+    cfg = SearchConfig(data=setup["data"], table=setup["table"], out=out, space="tiny", resolutions=(RES,), trials=8,
+                       population=2, epochs=1, batch_size=8, threads=1, measure=False, evaluator="train",
+                       baselines=("i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn",))
+    again = summarize(fresh, cfg, LatencyTable.load(setup["table"]).target, "x").to_dict()
+    assert stored["front"] and stored["baselines"] and len(stored["fronts"]) >= 2
+    for key in ("front", "fronts", "baselines", "hypervolume", "hypervolume_reference", "counts"):
+        assert again[key] == stored[key], key
+
+
+def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path, capfd) -> None:
+    """tests/data/search_before_evaluators: a finished search (4 candidates and a baseline) written by
+    hwnas before the evaluator seam, its table and its search.json. Rerun, it trains nothing and
+    reports the same trials; its search.json reads as records."""
+    import gzip
+
+    from hwnas.data.synth import synth
+    from hwnas.search.records import TrialRecord
+
+    old = Path(__file__).parent / "data" / "search_before_evaluators"
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "search.db").write_bytes(gzip.decompress((old / "search.db.gz").read_bytes()))
+    synth("shapes", 48, 12, RES, 0, tmp_path / "data")  # the study keeps the class names, not the images
+    before = json.loads((old / "search.json").read_text())
+    capfd.readouterr()
+    assert main(["search", "--data", str(tmp_path / "data"), "--table", str(old / "table.json"), "--space", "tiny",
+                 "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1", "--trials", "4",
+                 "--population", "2", "--no-measure", "--baselines", before["config"]["baselines"][0]]) == 0
+    assert "trained 0, failed 0" in capfd.readouterr().out
+    after = json.loads((out / "search.json").read_text())
+    old_recs = [TrialRecord.from_dict(t) for t in before["trials"]]
+    new_recs = [TrialRecord.from_dict(t) for t in after["trials"]]
+    assert len(new_recs) == 5 and [r.trial for r in new_recs] == [r.trial for r in old_recs]
+    for o, n, t in zip(old_recs, new_recs, before["trials"]):
+        assert (n.arch, n.map, n.map50, n.evaluator, n.is_proxy) == (o.arch, t["map"], t["map50"], "train", False)
+        assert n.cost_s == o.cost_s == t["train_s"]
+        assert n.checkpoint == Path(before["config"]["out"]) / "trials" / slug(str(n.arch)) / "last.pt"
+        assert n.measured_latency_ms == t["measured_latency_ms"]  # kept in the study, not measured again
+    assert [r["arch"] for r in after["front"]] == [r["arch"] for r in before["front"]]
+    assert after["hypervolume"] == pytest.approx(before["hypervolume"])

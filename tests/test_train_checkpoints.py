@@ -18,7 +18,8 @@ from hwnas.cli import main
 from hwnas.data.synth import synth
 from hwnas.errors import HwnasError
 from hwnas.models import Detector
-from hwnas.train import CHECKPOINT_FORMAT, TrainConfig, load_checkpoint, load_model, save_checkpoint, train
+from hwnas.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, save_checkpoint
+from hwnas.train import TrainConfig, train
 
 RETINA = "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn"
 SHAPES = ["circle", "rectangle", "triangle"]
@@ -124,12 +125,12 @@ def test_eval_every_keeps_the_best_checkpoint(data, tmp_path):
     maps = [h["val"]["map"] for h in res.history]  # every epoch scored, the last by the final evaluation
     best = maps.index(max(maps))
     ck = load_checkpoint(tmp_path / "best.pt")
-    assert ck["epoch"] == best
+    assert ck.epoch == best
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["best"]["epoch"] == best and m["best"]["val_map"] == maps[best]
     assert _score(tmp_path / "best.pt", data) == maps[best]  # it holds the weights that scored it
-    last = load_checkpoint(tmp_path / "last.pt")["state_dict"]
-    assert all(torch.equal(ck["state_dict"][k], last[k]) for k in last) == (best == len(maps) - 1)
+    last = load_checkpoint(tmp_path / "last.pt").state_dict
+    assert all(torch.equal(ck.state_dict[k], last[k]) for k in last) == (best == len(maps) - 1)
 
 
 def test_best_so_far_survives_a_resume(data, tmp_path):
@@ -138,7 +139,7 @@ def test_best_so_far_survives_a_resume(data, tmp_path):
     before = (tmp_path / "best.pt").read_bytes()
     # a first epoch that scored a perfect 1.0: no later epoch of this tiny run beats it, so a best
     # reset by the resume would replace best.pt with epoch 2
-    ck = load_checkpoint(tmp_path / "last.pt")
+    ck = load_checkpoint(tmp_path / "last.pt").to_dict()
     assert ck["metrics"]["history"][0]["val"]["map"] < 1.0
     ck["metrics"]["history"][0]["val"]["map"] = 1.0
     torch.save(ck, tmp_path / "last.pt")
@@ -168,7 +169,7 @@ def good(tmp_path_factory) -> Path:
 
 def _edited(good: Path, folder: Path, name: str, edit) -> Path:
     """``good`` loaded, changed by ``edit(ck)`` and saved as a user's editor would: a plain torch.save."""
-    ck = load_checkpoint(good)
+    ck = load_checkpoint(good).to_dict()
     edit(ck)
     folder.mkdir(exist_ok=True)
     torch.save(ck, folder / name)
@@ -200,7 +201,7 @@ def test_epoch_outside_the_run_is_refused(epoch, good, data, tmp_path, capfd):
 
 
 def test_nan_weights_are_refused(good, data, tmp_path, capfd):
-    ck = load_checkpoint(good)
+    ck = load_checkpoint(good).to_dict()
     names = _float_names(ck)
     path = _edited(good, tmp_path / "ck", "all-nan.pt", lambda c: _nan(c, names))
     _refused(capfd, data, path, f"{len(names)} of its {len(names)} floating-point tensors are not finite "
@@ -258,9 +259,27 @@ def test_format_1_loads_and_format_2_needs_its_digest(good, data, tmp_path, capf
     _refused(capfd, data, no_digest, "incomplete (missing or malformed digest)", tmp_path)
 
 
+def test_a_checkpoint_reads_as_a_frozen_record_and_saves_back(good, tmp_path):
+    import dataclasses
+
+    from hwnas.checkpoint import Checkpoint
+
+    ck = load_checkpoint(good)
+    assert isinstance(ck, Checkpoint) and ck.arch == Arch.parse(RETINA) and ck.class_names == tuple(SHAPES)
+    assert ck.epoch == 1 and ck.config["epochs"] == 2 and ck.format == CHECKPOINT_FORMAT
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        ck.epoch = 0
+    ck.save(tmp_path / "again.pt")  # a fresh digest over the same contents: it loads as the same checkpoint
+    again = load_checkpoint(tmp_path / "again.pt")
+    assert (again.arch, again.class_names, again.epoch) == (ck.arch, ck.class_names, ck.epoch)
+    assert again.state_dict.keys() == ck.state_dict.keys()
+    assert all(torch.equal(again.state_dict[k], v) for k, v in ck.state_dict.items())
+    assert torch.load(tmp_path / "again.pt", weights_only=True)["digest"] == torch.load(good, weights_only=True)["digest"]
+
+
 def test_the_digest_covers_every_byte_of_a_50_mb_state_dict():
     from hwnas.presets import resolve_arch
-    from hwnas.train import state_digest
+    from hwnas.checkpoint import state_digest
 
     arch = resolve_arch("resnet18-fpn-retinanet")
     sd = Detector.from_arch(arch, 80).state_dict()

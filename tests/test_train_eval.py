@@ -25,9 +25,8 @@ from hwnas.data.transforms import normalize
 from hwnas.errors import HwnasError
 from hwnas.evaluate import coco_score, summarize
 from hwnas.models import Detector
-from hwnas.train import (
-    CHECKPOINT_FORMAT, TrainConfig, add_weight_standardization, load_checkpoint, load_model, save_checkpoint, train,
-)
+from hwnas.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, save_checkpoint
+from hwnas.train import TrainConfig, add_weight_standardization, train
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES = ["circle", "rectangle", "triangle"]
@@ -180,22 +179,22 @@ def test_train_end_to_end(head, data, tmp_path):
             _by_hand(data / "val.json", out / "detections.json")
 
     ck = load_checkpoint(out / "last.pt")
-    assert ck["format"] == CHECKPOINT_FORMAT and ck["arch"] == str(arch) and ck["class_names"] == SHAPES
-    assert ck["epoch"] == 2 and not any("parametrizations" in k for k in ck["state_dict"])
+    assert ck.format == CHECKPOINT_FORMAT and ck.arch == arch and list(ck.class_names) == SHAPES
+    assert ck.epoch == 2 and not any("parametrizations" in k for k in ck.state_dict)
     # the trained module, as the loop held it (standardised GN convs included)
     trained = Detector.from_arch(arch, len(SHAPES))
     if arch.norm == "gn":
         assert add_weight_standardization(trained) > 0
-        raw = {k[: -len(".parametrizations.weight.original")]: v for k, v in ck["train_state_dict"].items()
+        raw = {k[: -len(".parametrizations.weight.original")]: v for k, v in ck.train_state_dict.items()
                if k.endswith(".parametrizations.weight.original")}
         assert raw
         for name, w in raw.items():  # folded: the plain weight is the standardised one
-            folded = ck["state_dict"][f"{name}.weight"]
+            folded = ck.state_dict[f"{name}.weight"]
             assert not torch.allclose(folded, w)
             assert torch.allclose(folded.mean(dim=(1, 2, 3)), torch.zeros(len(w)), atol=1e-5)
     # the training form is stored only where it differs from the plain weights
-    assert (ck["train_state_dict"] is None) == (arch.norm != "gn")
-    trained.load_state_dict(ck["train_state_dict"] or ck["state_dict"])
+    assert (ck.train_state_dict is None) == (arch.norm != "gn")
+    trained.load_state_dict(ck.train_state_dict or ck.state_dict)
     model, a, names = load_model(out / "last.pt")
     assert type(model) is Detector and not model.training and a == arch and names == SHAPES
     assert not any(parametrize.is_parametrized(mod) for mod in model.modules())
@@ -213,7 +212,7 @@ def test_more_epochs_resume_the_run(data, tmp_path):
     assert [h["epoch"] for h in second.history] == [0, 1]
     assert second.history[0] == first.history[0]  # the first epoch is not redone
     assert calls[-1][:2] == (2, 2) and calls[-1][2].startswith("epoch 2/2")  # only epoch 2 ran
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == 1
+    assert load_checkpoint(tmp_path / "last.pt").epoch == 1
     assert len(json.loads((tmp_path / "metrics.json").read_text())["history"]) == 2
     with pytest.raises(HwnasError, match="already trained 2 epochs"):
         train(arch, data, tmp_path, cfg(epochs=1))
@@ -229,12 +228,12 @@ def test_interrupted_run_resumes_to_the_same_weights(data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         train(arch, data, tmp_path / "cut", cfg(epochs=2), progress=stop_in_epoch_2)
-    assert load_checkpoint(tmp_path / "cut" / "last.pt")["epoch"] == 0
+    assert load_checkpoint(tmp_path / "cut" / "last.pt").epoch == 0
     resumed = train(arch, data, tmp_path / "cut", cfg(epochs=2))
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in whole.history]
     a, b = load_checkpoint(whole.checkpoint), load_checkpoint(resumed.checkpoint)
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    assert all(torch.equal(a["state_dict"][k], b["state_dict"][k]) for k in a["state_dict"])
+    assert a.state_dict.keys() == b.state_dict.keys()
+    assert all(torch.equal(a.state_dict[k], b.state_dict[k]) for k in a.state_dict)
 
 
 def _hwnas(*args) -> list[str]:
@@ -250,13 +249,13 @@ def test_kill_9_mid_run_then_resume(data, tmp_path):
 
     def overwritten_once() -> bool:  # at least one checkpoint overwritten; whole at any moment
         if (out / "last.pt").exists():
-            seen.add(load_checkpoint(out / "last.pt")["epoch"])
+            seen.add(load_checkpoint(out / "last.pt").epoch)
         return bool(seen) and max(seen) >= 1
 
     rc = sigkill_when(_hwnas(*args), tmp_path / "killed.log", overwritten_once, 60, cwd=REPO, env=env, poll_s=0.01)
     assert rc == -signal.SIGKILL
     at_kill = load_checkpoint(out / "last.pt")
-    assert 1 <= at_kill["epoch"] < epochs - 1 and not (out / "metrics.json").exists()
+    assert 1 <= at_kill.epoch < epochs - 1 and not (out / "metrics.json").exists()
 
     r = subprocess.run(_hwnas(*args), cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
@@ -266,15 +265,15 @@ def test_kill_9_mid_run_then_resume(data, tmp_path):
     assert r.stdout.startswith("map=") and "train_images/s=" in r.stdout
     m = json.loads((out / "metrics.json").read_text())
     assert [h["epoch"] for h in m["history"]] == list(range(epochs))
-    assert m["history"][: at_kill["epoch"] + 1] == at_kill["metrics"]["history"]  # earlier epochs kept
-    assert load_checkpoint(out / "last.pt")["epoch"] == epochs - 1
+    assert m["history"][: at_kill.epoch + 1] == at_kill.metrics["history"]  # earlier epochs kept
+    assert load_checkpoint(out / "last.pt").epoch == epochs - 1
 
 
 # ----------------------------------------------------------------------------- 4. determinism
 def test_same_seed_same_run(data, tmp_path):
     arch = Arch.parse(ARCHS["rcnn"])  # the head with random sampling in its loss
     runs = [train(arch, data, tmp_path / name, cfg(seed=seed)) for name, seed in (("a", 3), ("b", 3), ("c", 4))]
-    a, b, c = (load_checkpoint(r.checkpoint)["state_dict"] for r in runs)
+    a, b, c = (load_checkpoint(r.checkpoint).state_dict for r in runs)
     assert runs[0].metrics["final_loss"] == runs[1].metrics["final_loss"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0].metrics["final_loss"] != runs[2].metrics["final_loss"]  # the seed matters

@@ -10,8 +10,9 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from hwnas.arch import SPACES, Arch
 from hwnas.errors import HwnasError
+from hwnas.heads import HEAD_KINDS
 from hwnas.roi_align import GatherMultiScaleRoIAlign
-from hwnas.units import KINDS, RoIStage, build, example_inputs, set_roi_impl
+from hwnas.models.blocks import BUILDERS, RoIStage, build, example_inputs, set_roi_impl
 
 try:
     import tensorrt_rtx  # noqa: F401
@@ -29,13 +30,15 @@ def _first_of_each_head(space: str = "tiny") -> dict[str, Arch]:
     found: dict[str, Arch] = {}
     for seed in range(500):
         a = SPACES[space].sample(seed)
-        found.setdefault(a.head, a)
-        if len(found) == 3:
+        found.setdefault(a.head.kind, a)
+        if set(found) == set(SPACES[space].heads):
             return found
     raise AssertionError(f"space {space} did not yield every head type")
 
 
-TINY = _first_of_each_head()
+# the general-purpose heads from the tiny space, and a small face head (the face space's are larger)
+TINY = {**_first_of_each_head(), "face": Arch.parse("i128/basic_c16_1-2-2-2/fpn_p2-5_c32/face_d1_c32_stc2_str1_mo3/bn")}
+assert set(TINY) == set(HEAD_KINDS)
 
 
 # ------------------------------------------------------------------ gather RoIAlign numerics (no TensorRT)
@@ -126,15 +129,18 @@ def _detector_engine(head: str, precision: str) -> tuple[bytes, dict]:
 
 def _n_outputs(arch: Arch) -> int:
     """Raw outputs of the detector, by the grammar (docs/arch-grammar.md): per level cls + box (retina),
-    cls + box + ctr (fcos), RPN obj + box (rcnn) and then proposals, class logits and boxes of the RoI head."""
+    cls + box + ctr (fcos), RPN obj + box (rcnn) and then proposals, class logits and boxes of the RoI head,
+    cls + box (face) and a first-step cls1 on each STC level and box1 on each STR level."""
     n_levels = arch.levels[1] - arch.levels[0] + 1
-    return {"retina": 2 * n_levels, "fcos": 3 * n_levels, "rcnn": 2 * n_levels + 3}[arch.head]
+    if arch.head.kind == "face":
+        return 2 * n_levels + arch.head.stc_levels + arch.head.str_levels
+    return {"retina": 2 * n_levels, "fcos": 3 * n_levels, "rcnn": 2 * n_levels + 3}[arch.head.kind]
 
 
 @pytest.mark.trt
 @needs_rtx
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
-@pytest.mark.parametrize("head", ["retina", "fcos", "rcnn"])
+@pytest.mark.parametrize("head", list(HEAD_KINDS))
 def test_whole_detector_builds_aot_sm80(head: str, precision: str) -> None:
     """A plan cannot be deserialized without a GPU; what it stores can be checked (tests/engine_checks.py)."""
     from engine_checks import plan_io_numbers
@@ -184,7 +190,7 @@ def _n_tensors(out) -> int:
 
 
 def test_unit_sample_covers_every_kind() -> None:
-    assert {u.kind for u in UNITS} == set(KINDS)
+    assert {u.kind for u in UNITS} == set(BUILDERS)
 
 
 @pytest.mark.trt
@@ -212,7 +218,7 @@ def test_unit_builds_aot_sm80(unit) -> None:
 @pytest.mark.trt
 @needs_rtx
 def test_torchvision_roi_form_does_not_parse_on_rtx() -> None:
-    """Why the gather form exists; if a future RTX parses this, ROI_IMPL can be revisited."""
+    """Why the gather form exists; if a future RTX parses this, hwnas.heads.rcnn.GATHER_BACKENDS can be revisited."""
     from hwnas.backends.tensorrt import build_engine, export_for_precision
 
     unit = next(u for u in TINY["rcnn"].units(3) if u.kind == "roi")

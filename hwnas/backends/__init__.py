@@ -5,7 +5,6 @@ lazily, and a missing library raises HwnasError naming what to ``pip install``.
 """
 
 from hwnas.backends.base import (
-    BACKENDS,
     Backend,
     CpuTimer,
     CudaTimer,
@@ -14,12 +13,11 @@ from hwnas.backends.base import (
     Target,
     Timer,
     TimingConfig,
-    backend_for_target,
-    get_backend,
     measure,
     robust_latency,
     time_module,
 )
+from hwnas.backends.registry import BACKENDS, backend_for_target, get_backend
 
 __all__ = [
     "BACKENDS",

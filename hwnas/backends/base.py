@@ -33,8 +33,6 @@ __all__ = [
     "measure",
     "robust_latency",
     "time_module",
-    "BACKENDS",
-    "get_backend",
     "cpu_name",
     "library_versions",
     "to_numpy_list",
@@ -382,66 +380,3 @@ _CUDA_DEVICE_RE = re.compile(r"^cuda(:\d+)?$")
 
 def is_cuda_device(device: str) -> bool:
     return bool(_CUDA_DEVICE_RE.match(device))
-
-
-# --------------------------------------------------------------------------------------------
-# Registry: name -> factory. Factories import the backend module lazily, so importing this file
-# pulls in neither onnxruntime nor TensorRT.
-# --------------------------------------------------------------------------------------------
-def _ort_cpu(**kw: Any) -> Backend:
-    from hwnas.backends.ort import OrtCpuBackend
-
-    return OrtCpuBackend(**kw)
-
-
-def _torch(**kw: Any) -> Backend:
-    from hwnas.backends.torch_backend import TorchBackend
-
-    return TorchBackend(**kw)
-
-
-def _tensorrt(**kw: Any) -> Backend:
-    from hwnas.backends.tensorrt import TensorRTBackend
-
-    return TensorRTBackend(flavour="tensorrt", **kw)
-
-
-def _tensorrt_rtx(**kw: Any) -> Backend:
-    from hwnas.backends.tensorrt import TensorRTBackend
-
-    return TensorRTBackend(flavour="tensorrt-rtx", **kw)
-
-
-BACKENDS: dict[str, Callable[..., Backend]] = {
-    "ort-cpu": _ort_cpu,
-    "torch": _torch,
-    "tensorrt": _tensorrt,
-    "tensorrt-rtx": _tensorrt_rtx,
-}
-
-
-def get_backend(
-    name: str,
-    *,
-    device: str | None = None,
-    precision: str = "fp32",
-    threads: int = 1,
-    **opts: Any,
-) -> Backend:
-    """Backend by name. ``device=None`` picks the backend's default (``cpu`` for ort-cpu and torch,
-    ``cuda`` for tensorrt / tensorrt-rtx). Invalid names, devices or precisions raise HwnasError
-    listing the valid values."""
-    try:
-        factory = BACKENDS[name]
-    except KeyError:
-        raise HwnasError(f"unknown backend {name!r}; valid backends: {', '.join(BACKENDS)}") from None
-    kw: dict[str, Any] = dict(precision=precision, threads=threads, **opts)
-    if device is not None:
-        kw["device"] = device
-    return factory(**kw)
-
-
-def backend_for_target(target: Target) -> Backend:
-    """The backend a table was measured with, on this machine (torch on CUDA when the table is a GPU's)."""
-    device = "cuda" if target.on_gpu and target.backend == "torch" else None
-    return get_backend(target.backend, device=device, precision=target.precision, threads=target.threads)

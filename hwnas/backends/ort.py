@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +19,7 @@ from hwnas.backends.base import (
 )
 from hwnas.errors import HwnasError
 
-__all__ = ["OrtCpuBackend", "OrtRunner", "import_onnxruntime"]
+__all__ = ["OrtCpuBackend", "OrtRunner", "cpu_session", "import_onnxruntime", "session_options"]
 
 
 def import_onnxruntime() -> Any:
@@ -27,6 +28,30 @@ def import_onnxruntime() -> Any:
     except ImportError as e:
         raise HwnasError(f"the ort-cpu backend needs onnxruntime ({e}): pip install onnxruntime") from None
     return onnxruntime
+
+
+def session_options(threads: int | None = None, *, optimize: bool = True) -> Any:
+    """onnxruntime options for one stream on the CPU: ``threads`` intra-op threads (None:
+    onnxruntime's default), no inter-op parallelism, errors-only logging. ``optimize=False``
+    keeps the graph as written (quantisation debugging compares its tensors by name)."""
+    ort = import_onnxruntime()
+    so = ort.SessionOptions()
+    if threads is not None:
+        so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
+                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
+    so.log_severity_level = 3  # errors only
+    return so
+
+
+def cpu_session(model: bytes | str | Path, threads: int | None = None) -> Any:
+    """An onnxruntime InferenceSession on the CPU provider with :func:`session_options`: the one
+    place hwnas opens one (timing, deployed graphs, engines of the onnx flavour, bench)."""
+    src = model if isinstance(model, (bytes, bytearray)) else str(model)
+    return import_onnxruntime().InferenceSession(src, sess_options=session_options(threads),
+                                                 providers=["CPUExecutionProvider"])
 
 
 class OrtRunner:
@@ -89,14 +114,7 @@ class OrtCpuBackend:
 
     def session(self, onnx_bytes: bytes) -> Any:
         """An InferenceSession on the CPU provider, configured for stable single-stream timing."""
-        ort = import_onnxruntime()
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = self.threads
-        so.inter_op_num_threads = 1
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3  # errors only
-        return ort.InferenceSession(onnx_bytes, sess_options=so, providers=["CPUExecutionProvider"])
+        return cpu_session(onnx_bytes, self.threads)
 
     def compile(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> OrtRunner:
         from hwnas.onnx_export import to_onnx

@@ -27,11 +27,12 @@ from hwnas.backends.base import (
     library_versions,
 )
 from hwnas.errors import HwnasError
+from hwnas.export.choices import ENGINE_FLAVOURS
 from hwnas.fileio import write_atomic
+from hwnas.heads.rcnn import choose_roi_impl
 
 __all__ = [
     "FLAVOURS",
-    "ROI_IMPL",
     "TensorRTBackend",
     "TensorRTRunner",
     "build_engine",
@@ -42,16 +43,7 @@ __all__ = [
     "trt_module",
 ]
 
-# flavour -> RoIAlign form its engines are built (and units timed) with. TensorRT-RTX ships no
-# plugins: ONNX RoiAlign, and the NonZero of torchvision's multi-scale level assignment, do not
-# parse there, so it gets the gather form (hwnas.roi_align). Full TensorRT has a RoIAlign plugin.
-ROI_IMPL: dict[str, str] = {"tensorrt": "torchvision", "tensorrt-rtx": "gather"}
-
-# flavour -> (python module, install hint)
-FLAVOURS: dict[str, tuple[str, str]] = {
-    "tensorrt": ("tensorrt", "pip install 'hwnas[tensorrt]' (TensorRT wheels come from NVIDIA's index)"),
-    "tensorrt-rtx": ("tensorrt_rtx", "pip install 'hwnas[tensorrt-rtx]' (i.e. tensorrt-rtx-cu13)"),
-}
+FLAVOURS = ENGINE_FLAVOURS  # flavour -> (python module, install hint), stated in hwnas.export.choices
 
 
 def trt_module(flavour: str) -> Any:
@@ -271,10 +263,10 @@ def export_for_precision(
     fp16: a half copy of the module with half inputs, exported on the CPU in channels_last (fast
     half convs while tracing; BatchNorm is folded into the conv in eval mode).
     roi_impl: if given, every RoIStage of the exported copy uses this RoIAlign form ("gather" for
-    engines without RoiAlign, see :data:`ROI_IMPL`); ``module`` itself is left as it is.
+    engines without RoiAlign, see :func:`hwnas.heads.rcnn.choose_roi_impl`); ``module`` itself is left as it is.
     """
     from hwnas.onnx_export import to_onnx
-    from hwnas.units import set_roi_impl
+    from hwnas.models.blocks import set_roi_impl
 
     if isinstance(inputs, torch.Tensor):
         inputs = (inputs,)
@@ -413,7 +405,7 @@ class TensorRTBackend:
         self.opt_level = opt_level
         self.timing_cache = timing_cache
         self.opset = opset
-        self.roi_impl = ROI_IMPL[flavour]
+        self.roi_impl = choose_roi_impl(backend=flavour)  # the form of the roi unit it times
 
     def target(self) -> Target:
         if torch.cuda.is_available():

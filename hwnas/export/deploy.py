@@ -43,6 +43,7 @@ from hwnas.arch import Arch
 from hwnas.data.transforms import normalize
 from hwnas.errors import HwnasError
 from hwnas.export import nms as N
+from hwnas.export.choices import NMS_FORMS
 from hwnas.heads.postprocess import decode_outputs, postprocess, select_detections
 
 __all__ = [
@@ -50,8 +51,7 @@ __all__ = [
     "export_deploy_onnx", "read_metadata", "unpack_detections",
 ]
 
-NMS_FORMS = ("onnx", "ops", "efficient", "host")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16")  # of the graph itself; int8 comes from hwnas.export.precision
 DEPLOY_FORMAT = "hwnas-deploy/1"
 INPUT_NAME = "images"
 FIXED_OUTPUTS = ("num_dets", "boxes", "scores", "classes")
@@ -59,10 +59,6 @@ HOST_OUTPUTS = ("boxes", "scores")
 # The ops form's M x M IoU matrix and its unrolled iterations grow with the candidate count: 300
 # keeps it small at large batch; the other forms sort and suppress candidates as postprocess does.
 DEFAULT_PRE_NMS_TOPK = {"onnx": 1000, "ops": 300, "efficient": 1000, "host": 1000}
-# The RoIAlign form each NMS form's graph carries (hwnas.units.set_roi_impl): the ops form is for
-# TensorRT-RTX, which cannot parse ONNX RoiAlign (hwnas.backends.tensorrt.ROI_IMPL); a host-form
-# graph meant for TensorRT-RTX needs roi_impl="gather" too.
-DEFAULT_ROI_IMPL = {"onnx": "torchvision", "ops": "gather", "efficient": "torchvision", "host": "torchvision"}
 # Cluster-NMS iterations of the ops form (odd: see hwnas.export.nms). Exact when every suppression
 # chain is no longer. Deepest chains measured over 300 candidates: <= 7 on untrained detectors, 10
 # (retina), 13 (fcos), 7 (rcnn) on 1-epoch ones, whose flat scores make long chains. Iterations are
@@ -120,10 +116,7 @@ class Normalize(nn.Module):
 
 def decoded_positions(arch: Arch) -> int:
     """P, the rows of the decoded boxes/scores: anchors or points, or the two-stage head's proposals."""
-    from hwnas.heads.anchors import num_positions
-
-    p = num_positions(arch)
-    return min(arch.proposals, p) if arch.head == "rcnn" else p  # RoIStage keeps min(N, anchors)
+    return arch.head.decoded_positions(arch)
 
 
 def num_candidates(arch: Arch, num_classes: int, topk: int) -> int:
@@ -135,7 +128,8 @@ def output_shapes(arch: Arch, num_classes: int, config: DeployConfig, batch: int
     """Each output's shape; ``batch`` an int or the dynamic axis' name."""
     if config.nms == "host":
         p, k = decoded_positions(arch), num_classes
-        return {"boxes": [batch, p, k, 4] if arch.head == "rcnn" else [batch, p, 4], "scores": [batch, p, k]}
+        boxes = [batch, p, k, 4] if arch.head.TWO_STAGE else [batch, p, 4]  # the RoI head's boxes are per class
+        return {"boxes": boxes, "scores": [batch, p, k]}
     d = config.max_dets
     return {"num_dets": [batch, 1], "boxes": [batch, d, 4], "scores": [batch, d], "classes": [batch, d]}
 
@@ -220,27 +214,19 @@ def _check_batch(batch: int, dynamic_batch: tuple[int, int, int] | None) -> int:
     return max(2, dynamic_batch[0])
 
 
-def resolve_roi_impl(arch: Arch, nms: str, roi_impl: str | None, dynamic: bool) -> str:
-    """The RoIAlign form to export. torchvision's form splits the proposals per image (a Split of
-    the traced batch), so it only runs at the batch it was traced with: a dynamic batch gets the
-    gather form by default, and an explicit torchvision form with a dynamic batch is refused."""
-    from hwnas.units import check_roi_impl
-
-    if roi_impl is None:
-        return "gather" if dynamic and arch.head == "rcnn" else DEFAULT_ROI_IMPL[nms]
-    check_roi_impl(roi_impl)
-    if dynamic and arch.head == "rcnn" and roi_impl == "torchvision":
-        raise HwnasError("roi_impl='torchvision' exports RoIAlign for the traced batch only; with dynamic_batch "
-                         "use roi_impl='gather' (the default) or export a static batch")
-    return roi_impl
+def resolve_roi_impl(arch: Arch, nms: str, roi_impl: str | None, dynamic: bool) -> str | None:
+    """The RoIAlign form to export (the head kind decides: :func:`hwnas.heads.rcnn.choose_roi_impl`);
+    None for a head without RoIAlign."""
+    return arch.head.roi_impl(nms=nms, dynamic=dynamic, requested=roi_impl)
 
 
-def _prepare(detector: nn.Module, precision: str, roi_impl: str) -> nn.Module:
+def _prepare(detector: nn.Module, precision: str, roi_impl: str | None) -> nn.Module:
     """A copy of ``detector`` in eval mode, in ``precision``, with the requested RoIAlign form."""
-    from hwnas.units import set_roi_impl
+    from hwnas.models.blocks import set_roi_impl
 
     net = copy.deepcopy(detector).eval().to("cpu", torch.float32)
-    set_roi_impl(net, roi_impl)
+    if roi_impl is not None:
+        set_roi_impl(net, roi_impl)
     if precision == "fp16":
         # Tracing runs the model: CPU half convs in NCHW take a slow reference path; channels_last
         # is fast and traces to the same graph (see hwnas.backends.tensorrt.export_for_precision).
@@ -305,8 +291,8 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
 
     batch: static batch; dynamic_batch (min, opt, max): the batch axis is named ``batch`` instead
     (the triple is stored in the metadata for engine profiles). precision fp16: ``net`` in half,
-    ``pre``/``post`` in fp32. roi_impl: RoIAlign form of a two-stage head (default per NMS form,
-    DEFAULT_ROI_IMPL, and "gather" with a dynamic batch).
+    ``pre``/``post`` in fp32. roi_impl: RoIAlign form of a two-stage head (default: the head's
+    choice for the NMS form and batch, :func:`hwnas.heads.rcnn.choose_roi_impl`).
     ``detector`` itself is not modified. The ONNX metadata holds arch, classes and DeployConfig.
     """
     import onnx
@@ -364,16 +350,13 @@ def unpack_detections(num_dets: torch.Tensor, boxes: torch.Tensor, scores: torch
 def ort_session(model: bytes | str | Path, threads: int, export_cmd: str):
     """(onnxruntime CPU session, its hwnas metadata) of a graph; a file onnxruntime cannot load
     is one error naming the command that makes it again."""
-    import onnxruntime as ort
+    from hwnas.backends.ort import cpu_session, import_onnxruntime
 
     if threads < 1:
         raise HwnasError(f"threads must be >= 1, got {threads}")
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    src = model if isinstance(model, (bytes, bytearray)) else str(model)
+    import_onnxruntime()  # a missing install is its own error, not a graph that cannot load
     try:
-        session = ort.InferenceSession(src, opts, providers=["CPUExecutionProvider"])
+        session = cpu_session(model, threads)
     except Exception as e:  # onnxruntime raises its own exception types
         raise HwnasError(f"onnxruntime cannot load the graph: {' '.join(str(e).split())[:300]}; "
                          f"export it again with {export_cmd}") from None
@@ -460,7 +443,7 @@ class TorchDetector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw: Any) -> "TorchDetector":
-        from hwnas.train import load_model
+        from hwnas.checkpoint import load_model
 
         model, _, _ = load_model(Path(path))
         return cls(model, **kw)

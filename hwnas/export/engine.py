@@ -423,5 +423,7 @@ def load_engine(path: Path, *, batch: int | None = None, device: str = "cuda") -
     batch = _load_batch(path, m, batch)
     if m.flavour == "onnx":
         # A plain session, not OrtCpuBackend: that one pins torch to its timing thread count.
-        return EngineRunner(m, runtime.InferenceSession(plan, providers=["CPUExecutionProvider"]), batch)
+        from hwnas.backends.ort import cpu_session
+
+        return EngineRunner(m, cpu_session(plan), batch)
     return EngineRunner(m, _tensorrt_runner(path, m, runtime, plan, batch, device), batch)

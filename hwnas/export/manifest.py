@@ -14,7 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from hwnas.errors import HwnasError
+from hwnas.export.choices import ENGINE_FLAVOURS, INT8_TARGETS, NMS_FORMS, PRECISIONS
 from hwnas.fileio import read_json, write_atomic
+from hwnas.heads.rcnn import ROI_IMPLS
 
 __all__ = [
     "manifest_json",
@@ -34,18 +36,9 @@ __all__ = [
 
 FORMAT = "hwnas-engine/1"
 FORMAT_PREFIX = "hwnas-engine/"
-# Same lists as hwnas.export.deploy.NMS_FORMS, hwnas.units.ROI_IMPLS, hwnas.export.pipeline.PRECISIONS
-# and the keys of hwnas.backends.tensorrt.FLAVOURS (+ "onnx"), repeated (and checked equal in the
-# tests) so that reading a manifest imports no torch. hwnas.export.precision imports INT8_TARGETS.
-# NMS form of the deployed graph: ONNX NonMaxSuppression, NMS written with plain ops (builds on
-# TensorRT-RTX), TensorRT's EfficientNMS plugin, or decode only with NMS on the host.
-FORMS = ("onnx", "ops", "efficient", "host")
-ROI_IMPLS = ("torchvision", "gather")
-PRECISIONS = ("fp32", "fp16", "int8")
-# An int8 Q/DQ graph is specific to its runtime (asymmetric uint8 is what is fast on a CPU,
-# TensorRT wants symmetric int8), so the manifest says which one it is.
-INT8_TARGETS = ("cpu", "tensorrt")
-FLAVOURS = ("tensorrt", "tensorrt-rtx", "onnx")
+# The choices a manifest may hold, from their torch-free homes (reading a manifest imports no torch).
+FORMS = NMS_FORMS
+FLAVOURS = (*ENGINE_FLAVOURS, "onnx")
 
 FIX = "rebuild the engine and its manifest (hwnas.export.engine.build_engine_file)"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")

@@ -25,9 +25,26 @@ from hwnas.export.deploy import (
     simplify, unpack_detections,
 )
 
-__all__ = ["MULTISCALE_FORMAT", "MultiScaleDeploy", "MultiScaleOnnxDetector", "export_multiscale_onnx"]
+__all__ = ["MULTISCALE_FORMAT", "MultiScaleDeploy", "MultiScaleOnnxDetector", "export_multiscale_onnx",
+           "is_multiscale_onnx"]
 
 MULTISCALE_FORMAT = "hwnas-deploy-multiscale/1"
+
+
+def is_multiscale_onnx(path: Path) -> bool:
+    """Whether ``path`` is a multi-scale graph (``hwnas export --test-scales``), from its metadata
+    alone (the weights are not read)."""
+    if path.suffix.lower() != ".onnx" or not path.is_file():
+        return False
+    import onnx
+
+    from hwnas.export.deploy import read_metadata
+
+    try:
+        meta = onnx.load(str(path), load_external_data=False).metadata_props
+    except Exception:  # not ONNX at all: open_model says so in its own words
+        return False
+    return read_metadata({p.key: p.value for p in meta}).get("format") == MULTISCALE_FORMAT
 
 
 class MultiScaleDeploy(nn.Module):
@@ -57,8 +74,9 @@ def export_multiscale_onnx(detector: nn.Module, scales: Sequence, *, nms: str = 
     from hwnas.onnx_export import to_onnx
 
     arch = detector.arch
-    if arch.head == "rcnn":
-        raise HwnasError("multi-scale export needs a one-stage head: the rcnn head's RoI stage is built for one size")
+    if arch.head.TWO_STAGE:
+        raise HwnasError(f"multi-scale export needs a one-stage head: the {arch.head.kind} head's RoI stage is built "
+                         f"for one size")
     if nms == "host":
         raise HwnasError("the multi-scale graph keeps NMS inside each pass: use --nms onnx or ops")
     if not isinstance(batch, int) or batch < 1:

@@ -14,15 +14,18 @@ import hashlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 
 from hwnas.errors import HwnasError
+from hwnas.export.choices import NMS_FORMS, PRECISIONS
+
+if TYPE_CHECKING:
+    from hwnas.arch import Arch
 
 FORMATS = ("onnx", "engine")
-PRECISIONS = ("fp32", "fp16", "int8")
-NMS_CHOICES = ("auto", "onnx", "ops", "efficient", "host")
+NMS_CHOICES = ("auto", *NMS_FORMS)
 INT8_LOSS_FLAG = 0.01  # 1.0 mAP point: more than this lost by int8 is flagged loudly
 Progress = Callable[[int, int, str], None]
 
@@ -142,11 +145,11 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     option or a failing --check included, leaves a previous export under the same name intact."""
     from hwnas.data import dataset_inputs
     from hwnas.data.transforms import MEAN, STD
-    from hwnas.export.deploy import export_deploy_onnx, resolve_roi_impl
+    from hwnas.export.deploy import export_deploy_onnx
     from hwnas.export.engine import prepare_engine
     from hwnas.export.manifest import manifest_json
     from hwnas.fileio import check_outputs, write_together
-    from hwnas.train import load_model
+    from hwnas.checkpoint import load_model
 
     files = export_files(cfg)
     inputs = [cfg.weights, cfg.timing_cache] + [p for d in (cfg.calib_data, cfg.check) if d for p in dataset_inputs(d)]
@@ -173,8 +176,9 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
         res.notes.append(f"exported an untrained {cfg.preset}: for engine builds and latency only; train it for detections")
     calib = _calibration_images(cfg.calib_data, arch.input_hw, cfg.calib_images) if cfg.precision == "int8" else None
 
-    # RTX has no RoiAlign: a two-stage head bound for it pools with plain gathers (hwnas.roi_align).
-    roi = "gather" if (cfg.format == "engine" and cfg.backend == "tensorrt-rtx" and arch.head == "rcnn") else None
+    # The head decides its RoIAlign form (None without one) for the NMS form, batch and engine backend.
+    roi = arch.head.roi_impl(nms=cfg.form, backend=cfg.backend if cfg.format == "engine" else None,
+                             dynamic=cfg.dynamic_batch is not None)
     progress(f"exporting {arch} ({cfg.form} NMS form) to ONNX")
     fp32 = export_deploy_onnx(model, nms=cfg.form, batch=cfg.batch, dynamic_batch=cfg.dynamic_batch, roi_impl=roi)
     graph = fp32
@@ -190,7 +194,7 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
 
     fields = {"arch": str(arch), "class_names": list(names), "input": {"mean": list(MEAN), "std": list(STD)},
               "form": cfg.form,
-              "roi_impl": resolve_roi_impl(arch, cfg.form, roi, cfg.dynamic_batch is not None) if arch.head == "rcnn" else None,
+              "roi_impl": roi,
               "precision": cfg.precision, "int8_target": cfg.target if cfg.precision == "int8" else None}
     if cfg.format == "onnx":
         _, res.manifest = prepare_engine(graph, onnx_path, fields, flavour="onnx", batch_profile=cfg.dynamic_batch)
@@ -227,18 +231,39 @@ def _out_base(out: Path) -> Path:
     return out.with_suffix("") if out.suffix.lower() in (".onnx", ".engine", ".plan", ".json") else out
 
 
+@dataclass(frozen=True)
+class MultiscaleExport:
+    path: Path  # the graph written
+    arch: Arch
+    scales: tuple  # hwnas.multiscale.TestScale's, one input of the graph each
+
+
+def export_multiscale(weights: Path, out: Path, scales: tuple, *, nms: str = "onnx", batch: int = 1) -> MultiscaleExport:
+    """A checkpoint as one fp32 multi-scale ONNX graph (``hwnas export --test-scales``), written to
+    ``out`` (less a suffix of the export's own files) + ``.onnx``; its passes are merged on the host."""
+    from hwnas.checkpoint import load_model
+    from hwnas.export.multiscale import export_multiscale_onnx
+    from hwnas.fileio import check_outputs, write_atomic
+
+    base = _out_base(out)
+    path = base.with_name(base.name + ".onnx")
+    check_outputs([(path, "ONNX graph", "ONNX file")], inputs=[weights])
+    model, arch, _ = load_model(weights)
+    write_atomic(path, export_multiscale_onnx(model, scales, nms=nms, batch=batch))
+    return MultiscaleExport(path, arch, tuple(scales))
+
+
 def untrained_model(preset: str, num_classes: int | None = None):
     """(Detector in eval mode, Arch, class names) of a preset or arch string with seeded initial
     weights: what its engine costs before any training (``hwnas export --preset``)."""
-    from hwnas.heads import init_head_priors
+    from hwnas.heads.losses import init_head_priors
     from hwnas.models import Detector
     from hwnas.presets import resolve_arch
 
     arch = resolve_arch(preset)
-    k = num_classes or (1 if arch.head == "face" else 80)
-    names = ["face"] if arch.head == "face" and k == 1 else [f"class{i}" for i in range(k)]
+    names = arch.head.class_names(num_classes)
     torch.manual_seed(0)
-    model = Detector.from_arch(arch, k)
+    model = Detector.from_arch(arch, len(names))
     init_head_priors(model)
     return model.eval(), arch, names
 
@@ -284,7 +309,8 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
     if kind == "checkpoint":
         from hwnas.data.transforms import normalize
         from hwnas.export.deploy import TorchDetector
-        from hwnas.train import load_model, resolve_device
+        from hwnas.checkpoint import load_model
+        from hwnas.train import resolve_device
 
         resolve_device(device)
         torch.set_num_threads(threads)
@@ -346,17 +372,16 @@ def _onnx_network(path: Path, threads: int) -> Callable[[torch.Tensor], Any]:
     """The deployable graph cut where the network ends (the tensors ``/net/`` hands to ``/post/``),
     so that bench can time the network alone next to the whole graph."""
     import onnx
-    import onnxruntime as ort
     from onnx.utils import Extractor
+
+    from hwnas.backends.ort import cpu_session
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))  # the extractor needs the cut's types
     made_by_net = {o for n in model.graph.node if n.name.startswith("/net/") for o in n.output}
     cut = list(dict.fromkeys(i for n in model.graph.node if not n.name.startswith("/net/")
                              for i in n.input if i in made_by_net))
     sub = Extractor(model).extract_model([model.graph.input[0].name], cut)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    sess = ort.InferenceSession(sub.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = cpu_session(sub.SerializeToString(), threads)
     name = sess.get_inputs()[0].name
     return lambda images: sess.run(None, {name: images.numpy()})
 

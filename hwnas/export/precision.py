@@ -43,7 +43,7 @@ __all__ = [
 KEEP_FP32_PREFIXES = ("/post/",)
 
 FLOAT, FLOAT16 = TensorProto.FLOAT, TensorProto.FLOAT16
-ROI_STAGE_PREFIX = "/net/head_roi/"  # the two-stage head's RoI stage (hwnas.units.RoIStage)
+ROI_STAGE_PREFIX = "/net/head_roi/"  # the two-stage head's RoI stage (hwnas.models.blocks.RoIStage)
 FP16_MAX = float(np.finfo(np.float16).max)
 
 
@@ -536,6 +536,8 @@ def sensitivity(float_bytes: bytes, int8_bytes: bytes, images: Iterable[Any], to
     _import_quantization()
     from onnxruntime.quantization import qdq_loss_debug as dbg
 
+    from hwnas.backends.ort import session_options
+
     float_model = _load(float_bytes)
     _load(int8_bytes)  # one clear line for bytes that are not ONNX, before onnxruntime's
     feeds = _calibration_feeds(float_model, images)
@@ -545,7 +547,9 @@ def sensitivity(float_bytes: bytes, int8_bytes: bytes, images: Iterable[Any], to
             path, augmented = Path(tmp) / f"{tag}.onnx", Path(tmp) / f"{tag}.aug.onnx"
             path.write_bytes(bytes(data))  # as given (checked by _load above): no re-serialization
             dbg.modify_model_output_intermediate_tensors(path, augmented)
-            acts[tag] = dbg.collect_activations(str(augmented), _Feeds(feeds), session_options=_debug_options(threads))
+            # unoptimised, as qdq_loss_debug's default: fusions would hide the tensors being compared
+            options = session_options(threads, optimize=False)
+            acts[tag] = dbg.collect_activations(str(augmented), _Feeds(feeds), session_options=options)
     matched = {k: v for k, v in dbg.create_activation_matching(acts["int8"], acts["float"]).items() if "float" in v}
     if not matched:
         raise HwnasError("no quantized activation of the int8 model has a same-named tensor in the float model; "
@@ -556,15 +560,3 @@ def sensitivity(float_bytes: bytes, int8_bytes: bytes, images: Iterable[Any], to
     rows = [{"name": k, "sqnr_db": float(v["xmodel_err"])} for k, v in errors.items()]
     rows.sort(key=lambda r: (r["sqnr_db"], r["name"]))
     return rows[:top]
-
-
-def _debug_options(threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    # Unoptimised, as qdq_loss_debug's default: fusions would hide the tensors being compared.
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    so.log_severity_level = 3
-    if threads is not None:
-        so.intra_op_num_threads = threads
-    return so

@@ -5,10 +5,9 @@ import torch
 from torchvision.ops import complete_box_iou_loss, distance_box_iou_loss, generalized_box_iou_loss
 
 from hwnas.errors import HwnasError
-from hwnas.units import decode_boxes
 
 __all__ = [
-    "BOX_CLIP", "BOX_LOSSES", "ROI_BOX_WEIGHTS", "check_box_loss", "decode_deltas", "decode_fcos",
+    "BOX_CLIP", "BOX_LOSSES", "ROI_BOX_WEIGHTS", "check_box_loss", "decode_boxes", "decode_deltas", "decode_fcos",
     "encode_boxes", "encode_fcos", "iou_loss",
 ]
 
@@ -22,6 +21,17 @@ def check_box_loss(kind: str, what: str = "box_loss") -> str:
     if kind not in BOX_LOSSES:
         raise HwnasError(f"{what} {kind!r}: valid box losses are {', '.join(BOX_LOSSES)}")
     return kind
+
+
+def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor, clip: float = BOX_CLIP) -> torch.Tensor:
+    """Standard (dx, dy, dw, dh) decoding relative to anchors; ``clip`` = log(1000/16). The exported
+    RoI stage (:class:`hwnas.models.blocks.RoIStage`) decodes its proposals with it."""
+    wa, ha = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
+    xa, ya = anchors[..., 0] + 0.5 * wa, anchors[..., 1] + 0.5 * ha
+    dx, dy, dw, dh = deltas.unbind(-1)
+    x, y = xa + dx * wa, ya + dy * ha
+    w, h = wa * dw.clamp(max=clip).exp(), ha * dh.clamp(max=clip).exp()
+    return torch.stack((x - w / 2, y - h / 2, x + w / 2, y + h / 2), dim=-1)
 
 
 def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor,
@@ -39,7 +49,7 @@ def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor,
 
 def decode_deltas(deltas: torch.Tensor, anchors: torch.Tensor,
                   weights: tuple[float, float, float, float] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
-    """:func:`hwnas.units.decode_boxes` (the decoder the exported RoI stage uses) with delta weights."""
+    """:func:`decode_boxes` (the decoder the exported RoI stage uses) with delta weights."""
     if weights != (1.0, 1.0, 1.0, 1.0):
         deltas = deltas / deltas.new_tensor(weights)
     return decode_boxes(deltas, anchors)

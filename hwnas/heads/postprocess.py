@@ -7,13 +7,15 @@ is the two in a row.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torchvision.ops import batched_nms
 
-from hwnas.arch import Arch
 from hwnas.errors import HwnasError
-from hwnas.heads.anchors import fcos_points, flatten_levels, retina_anchors
-from hwnas.heads.boxes import ROI_BOX_WEIGHTS, decode_deltas, decode_fcos
+
+if TYPE_CHECKING:
+    from hwnas.arch import Arch
 
 __all__ = ["clip_boxes", "decode_outputs", "postprocess", "select_detections"]
 
@@ -24,45 +26,14 @@ def clip_boxes(boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
                         boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)), dim=-1)
 
 
-def _arch(arch: Arch | str) -> Arch:
-    return Arch.parse(arch) if isinstance(arch, str) else arch
-
-
-def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: Arch | str,
+def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: "Arch",
                    num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Decoded, clipped boxes and per-class scores for the whole batch.
-
-    retina: boxes [B, P, 4], scores sigmoid(cls) [B, P, K]; fcos: boxes [B, P, 4], scores
-    sqrt(sigmoid(cls) * sigmoid(ctr)) [B, P, K]; rcnn: class-specific boxes [B, N, K, 4] (deltas
-    with weights (10, 10, 5, 5) on the proposals), scores softmax over K+1 without the background
-    column K [B, N, K]; face: :func:`hwnas.heads.face.decode`. Rows follow :mod:`hwnas.heads.anchors`' layout.
+    """Decoded, clipped boxes and per-class scores for the whole batch: the head kind's
+    ``decode`` (e.g. retina: boxes [B, P, 4], scores sigmoid(cls) [B, P, K]; rcnn: class-specific
+    boxes [B, N, K, 4]), rows in :mod:`hwnas.heads.anchors`' layout, then clipped to the input.
     """
-    arch, k = _arch(arch), num_classes
-    outputs = tuple(outputs)
-    if arch.head == "retina":
-        cls = flatten_levels(outputs[0::2], k)
-        anchors = retina_anchors(arch, cls.device).to(cls.dtype)
-        boxes = decode_deltas(flatten_levels(outputs[1::2], 4), anchors)
-        scores = cls.sigmoid()
-    elif arch.head == "fcos":
-        cls = flatten_levels(outputs[0::3], k)
-        points, strides = fcos_points(arch, cls.device)
-        boxes = decode_fcos(flatten_levels(outputs[1::3], 4), points.to(cls.dtype), strides.to(cls.dtype))
-        scores = (cls.sigmoid() * flatten_levels(outputs[2::3], 1).sigmoid()).sqrt()
-    elif arch.head == "face":
-        from hwnas.heads.face import decode as decode_face
-
-        boxes, scores = decode_face(outputs, arch, k)
-    elif arch.head == "rcnn":
-        proposals, roi_cls, roi_box = outputs[-3:]
-        if roi_cls.shape[-1] != k + 1:
-            raise HwnasError(f"roi_cls has {roi_cls.shape[-1]} columns, expected num_classes + 1 = {k + 1}")
-        b, n = proposals.shape[:2]
-        deltas = roi_box.reshape(b, n, k, 4)
-        boxes = decode_deltas(deltas, proposals[:, :, None, :].expand(b, n, k, 4), ROI_BOX_WEIGHTS)
-        scores = roi_cls.softmax(-1)[..., :k]
-    else:
-        raise HwnasError(f"unknown head {arch.head!r}")
+    k = num_classes
+    boxes, scores = arch.head.decode(tuple(outputs), arch, k)
     if scores.shape[-1] != k:
         raise HwnasError(f"outputs hold {scores.shape[-1]} classes, expected num_classes={k}")
     return clip_boxes(boxes, arch.input_hw), scores
@@ -109,13 +80,12 @@ def select_detections(boxes: torch.Tensor, scores: torch.Tensor, num_classes: in
     return results
 
 
-def postprocess(outputs: tuple[torch.Tensor, ...], arch: Arch | str, num_classes: int, *,
+def postprocess(outputs: tuple[torch.Tensor, ...], arch: "Arch", num_classes: int, *,
                 score_thresh: float = 0.05, nms_thresh: float = 0.5, max_dets: int = 100,
                 pre_nms_topk: int = 1000) -> list[dict[str, torch.Tensor]]:
     """Detections per image from raw detector outputs: :func:`decode_outputs` then
     :func:`select_detections` (see there for the result and the selection rule)."""
     _check_select_args(score_thresh, nms_thresh, max_dets, pre_nms_topk)  # before any work
-    arch = _arch(arch)
     with torch.no_grad():
         # fp32 decode: half-precision pixel coordinates are off by whole pixels at 512 px.
         boxes, scores = decode_outputs(tuple(o.float() for o in outputs), arch, num_classes)

@@ -6,9 +6,10 @@ import re
 import torch
 from torch import nn
 
-from hwnas.arch import Arch, Placed
+from hwnas.arch import Arch
 from hwnas.errors import HwnasError
-from hwnas.units import Unit, build
+from hwnas.models.blocks import build
+from hwnas.units import Placed, Unit
 
 _LEVEL = re.compile(r"^head\.p\d+\.")
 
@@ -26,12 +27,10 @@ def _same_but_size(a: Unit, b: Unit) -> bool:
 class Detector(nn.Module):
     """A whole detector whose ``forward`` returns raw tensors only (exportable as is).
 
-    Outputs, in order, for a one-stage head: per level ``cls`` [B, A*K, h, w], ``box``
-    [B, A*4, h, w] (and ``ctr`` [B, 1, h, w] for FCOS; the face head's lowest level ``cls`` holds
-    A*(K+m) channels with max-out, and its two-step levels add ``cls1`` [B, A*K, h, w] or ``box1``
-    [B, A*4, h, w]: :mod:`hwnas.heads.face`). For the two-stage head: per level RPN
-    ``obj`` and ``box``, then ``proposals`` [B, N, 4], ``roi_cls`` [B, N, K+1] and
-    ``roi_box`` [B, N, 4K]. ``output_names`` lists them. Decoding, NMS and losses live outside.
+    The outputs are the head kind's (``arch.head.output_names``; e.g. a one-stage head: per level
+    ``cls`` [B, A*K, h, w] and ``box`` [B, A*4, h, w]; the two-stage head: per level RPN ``obj``
+    and ``box``, then ``proposals`` [B, N, 4], ``roi_cls`` [B, N, K+1] and ``roi_box`` [B, N, 4K]:
+    see :mod:`hwnas.heads`). ``output_names`` lists them. Decoding, NMS and losses live outside.
     """
 
     def __init__(self, arch: Arch, num_classes: int, placed: list[Placed]) -> None:
@@ -50,7 +49,7 @@ class Detector(nn.Module):
             first[key] = p.unit
             self.blocks[key.replace(".", "_")] = build(p.unit)
         self.stage_lengths = [len(s) for s in arch.stages]
-        self.output_names = self._output_names()
+        self.output_names = arch.head.output_names(arch)
 
     @classmethod
     def from_arch(cls, arch: Arch | str, num_classes: int) -> "Detector":
@@ -77,30 +76,6 @@ class Detector(nn.Module):
     def _m(self, role: str) -> nn.Module:
         return self.blocks[role.replace(".", "_")]
 
-    def _output_names(self) -> list[str]:
-        a = self.arch
-        if a.head == "rcnn":
-            per = [f"p{lv}_{n}" for lv in a.out_levels for n in ("obj", "box")]
-            return per + ["proposals", "roi_cls", "roi_box"]
-        if a.head == "face":
-            return [f"p{lv}_{n}" for lv, names in zip(a.out_levels, self._face_preds()) for n, _ in names]
-        preds = ("cls", "box") if a.head == "retina" else ("cls", "box", "ctr")
-        return [f"p{lv}_{n}" for lv in a.out_levels for n in preds]
-
-    def _face_preds(self) -> list[list[tuple[str, str]]]:
-        """Per level of the face head: (output name, module role) of each prediction, in output order."""
-        a = self.arch
-        n = len(a.out_levels)
-        out = []
-        for li in range(n):
-            preds = [("cls", "head.cls_maxout" if a.maxout and li == 0 else "head.cls"), ("box", "head.box")]
-            if li < a.stc_levels:
-                preds.append(("cls1", "head.cls1"))
-            if li >= n - a.str_levels:
-                preds.append(("box1", "head.box1"))
-            out.append(preds)
-        return out
-
     # ------------------------------------------------------------------ forward
     def features(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
         """The pyramid the head runs on, keyed by level."""
@@ -126,37 +101,6 @@ class Detector(nn.Module):
         return outs
 
     def forward(self, x: torch.Tensor, extra_boxes: torch.Tensor | None = None) -> tuple[torch.Tensor, ...]:
-        """Raw outputs (see the class). ``extra_boxes`` [B, M, 4]: training only, rcnn head only:
-        boxes appended to the RoI stage's proposals (``hwnas.heads.DetectionLoss.extra_boxes``)."""
-        a = self.arch
-        pyramid = self.features(x)
-        out: list[torch.Tensor] = []
-        if a.head == "rcnn":
-            objs, deltas = [], []
-            for level in a.out_levels:
-                t = self._m("head.rpn")(pyramid[level])
-                objs.append(self._m("head.obj")(t))
-                deltas.append(self._m("head.box")(t))
-                out += [objs[-1], deltas[-1]]
-            feats = [pyramid[level] for level in a.out_levels]
-            roi = self._m("head.roi")
-            extra = {} if extra_boxes is None else {"extra_boxes": extra_boxes}
-            return (*out, *roi(*feats, *objs, *deltas, **extra))
-        d = a.head_depth
-        face = self._face_preds() if a.head == "face" else None
-        for li, level in enumerate(a.out_levels):
-            f = pyramid[level]
-            cls_t, box_t = f, f
-            for i in range(d):
-                cls_t = self._m(f"head.cls.{i}")(cls_t)
-                box_t = self._m(f"head.box.{i}")(box_t)
-            if face is not None:
-                # first steps (cls1, box1) predict from the neck's features, the second from the towers
-                src = {"cls": cls_t, "box": box_t, "cls1": f, "box1": f}
-                out += [self._m(role)(src[name]) for name, role in face[li]]
-                continue
-            out.append(self._m("head.cls")(cls_t))
-            out.append(self._m("head.box")(box_t))
-            if a.head == "fcos":
-                out.append(self._m("head.ctr")(box_t))  # centerness shares the box tower (FCOS)
-        return tuple(out)
+        """Raw outputs (see the class). ``extra_boxes`` [B, M, 4]: training only, two-stage heads only:
+        boxes appended to the RoI stage's proposals (``hwnas.heads.losses.DetectionLoss.extra_boxes``)."""
+        return self.arch.head.forward(self.arch, self.features(x), self._m, extra_boxes)

@@ -24,7 +24,7 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from hwnas.arch import Arch, SearchSpace
+from hwnas.arch import Arch, SearchSpace, head_kind
 from hwnas.errors import HwnasError
 from hwnas.search.pareto import Point, hypervolume_gain, pareto_indices, rank_and_crowding, select_survivors
 
@@ -69,24 +69,23 @@ def stage_encoding(space: SearchSpace, depth: str) -> tuple[str, ...]:
 
 def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str, neck: str, head: str,
                     size: str = "middle") -> Arch:
-    """The structural candidate for one combination. A two-stage head needs a neck: paired with
-    ``none`` it gets the space's first neck instead (a repair, so every combination is valid), and
-    so does the face head. ``size`` sets the backbone, neck and head widths together."""
+    """The structural candidate for one combination. A head that needs a neck (the two-stage and
+    the face head), paired with ``none``, gets the space's first neck instead (a repair, so every
+    combination is valid). ``size`` sets the backbone, neck and head widths together; the head's
+    depth and its other choices sit at the middle of the space's (``Head.pick``)."""
     top = space.num_stages + 1
-    if neck == "none" and head in ("rcnn", "face"):
+    kind = head_kind(head)
+    if neck == "none" and kind.NEEDS_NECK:
         neck = next(c for c in neck_choices(space) if c != "none")
     if neck == "none":
-        kind, levels = "none", (top, top)
+        neck_kind, levels = "none", (top, top)
     else:
-        kind, lv = neck.split("_p")
+        neck_kind, lv = neck.split("_p")
         lo, hi = lv.split("-")
         levels = (int(lo), int(hi))
-    if head == "rcnn":
-        depth_h, width_h, props = middle(space.rcnn_depths), sized(space.rcnn_widths, size), middle(space.proposals)
-    else:
-        depth_h, width_h, props = middle(space.head_depths), sized(space.head_widths, size), 0
-    return space.arch(resolution, block, sized(space.widths, size), stage_encoding(space, depth), kind, levels,
-                       sized(space.neck_widths, size), head, depth_h, width_h, props, space.norms[0])
+    spec = kind.pick(space, middle(kind.depth_choices(space)), sized(kind.width_choices(space), size), middle)
+    return space.arch(resolution, block, sized(space.widths, size), stage_encoding(space, depth), neck_kind, levels,
+                      sized(space.neck_widths, size), spec, space.norms[0])
 
 
 def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0) -> list[dict]:
@@ -170,8 +169,7 @@ def mutate(space: SearchSpace, parent: Parent, seed: int) -> Arch:
 
 def crossover(space: SearchSpace, a: Arch, b: Arch) -> Arch:
     """Module-wise crossover: ``a``'s input size and backbone under ``b``'s neck and head."""
-    return space.arch(a.input_hw[0], a.block, a.width, a.stages, b.neck, b.levels, b.neck_width, b.head, b.head_depth,
-                      b.head_width, b.proposals, a.norm)
+    return space.arch(a.input_hw[0], a.block, a.width, a.stages, b.neck, b.levels, b.neck_width, b.head, a.norm)
 
 
 class AccuracyModel:
@@ -193,7 +191,8 @@ class AccuracyModel:
             self.w = np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y)
 
     def features(self, arch: Arch, latency_ms: float) -> list[float]:
-        return [float(getattr(arch, name) == opt) for name, opts in self.options for opt in opts] + [math.log(latency_ms)]
+        module = {"block": arch.block, "neck": arch.neck, "head": arch.head.kind}
+        return [float(module[name] == opt) for name, opts in self.options for opt in opts] + [math.log(latency_ms)]
 
     def change(self, child: Arch, child_ms: float, anchor: Arch, anchor_ms: float) -> float:
         """Expected mAP of ``child`` minus that of ``anchor``."""

@@ -1,59 +1,106 @@
 """What a search leaves behind: RUN/pareto.json, RUN/search.json, RUN/pareto.png, RUN/report.md.
 
-Everything here is recomputed from the Optuna storage (and this worker's bookkeeping log), so
-any worker, or a rerun after the search ended, writes the same report.
+Everything here is computed from the search's ``TrialRecord``s (and this worker's bookkeeping
+log), never from the live search: any worker, a rerun after the search ended, or a script that
+reopened the storage (``read_records``) writes the same report.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from hwnas.fileio import write_atomic, write_json
 from hwnas.search.pareto import dominates, hypervolume, nadir_reference, pareto_indices
+from hwnas.search.records import TrialRecord
 
-GENERATION_KEY = "NSGAIISampler:generation"
+if TYPE_CHECKING:
+    from hwnas.backends import Target
+    from hwnas.search.runner import SearchConfig
+
+LatencyOf = Callable[[TrialRecord], float | None]  # which latency of a record a front is taken on
 
 
-def trial_records(search) -> list[dict]:
-    """One record per proposed candidate of every stage (pruned and failed ones included)."""
-    measured = search.measured_ms()
+def predicted(r: TrialRecord) -> float:
+    return r.predicted_latency_ms
+
+
+def measured(r: TrialRecord) -> float | None:
+    return r.measured_latency_ms
+
+
+def front_of(recs: Sequence[TrialRecord], latency: LatencyOf = predicted) -> list[TrialRecord]:
+    """The non-dominated records on (score, ``latency``), fastest first."""
+    return [recs[i] for i in pareto_indices([(r.score, latency(r)) for r in recs])]
+
+
+def searched(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The completed candidates of the search stages (baselines are not candidates)."""
+    return [r for r in recs if r.complete and r.stage != "baseline"]
+
+
+def final_front(recs: Sequence[TrialRecord]) -> list[TrialRecord]:
+    """The search's front: completed candidates of the search stages, by predicted latency."""
+    return front_of(searched(recs))
+
+
+def _hv(front: Sequence[TrialRecord], ref_ms: float) -> float:
+    return hypervolume([r.objectives for r in front], 0.0, ref_ms)
+
+
+@dataclass(frozen=True)
+class StageFront:
+    """The front after one stage, or after one modular generation (with everything before it)."""
+
+    stage: str
+    generation: int
+    n: int
+    front: tuple[TrialRecord, ...]
+    hypervolume: float
+
+    def to_dict(self) -> dict:
+        return {"stage": self.stage, "generation": self.generation, "n": self.n,
+                "front": [str(r.arch) for r in self.front], "hypervolume": self.hypervolume}
+
+
+def stage_fronts(done: Sequence[TrialRecord], ref_ms: float) -> list[StageFront]:
+    """The front after each stage and after each modular generation, so one can see it move."""
+    groups: list[tuple[str, int, list[TrialRecord]]] = []
+    for stage in ("random", "structural"):
+        recs = [r for r in done if r.stage == stage]
+        if recs:
+            groups.append((stage, max(r.generation for r in recs), recs))
+    struct = [r for r in done if r.stage == "structural"]
+    mod = [r for r in done if r.stage == "modular"]
+    for g in sorted({r.generation for r in mod}):
+        groups.append(("modular", g, struct + [r for r in mod if r.generation <= g]))
     out = []
-    for stage, study in search.studies.items():
-        for t in study.get_trials(deepcopy=False):
-            h = t.user_attrs.get("hwnas")
-            if not h:
-                continue
-            res = t.user_attrs.get("result", {})
-            gen = t.system_attrs.get(GENERATION_KEY, 0) if stage == "structural" else h.get("generation", 0)
-            out.append({
-                "trial": f"{stage}#{t.number}", "stage": stage, "generation": int(gen), "state": t.state.name.lower(),
-                "arch": h["arch"], "map": t.values[0] if t.values else None, "map50": res.get("map50"),
-                "predicted_latency_ms": h["predicted_latency_ms"], "measured_latency_ms": measured.get(h["arch"]),
-                "parent": h.get("parent"), "crossed_with": h.get("crossed_with"),
-                "estimated_map": h.get("estimated_map"),
-                "reason": t.user_attrs.get("reason"), "train_s": res.get("wall_s"),
-                "worker": h.get("worker")})
+    for stage, gen, recs in groups:
+        front = front_of(recs)
+        out.append(StageFront(stage, gen, len(recs), tuple(front), _hv(front, ref_ms)))
     return out
 
 
-def front_of(recs: list[dict], key: str = "predicted_latency_ms") -> list[dict]:
-    pts = [(r["map"], r[key]) for r in recs]
-    return [recs[i] for i in pareto_indices(pts)]
+@dataclass(frozen=True)
+class Match:
+    """For a baseline and one kind of latency: the fastest searched detector at most as slow and at
+    least as accurate (None: none is), and whether it is strictly better in one of the two."""
+
+    trial: str | None
+    strictly_dominates: bool
 
 
-def stage_fronts(done: list[dict]) -> list[dict]:
-    """The front after each stage and after each modular generation, so one can see it move."""
-    out = []
-    for stage in ("random", "structural"):
-        recs = [r for r in done if r["stage"] == stage]
-        if recs:
-            out.append({"stage": stage, "generation": max(r["generation"] for r in recs), "n": len(recs),
-                        "front": front_of(recs)})
-    struct = [r for r in done if r["stage"] == "structural"]
-    mod = [r for r in done if r["stage"] == "modular"]
-    for g in sorted({r["generation"] for r in mod}):
-        recs = struct + [r for r in mod if r["generation"] <= g]
-        out.append({"stage": "modular", "generation": g, "n": len(recs), "front": front_of(recs)})
+def baseline_matches(b: TrialRecord, done: Sequence[TrialRecord]) -> dict[str, Match]:
+    """Matches by "predicted" and, where the baseline was measured, by "measured" latency."""
+    out = {}
+    for kind, lat in (("predicted", predicted), ("measured", measured)):
+        if lat(b) is None:
+            continue
+        better = [r for r in done if lat(r) is not None and lat(r) <= lat(b) and r.score >= b.score]
+        best = min(better, key=lambda r: (lat(r), -r.score)) if better else None
+        out[kind] = Match(best.trial if best else None,
+                          bool(best and dominates((best.score, lat(best)), (b.score, lat(b)))))
     return out
 
 
@@ -75,60 +122,72 @@ def bookkeeping(run_dir: Path) -> dict:
             "overhead_fraction_max": max(r["overhead_s"] / max(1e-9, r["train_s"] + r["overhead_s"]) for r in rows)}
 
 
-def final_front(recs: list[dict]) -> list[dict]:
-    """The search's front: completed candidates of the search stages (not baselines), by predicted latency."""
-    return front_of([r for r in recs if r["state"] == "complete" and r["stage"] != "baseline"])
+@dataclass(frozen=True)
+class Summary:
+    """A search's outcome, as search.json, report.md and pareto.png show it."""
+
+    config: dict  # the search's settings and storage, as search.json records them
+    table_target: dict
+    records: tuple[TrialRecord, ...]
+    front: tuple[TrialRecord, ...]  # final front, each with ``on_measured_front`` set
+    fronts: tuple[StageFront, ...]
+    baselines: tuple[tuple[TrialRecord, dict[str, Match]], ...]
+    reference_ms: float
+    bookkeeping: dict
+
+    @property
+    def hypervolume(self) -> float:
+        return _hv(self.front, self.reference_ms)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        states: dict[str, int] = {}
+        for r in self.records:
+            if r.stage != "baseline":
+                states[r.state] = states.get(r.state, 0) + 1
+        return states
+
+    def to_dict(self) -> dict:
+        baselines = []
+        for b, matches in self.baselines:
+            row = b.to_dict()
+            for kind, m in matches.items():
+                row[f"matched_by_{kind}"] = m.trial
+                row[f"strictly_dominated_by_{kind}"] = m.strictly_dominates
+            baselines.append(row)
+        return {"config": self.config, "table_target": self.table_target, "counts": self.counts,
+                "front": [r.to_dict() for r in self.front], "fronts": [f.to_dict() for f in self.fronts],
+                "baselines": baselines, "hypervolume_reference": {"map": 0.0, "latency_ms": self.reference_ms},
+                "hypervolume": self.hypervolume, "bookkeeping": self.bookkeeping,
+                "trials": [r.to_dict() for r in self.records]}
 
 
-def summarize(search) -> dict:
-    recs = trial_records(search)
-    done = [r for r in recs if r["state"] == "complete" and r["stage"] != "baseline"]
-    baselines = [r for r in recs if r["stage"] == "baseline" and r["state"] == "complete"]
-    front = final_front(recs)
-    measured = [r for r in front if r["measured_latency_ms"] is not None]
-    on_measured = {r["trial"] for r in front_of(measured, "measured_latency_ms")} if measured else set()
-    for r in front:
-        r["on_measured_front"] = r["trial"] in on_measured if len(measured) == len(front) else None
-    for b in baselines:
-        for key in ("predicted_latency_ms", "measured_latency_ms"):
-            if b[key] is None:
-                continue
-            better = [r for r in done if r[key] is not None and r[key] <= b[key] and r["map"] >= b["map"]]
-            best = min(better, key=lambda r: (r[key], -r["map"])) if better else None
-            b[f"matched_by_{key.split('_')[0]}"] = best["trial"] if best else None
-            b[f"strictly_dominated_by_{key.split('_')[0]}"] = bool(
-                best and dominates((best["map"], best[key]), (b["map"], b[key])))
-    lat = [r["predicted_latency_ms"] for r in done]
-    ref = nadir_reference(lat)
-    fronts = stage_fronts(done)
-    for f in fronts:
-        f["hypervolume"] = hypervolume([(r["map"], r["predicted_latency_ms"]) for r in f["front"]], 0.0, ref)
-        f["front"] = [r["arch"] for r in f["front"]]
-    states: dict[str, int] = {}
-    for r in recs:
-        if r["stage"] != "baseline":
-            states[r["state"]] = states.get(r["state"], 0) + 1
-    return {"config": {**{k: (str(v) if isinstance(v, Path) else v) for k, v in search.cfg.__dict__.items()},
-                       "storage": search.url}, "table_target": search.table.target.to_dict(),
-            "counts": states, "front": front, "fronts": fronts, "baselines": baselines,
-            "hypervolume_reference": {"map": 0.0, "latency_ms": ref},
-            "hypervolume": hypervolume([(r["map"], r["predicted_latency_ms"]) for r in front], 0.0, ref),
-            "bookkeeping": bookkeeping(Path(search.cfg.out)), "trials": recs}
+def summarize(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "Target", storage: str) -> Summary:
+    done = searched(records)
+    front = final_front(records)
+    timed = [r for r in front if r.measured_latency_ms is not None]
+    # Whether each member stays on the front recomputed with measured latency; unknown until all are measured.
+    on = {r.trial for r in front_of(timed, measured)} if timed and len(timed) == len(front) else None
+    front = [replace(r, on_measured_front=None if on is None else r.trial in on) for r in front]
+    baselines = tuple((b, baseline_matches(b, done)) for b in records if b.stage == "baseline" and b.complete)
+    ref = nadir_reference([r.predicted_latency_ms for r in done])
+    config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, "storage": storage}
+    return Summary(config, target.to_dict(), tuple(records), tuple(front), tuple(stage_fronts(done, ref)), baselines,
+                   ref, bookkeeping(Path(cfg.out)))
 
 
-def write_report(search) -> Path:
-    out = Path(search.cfg.out)
-    s = summarize(search)
-    keys = ("arch", "map", "map50", "predicted_latency_ms", "measured_latency_ms", "stage", "generation", "trial",
-            "on_measured_front")
-    write_json(out / "pareto.json", [{k: r.get(k) for k in keys} for r in s["front"]])
-    write_json(out / "search.json", s)
+def write_report(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "Target", storage: str) -> Path:
+    """Write pareto.json, search.json, pareto.png and report.md into ``cfg.out``; the report's path."""
+    out = Path(cfg.out)
+    s = summarize(records, cfg, target, storage)
+    write_json(out / "pareto.json", [r.to_dict() for r in s.front])
+    write_json(out / "search.json", s.to_dict())
     plot(s, out / "pareto.png")
     write_atomic(out / "report.md", markdown(s))
     return out / "report.md"
 
 
-def plot(s: dict, path: Path) -> None:
+def plot(s: Summary, path: Path) -> None:
     import io
 
     import matplotlib
@@ -139,32 +198,31 @@ def plot(s: dict, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(8, 5.5), dpi=110)
     markers = {"structural": "o", "modular": "^", "random": "s"}
     for stage, mk in markers.items():
-        pts = [(r["predicted_latency_ms"], r["map"]) for r in s["trials"] if r["stage"] == stage and r["state"] == "complete"]
+        pts = [(r.predicted_latency_ms, r.score) for r in s.records if r.stage == stage and r.complete]
         if pts:
             ax.scatter(*zip(*pts), marker=mk, s=18, color="0.65", label=f"{stage} trials ({len(pts)})", zorder=1)
-    by_arch = {r["arch"]: r for r in s["trials"] if r["state"] == "complete"}
     cmap = plt.get_cmap("viridis")
-    for i, f in enumerate(s["fronts"]):
-        pts = sorted((by_arch[a]["predicted_latency_ms"], by_arch[a]["map"]) for a in f["front"])
-        colour = cmap(i / max(1, len(s["fronts"]) - 1))
+    for i, f in enumerate(s.fronts):
+        pts = sorted((r.predicted_latency_ms, r.score) for r in f.front)
+        colour = cmap(i / max(1, len(s.fronts) - 1))
         ax.step(*zip(*pts), where="post", color=colour, lw=1.2, zorder=2,
-                label=f"{f['stage']} front" + (f" gen {f['generation']}" if f["stage"] == "modular" else ""))
-    final = s["front"]
-    if final:
-        ax.scatter([r["predicted_latency_ms"] for r in final], [r["map"] for r in final], color="tab:red", s=36,
+                label=f"{f.stage} front" + (f" gen {f.generation}" if f.stage == "modular" else ""))
+    if s.front:
+        ax.scatter([r.predicted_latency_ms for r in s.front], [r.score for r in s.front], color="tab:red", s=36,
                    zorder=3, label="final front (predicted)")
-        meas = [(r["measured_latency_ms"], r["map"]) for r in final if r["measured_latency_ms"] is not None]
+        meas = [(r.measured_latency_ms, r.score) for r in s.front if r.measured_latency_ms is not None]
         if meas:
             ax.scatter(*zip(*meas), facecolors="none", edgecolors="tab:red", s=60, zorder=3,
                        label="final front (measured)")
-    for b in s["baselines"]:
-        ax.scatter([b["predicted_latency_ms"]], [b["map"]], marker="*", color="black", s=120, zorder=4)
-        ax.annotate(b["arch"].split("/")[1], (b["predicted_latency_ms"], b["map"]), fontsize=7,
+    for b, _ in s.baselines:
+        ax.scatter([b.predicted_latency_ms], [b.score], marker="*", color="black", s=120, zorder=4)
+        ax.annotate(str(b.arch).split("/")[1], (b.predicted_latency_ms, b.score), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
-    if s["baselines"]:
+    if s.baselines:
         ax.scatter([], [], marker="*", color="black", s=120, label="baselines")
     ax.set_xlabel("latency (ms, predicted from the table)")
-    ax.set_ylabel("mAP (COCO 0.5:0.95, val)")
+    proxy = any(r.is_proxy for r in s.records)
+    ax.set_ylabel(f"{'proxy for ' if proxy else ''}mAP (COCO 0.5:0.95, val), evaluator {s.config['evaluator']}")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower right")
@@ -175,45 +233,53 @@ def plot(s: dict, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
-def _ms(v) -> str:
+def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
-def markdown(s: dict) -> str:
-    c = s["config"]
+def accuracy_text(r: TrialRecord) -> str:
+    """The mAP, or the proxy score marked as one: a reader must never take a proxy for an mAP."""
+    return f"{r.map:.4f}" if r.map is not None else f"{r.proxy_map:.4f} (proxy)"
+
+
+def markdown(s: Summary) -> str:
+    c = s.config
     lines = [f"# Search report: {c['study']}", "",
              f"- data `{c['data']}`, space `{c['space']}` at {','.join(map(str, c['resolutions']))} px, table `{c['table']}` "
-             f"({s['table_target']['backend']} on {s['table_target']['device']})",
-             f"- stage `{c['stage']}`, {c['trials']} trained candidates, {c['epochs']} epoch(s) each, seed {c['seed']}"
+             f"({s.table_target['backend']} on {s.table_target['device']})",
+             f"- stage `{c['stage']}`, {c['trials']} evaluated candidates, evaluator `{c['evaluator']}` "
+             f"({c['epochs']} epoch(s) each), seed {c['seed']}"
              + (f", latency budget {c['latency_max_ms']} ms (predicted)" if c["latency_max_ms"] else ""),
              f"- storage `{c['storage']}`",
-             "- trials: " + ", ".join(f"{v} {k}" for k, v in sorted(s["counts"].items())), ""]
+             "- trials: " + ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items())), ""]
     lines += ["## Final front (predicted latency), re-measured end to end", "",
               "| trial | arch | mAP | mAP@0.5 | predicted ms | measured ms | error % | on measured front |",
               "|---|---|---|---|---|---|---|---|"]
-    for r in s["front"]:
-        m, p = r["measured_latency_ms"], r["predicted_latency_ms"]
+    for r in s.front:
+        m, p = r.measured_latency_ms, r.predicted_latency_ms
         err = "-" if m is None else f"{100 * (p - m) / m:+.1f}"
-        mark = {True: "yes", False: "no", None: "-"}[r["on_measured_front"]]
-        lines.append(f"| {r['trial']} | `{r['arch']}` | {r['map']:.4f} | {_ms(r['map50'])} | {p:.2f} | {_ms(m)} | {err} | {mark} |")
-    lines += ["", f"Hypervolume (mAP x ms, reference mAP 0, {s['hypervolume_reference']['latency_ms']:.2f} ms): "
-              f"{s['hypervolume']:.4f}", "", "## How the front moved", "",
+        mark = {True: "yes", False: "no", None: "-"}[r.on_measured_front]
+        lines.append(f"| {r.trial} | `{r.arch}` | {accuracy_text(r)} | {_ms(r.map50)} | {p:.2f} | {_ms(m)} | {err} | {mark} |")
+    lines += ["", f"Hypervolume (mAP x ms, reference mAP 0, {s.reference_ms:.2f} ms): {s.hypervolume:.4f}", "",
+              "## How the front moved", "",
               "| stage | generation | candidates so far | front size | hypervolume |", "|---|---|---|---|---|"]
-    for f in s["fronts"]:
-        lines.append(f"| {f['stage']} | {f['generation']} | {f['n']} | {len(f['front'])} | {f['hypervolume']:.4f} |")
-    if s["baselines"]:
-        lines += ["", "## Baselines (trained with the same recipe)", "",
+    for f in s.fronts:
+        lines.append(f"| {f.stage} | {f.generation} | {f.n} | {len(f.front)} | {f.hypervolume:.4f} |")
+    if s.baselines:
+        lines += ["", "## Baselines (evaluated the same way)", "",
                   "| arch | mAP | predicted ms | measured ms | matched by (predicted) | matched by (measured) |",
                   "|---|---|---|---|---|---|"]
-        for b in s["baselines"]:
-            lines.append(f"| `{b['arch']}` | {b['map']:.4f} | {b['predicted_latency_ms']:.2f} | {_ms(b['measured_latency_ms'])} "
-                         f"| {b.get('matched_by_predicted') or 'none'} | {b.get('matched_by_measured') or '-'} |")
-    failed = [r for r in s["trials"] if r["state"] == "fail"]
+        for b, m in s.baselines:
+            by_measured = m["measured"].trial if "measured" in m else None
+            lines.append(f"| `{b.arch}` | {accuracy_text(b)} | {b.predicted_latency_ms:.2f} | {_ms(b.measured_latency_ms)} "
+                         f"| {m['predicted'].trial or 'none'} | {by_measured or '-'} |")
+    failed = [r for r in s.records if r.state == "fail"]
     if failed:
-        lines += ["", "## Failed candidates", ""] + [f"- {r['trial']} `{r['arch']}`: {r['reason']}" for r in failed]
-    bk = s["bookkeeping"]
+        lines += ["", "## Failed candidates", ""] + [f"- {r.trial} `{r.arch}`: {r.reason}" for r in failed]
+    bk = s.bookkeeping
     if bk["n"]:
         lines += ["", f"Bookkeeping (this worker, {bk['n']} trials): {bk['overhead_s_mean'] * 1e3:.0f} ms a trial, "
                   f"{100 * bk['overhead_fraction']:.3f} % of trial time (worst trial {100 * bk['overhead_fraction_max']:.3f} %)."]
-    lines += ["", "Files: `pareto.json` (front), `search.json` (every trial), `pareto.png`, `trials/<id>/last.pt` (weights).", ""]
+    lines += ["", "Files: `pareto.json` (front), `search.json` (every trial), `pareto.png`, `trials/<id>/` "
+              "(what the evaluator kept: `last.pt` for `train`).", ""]
     return "\n".join(lines)

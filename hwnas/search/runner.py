@@ -1,13 +1,17 @@
-"""The search loop: propose, filter by predicted latency, claim, train, tell; then re-measure the front.
+"""The search loop: propose, filter by predicted latency, claim, evaluate, tell; then re-measure the front.
 
 One ``Search`` is one worker. Every worker of a search runs the same command against the same
 storage; Optuna holds the trials (one study per stage, ``NAME/structural``, ``NAME/modular``,
 ``NAME/random``, ``NAME/baseline``) and ``Coordinator`` the claims, so workers never train the
 same architecture twice and a killed worker's candidate is finished by whoever runs next.
 
-Budget: ``trials`` counts *trained* candidates (failures included: they cost training time).
+A candidate's accuracy comes from the evaluator (``hwnas.search.evaluators``; ``train`` by
+default), its latency from the table. Everything that reads trials back reads ``TrialRecord``s
+(``hwnas.search.records``).
+
+Budget: ``trials`` counts *evaluated* candidates (failures included: they cost compute).
 Proposals that are duplicates or over ``latency_max_ms`` are recorded as pruned trials and cost
-no training; ``max_draws`` proposals in a row without a trainable one end the stage.
+no evaluation; ``max_draws`` proposals in a row without an evaluable one end the stage.
 """
 from __future__ import annotations
 
@@ -23,11 +27,13 @@ from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
 from hwnas.limits import MAX_THREADS, check_batch, check_count, check_float, check_int, check_seed
-from hwnas.presets import RECIPES, recipe
+from hwnas.presets import RECIPES
 from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
+from hwnas.search.evaluators import Budget, Evaluation, Evaluator, check_evaluator, make_evaluator
 from hwnas.search.pareto import nadir_reference
 from hwnas.search.proposals import (Parent, choose_parent, initial_structures, mutate, ranked_children,
                                     suggest_structural)
+from hwnas.search.records import TrialRecord, records_of
 
 STAGES = ("structural", "modular", "both", "random")
 Progress = Callable[[int, int, str], None]
@@ -60,6 +66,7 @@ class SearchConfig:
     max_draws: int = 200
     max_failures: int = 5  # failed candidates in a row before the search stops (a systematic cause)
     recipe: str = ""  # a preset whose training recipe (hwnas.presets.RECIPES) the candidates train with
+    evaluator: str = "train"  # how a candidate's accuracy is scored: a name in hwnas.search.evaluators.EVALUATORS
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -85,12 +92,17 @@ class SearchConfig:
             raise HwnasError(f"recipe {self.recipe!r}: presets with a recipe are {', '.join(RECIPES)}")
         if not self.study or "/" in self.study:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
+        check_evaluator(self.evaluator)
 
     def stage_trials(self) -> dict[str, int]:
         if self.stage == "both":
             n = min(self.trials - 1, max(1, round(self.trials * self.structural_share)))
             return {"structural": n, "modular": self.trials - n}
         return {self.stage: self.trials}
+
+    def budget(self) -> Budget:
+        """What one evaluation of one candidate may spend."""
+        return Budget(epochs=self.epochs, max_train_images=self.max_train_images)
 
     def population_for(self, n: int) -> int:
         return self.population or min(50, max(4, n // 4))
@@ -100,13 +112,15 @@ class SearchConfig:
         what a candidate's mAP or latency means."""
         return {"space": self.space, "resolutions": list(self.resolutions), "epochs": self.epochs,
                 "batch_size": self.batch_size, "lr": self.lr, "max_train_images": self.max_train_images,
-                "latency_max_ms": self.latency_max_ms, "seed": self.seed, **({"recipe": self.recipe} if self.recipe else {})}
+                "latency_max_ms": self.latency_max_ms, "seed": self.seed, **({"recipe": self.recipe} if self.recipe else {}),
+                # Only when not the default, so studies started before evaluators existed still match.
+                **({"evaluator": self.evaluator} if self.evaluator != "train" else {})}
 
 
 @dataclass
 class Outcome:
     """What this worker did, for the CLI's closing lines."""
-    trained: int = 0
+    trained: int = 0  # evaluated (by whatever evaluator): the name the CLI's closing line has always used
     failed: int = 0
     pruned_budget: int = 0
     pruned_duplicate: int = 0
@@ -123,13 +137,13 @@ def open_storage(url: str):
     return created_together(lambda: optuna.storages.RDBStorage(url, engine_kwargs=engine))
 
 
-def _front_text(points: list[tuple[float, float]]) -> str:
-    from hwnas.search.pareto import pareto_indices
+def _front_text(records: list[TrialRecord]) -> str:
+    from hwnas.search.report import final_front
 
-    if not points:
+    front = final_front(records)
+    if not front:
         return "front: -"
-    front = [points[i] for i in pareto_indices(points)]
-    return f"front {len(front)}: " + " ".join(f"{m:.3f}@{lat:.1f}ms" for m, lat in front[:4]) + \
+    return f"front {len(front)}: " + " ".join(f"{r.score:.3f}@{r.predicted_latency_ms:.1f}ms" for r in front[:4]) + \
         (" ..." if len(front) > 4 else "")
 
 
@@ -138,13 +152,15 @@ def slug(arch: str) -> str:
 
 
 class Search:
-    def __init__(self, cfg: SearchConfig, progress: Progress | None = None, say: Callable[[str], None] = print):
+    def __init__(self, cfg: SearchConfig, progress: Progress | None = None, say: Callable[[str], None] = print,
+                 evaluator: Evaluator | None = None):
+        """``evaluator``: scores the candidates; default, the one ``cfg.evaluator`` names (the study
+        records that name, so an injected one should be what the name says)."""
         import optuna
         import torch
 
         from hwnas.data.wider import open_dataset
         from hwnas.latency import LatencyTable
-        from hwnas.train import TrainConfig
 
         self.cfg, self.progress, self.say = cfg, progress, say
         # Everything is checked before the first file is written.
@@ -155,11 +171,7 @@ class Search:
         train_set = open_dataset(cfg.data, "train")
         self.class_names = train_set.class_names
         self._check_table()
-        # A recipe brings its training tricks (box loss, data-anchor-sampling, jitter); the search's
-        # own budget (epochs, batch, lr) stays the same for every candidate.
-        tricks = {k: v for k, v in recipe(cfg.recipe).items() if k in ("box_loss", "das_p", "scale_jitter")}
-        self.train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed,
-                                     device=cfg.device, max_train_images=cfg.max_train_images, **tricks)
+        self.evaluator = evaluator if evaluator is not None else make_evaluator(cfg)
         self.baselines = [self._baseline_arch(b) for b in cfg.baselines]
         self.backend = None
         if cfg.measure:
@@ -227,9 +239,16 @@ class Search:
         return self.studies[stage]
 
     # ------------------------------------------------------------------ main
-    def run(self) -> Outcome:
+    def records(self) -> list[TrialRecord]:
+        """Every record of the stages this worker has opened (pruned and failed ones included)."""
+        return records_of(self.studies.values())
+
+    def write_report(self) -> Path:
         from hwnas.search.report import write_report
 
+        return write_report(self.records(), self.cfg, self.table.target, self.url)
+
+    def run(self) -> Outcome:
         self.slot = self.coord.join()
         self.worker_seed = self.cfg.seed + 7919 * self.slot
         try:
@@ -242,13 +261,13 @@ class Search:
             for stage, n in budgets.items():
                 self._run_stage(stage, n)
                 if self._failures_in_a_row >= self.cfg.max_failures:
-                    self.outcome.report = write_report(self)
+                    self.outcome.report = self.write_report()
                     raise HwnasError(f"{self._failures_in_a_row} candidates in a row failed, the last with: "
                                      f"{self._last_reason}; the search stopped (failures are listed in "
                                      f"{self.outcome.report}); fix the cause and rerun the same command to go on")
             if self._reporter():
                 self._measure_front()
-            self.outcome.report = write_report(self)
+            self.outcome.report = self.write_report()
             return self.outcome
         finally:
             self.coord.leave()
@@ -293,7 +312,7 @@ class Search:
                 trial = study.ask()
             pred = self.table.predict(arch)
             meta = {"arch": str(arch), "stage": stage, "predicted_latency_ms": pred.latency_ms,
-                    "unit_sum_ms": pred.raw_ms, "worker": self.slot, **meta}
+                    "unit_sum_ms": pred.raw_ms, "worker": self.slot, "evaluator": self.cfg.evaluator, **meta}
             trial.set_user_attr("hwnas", meta)
             if self.cfg.latency_max_ms is not None and pred.latency_ms > self.cfg.latency_max_ms:
                 trial.set_user_attr("reason", f"over the latency budget: {pred.latency_ms:.2f} > {self.cfg.latency_max_ms} ms")
@@ -370,29 +389,15 @@ class Search:
         return child, None, {"generation": generation, "parent": parent.arch, "parent_trial": parent.trial, **extra}
 
     def _pending_estimates(self, study) -> list[tuple[float, float]]:
-        import optuna
-
-        out = []
-        for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-            h = t.user_attrs.get("hwnas", {})
-            if "estimated_map" in h:
-                out.append((h["estimated_map"], h["predicted_latency_ms"]))
-        return out
+        return [(r.estimated_map, r.predicted_latency_ms) for r in records_of([study])
+                if r.state == "running" and r.estimated_map is not None]
 
     def _parents(self) -> list[tuple[Parent, int]]:
         """Every completed structural (generation 0) and modular candidate, with its generation."""
-        import optuna
-
-        out = []
-        for stage in ("structural", "modular"):
-            study = self._study(stage, 1) if stage == "structural" or stage in self.studies else None
-            if study is None:
-                continue
-            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
-                h = t.user_attrs.get("hwnas", {})
-                gen = 0 if stage == "structural" else int(h.get("generation", 1))
-                out.append((Parent(h["arch"], t.values[0], t.values[1], f"{stage}#{t.number}"), gen))
-        return out
+        self._study("structural", 1)
+        studies = [self.studies[st] for st in ("structural", "modular") if st in self.studies]
+        return [(Parent(str(r.arch), r.score, r.predicted_latency_ms, r.trial), 0 if r.stage == "structural" else r.generation)
+                for r in records_of(studies) if r.complete]
 
     def _structural_records_or_fail(self) -> None:
         import optuna
@@ -402,58 +407,37 @@ class Search:
             raise HwnasError(f"--stage modular needs a finished structural stage in study {self.cfg.study!r} of "
                              f"{self.url}; run --stage structural first (same --out/--storage/--study)")
 
-    # ------------------------------------------------------------------ training one candidate
+    # ------------------------------------------------------------------ evaluating one candidate
     def _evaluate(self, study, number: int, arch: Arch, meta: dict, overhead_s: float) -> None:
         import optuna
-        import torch
 
-        from hwnas.train import train
-
-        run_dir = Path(self.cfg.out) / "trials" / slug(str(arch))
         label = f"{meta['stage']} #{number}"
-        t_train = time.perf_counter()
-        values, reason, extra = None, None, {}
 
-        def on_train(done: int, total: int, item: str) -> None:
+        def note(item: str) -> None:
             if self.progress:
                 self.progress(self._done, self.total, f"{self._front} | {label} {arch} {item}")
 
-        try:
-            res = train(arch, self.cfg.data, run_dir, self.train_cfg, progress=on_train)
-            m = res.metrics
-            values = [float(m["map"]), float(meta["predicted_latency_ms"])]
-            extra = {"map50": m["map50"], "train_s": m["train_seconds"], "train_images_per_s": m["train_images_per_s"],
-                     "run": str(run_dir)}
-        except torch.OutOfMemoryError as e:
-            reason = f"out of memory: {str(e).splitlines()[0][:200]}"
-        except MemoryError:
-            reason = "out of memory (host)"
-        except HwnasError as e:  # diverged, a broken image, ...
-            reason = str(e)
-        except RuntimeError as e:
-            msg = str(e).splitlines()[0][:300] if str(e) else e.__class__.__name__
-            reason = ("out of memory: " if "out of memory" in msg.lower() else "runtime error: ") + msg
-        train_s = time.perf_counter() - t_train
-        if reason is not None and self.cfg.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        t0 = time.perf_counter()
+        ev: Evaluation = self.evaluator(arch, self.cfg.budget(), Path(self.cfg.out) / "trials" / slug(str(arch)), note)
+        wall_s = time.perf_counter() - t0
         t1 = time.perf_counter()
         trial_id = self.storage.get_trial_id_from_study_id_trial_number(
             self.storage.get_study_id_from_name(study.study_name), number)
-        self.storage.set_trial_user_attr(trial_id, "result", {**extra, "wall_s": train_s})
-        if reason is None:
-            study.tell(number, values)
+        self.storage.set_trial_user_attr(trial_id, "evaluation", ev.to_dict())
+        if ev.failure is None:
+            study.tell(number, [ev.score, float(meta["predicted_latency_ms"])])
             self.outcome.trained += 1
             self._failures_in_a_row = 0
         else:
             self._failures_in_a_row += 1
-            self._last_reason = reason
-            self.storage.set_trial_user_attr(trial_id, "reason", reason)
+            self._last_reason = ev.failure
+            self.storage.set_trial_user_attr(trial_id, "reason", ev.failure)
             study.tell(number, state=optuna.trial.TrialState.FAIL)
             self.outcome.failed += 1
-            self.say(f"trial {label} failed: {reason}")
+            self.say(f"trial {label} failed: {ev.failure}")
         overhead_s += time.perf_counter() - t1
-        self._log_bookkeeping({"study": study.study_name, "trial": number, "arch": str(arch), "train_s": train_s,
-                               "overhead_s": overhead_s, "worker": self.slot, "ok": reason is None})
+        self._log_bookkeeping({"study": study.study_name, "trial": number, "arch": str(arch), "train_s": wall_s,
+                               "overhead_s": overhead_s, "worker": self.slot, "ok": ev.failure is None})
         self._tick(f"{label} done")
 
     def _log_bookkeeping(self, rec: dict) -> None:
@@ -465,19 +449,10 @@ class Search:
         """Refresh the progress line (trials finished by all workers, the front so far); once a trial."""
         if self.progress is None:
             return
-        finished = list(self._finished())
-        self._done = min(self.total, len(finished))
-        self._front = _front_text([(t.values[0], t.values[1]) for t in finished if t.values])
+        records = self.records()
+        self._done = min(self.total, sum(r.stage != "baseline" and r.state in ("complete", "fail") for r in records))
+        self._front = _front_text(records)
         self.progress(self._done, self.total, f"{self._front} | {item}")
-
-    def _finished(self):
-        import optuna
-
-        for study in self.studies.values():
-            if study.study_name.endswith("/baseline"):
-                continue
-            yield from study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,
-                                                                optuna.trial.TrialState.FAIL))
 
     # ------------------------------------------------------------------ resumption
     def _resume_stale(self, stage: str, study) -> None:
@@ -504,8 +479,9 @@ class Search:
                 self.say(f"resuming {stage} #{number} ({c.arch}), interrupted in a previous run")
                 meta = dict(t.user_attrs.get("hwnas", {}))
                 meta.setdefault("stage", stage)
-                meta.setdefault("predicted_latency_ms", self.table.predict(c.arch).latency_ms)
-                self._evaluate(study, number, Arch.parse(c.arch), meta, 0.0)
+                arch = Arch.parse(c.arch)
+                meta.setdefault("predicted_latency_ms", self.table.predict(arch).latency_ms)
+                self._evaluate(study, number, arch, meta, 0.0)
 
     def _wait_for_others(self, stage: str, study) -> None:
         import optuna
@@ -531,7 +507,7 @@ class Search:
             trial = study.ask()
             pred = self.table.predict(arch)
             meta = {"arch": str(arch), "stage": "baseline", "predicted_latency_ms": pred.latency_ms,
-                    "unit_sum_ms": pred.raw_ms, "worker": self.slot, "generation": 0}
+                    "unit_sum_ms": pred.raw_ms, "worker": self.slot, "generation": 0, "evaluator": self.cfg.evaluator}
             trial.set_user_attr("hwnas", meta)
             if not self.coord.claim(key, study.study_name, trial.number):
                 study.tell(trial, state=optuna.trial.TrialState.PRUNED)
@@ -544,23 +520,19 @@ class Search:
         results are kept in the study, so a rerun or another worker does not measure again."""
         if self.backend is None:
             return
-        from hwnas.search.report import final_front, trial_records
-        from hwnas.validate import measure_detector
+        from hwnas.search.report import final_front
+        from hwnas.validate import measured_latency_ms
 
-        archs = [r["arch"] for r in final_front(trial_records(self))] + [str(a) for a in self.baselines]
+        archs = [str(r.arch) for r in final_front(self.records())] + [str(a) for a in self.baselines]
         store = self._measure_store()
         measured = dict(store.user_attrs.get("measured_ms", {}))
         todo = [a for a in dict.fromkeys(archs) if a not in measured]
         if todo:
             self.say(f"re-measuring {len(todo)} detector(s) end to end on {self.table.target.backend}")
         for a in todo:
-            m1, m2 = measure_detector(self.backend, Arch.parse(a), self.table.num_classes, self.table.timing,
-                                      self.table.target.batch)
-            measured[a] = (m1 + m2) / 2
+            measured[a] = measured_latency_ms(self.backend, Arch.parse(a), self.table.num_classes, self.table.timing,
+                                              self.table.target.batch)
             store.set_user_attr("measured_ms", measured)
 
     def _measure_store(self):
         return next(iter(s for k, s in self.studies.items() if k != "baseline"))
-
-    def measured_ms(self) -> dict[str, float]:
-        return dict(self._measure_store().user_attrs.get("measured_ms", {})) if self.studies else {}

@@ -1,0 +1,31 @@
+"""Search evaluators: ``EVALUATORS`` maps a name to a factory that builds one from the search's
+settings. Adding one is a module here and a line below (see docs/search.md, "Evaluators")."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from hwnas.errors import HwnasError
+from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
+from hwnas.search.evaluators.train import TrainEvaluator
+
+if TYPE_CHECKING:
+    from hwnas.search.runner import SearchConfig
+
+EVALUATORS: dict[str, EvaluatorFactory] = {
+    "train": TrainEvaluator,
+}
+
+
+def check_evaluator(name: str) -> None:
+    if name not in EVALUATORS:
+        raise HwnasError(f"--evaluator {name!r}: valid evaluators are {', '.join(EVALUATORS)}")
+
+
+def make_evaluator(cfg: "SearchConfig") -> Evaluator:
+    """The evaluator ``cfg.evaluator`` names, built for this search."""
+    check_evaluator(cfg.evaluator)
+    return EVALUATORS[cfg.evaluator](cfg)
+
+
+__all__ = ["EVALUATORS", "Budget", "Evaluation", "Evaluator", "EvaluatorFactory", "Note", "check_evaluator",
+           "failure_reason", "make_evaluator"]

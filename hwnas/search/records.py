@@ -1,0 +1,158 @@
+"""``TrialRecord``: the one way anything reads a search's trials (report, CLI, quickstart, benchmarks).
+
+Optuna keeps the trials; the search writes, per trial, the user attributes ``hwnas`` (what was
+proposed: arch, stage, predicted latency, parent ...), ``evaluation`` (``Evaluation.to_dict()``)
+and ``reason`` (why it was pruned or failed), and on one study per search ``measured_ms`` (the
+end-to-end re-measurements of the front). This module is the only reader of those attributes;
+everything else reads records, from a live study, a reopened storage, or the JSON files.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Iterable
+
+from hwnas.arch import Arch
+from hwnas.search.evaluators.base import Evaluation
+
+GENERATION_KEY = "NSGAIISampler:generation"
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One proposed candidate of one stage (pruned and failed ones included).
+
+    Accuracy is ``map`` (COCO 0.5:0.95 of the detector trained standalone: never a proxy) and
+    ``proxy_map`` (a cheap evaluator's estimate of it). The search ranked by ``score``: the proxy
+    when there is one, else the mAP.
+    """
+
+    trial: str  # "stage#number"
+    stage: str  # structural | modular | random | baseline
+    generation: int
+    state: str  # complete | fail | pruned | running | waiting
+    arch: Arch
+    predicted_latency_ms: float
+    map: float | None = None
+    proxy_map: float | None = None
+    map50: float | None = None
+    measured_latency_ms: float | None = None  # end to end on the table's backend, for the front and baselines
+    evaluator: str = "train"
+    checkpoint: Path | None = None
+    cost_s: float | None = None  # what the evaluation cost (a training's wall time for ``train``)
+    reason: str | None = None  # why it was pruned or failed
+    parent: str | None = None  # modular children: the parent's arch, and the other parent of a crossover
+    crossed_with: str | None = None
+    estimated_map: float | None = None  # what the modular stage expected of it before evaluating it
+    worker: int | None = None
+    on_measured_front: bool | None = None  # final front only: still on it with measured latency (None: not all measured)
+
+    @property
+    def is_proxy(self) -> bool:
+        return self.proxy_map is not None
+
+    @property
+    def score(self) -> float | None:
+        """The accuracy objective the search ranked this candidate by."""
+        return self.proxy_map if self.proxy_map is not None else self.map
+
+    @property
+    def objectives(self) -> tuple[float, float]:
+        """(score, predicted latency in ms): the point the search's fronts are made of."""
+        if self.score is None:
+            raise ValueError(f"{self.trial} has no score: it is {self.state}, not complete")
+        return self.score, self.predicted_latency_ms
+
+    @property
+    def latency_ms(self) -> float:
+        """Measured end to end when it was, else predicted from the table."""
+        return self.predicted_latency_ms if self.measured_latency_ms is None else self.measured_latency_ms
+
+    @property
+    def complete(self) -> bool:
+        return self.state == "complete"
+
+    def to_dict(self) -> dict:
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        d["arch"] = str(self.arch)
+        d["checkpoint"] = None if self.checkpoint is None else str(self.checkpoint)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrialRecord":
+        """Read a record from search.json or pareto.json. Fields this version does not know (a later
+        hwnas may add some) are skipped; files from before the evaluator seam carry ``train_s``."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["arch"] = Arch.parse(d["arch"])
+        if kw.get("checkpoint") is not None:
+            kw["checkpoint"] = Path(kw["checkpoint"])
+        if "cost_s" not in d and "train_s" in d:
+            kw["cost_s"] = d["train_s"]
+        return cls(**kw)
+
+
+def record_of(stage: str, trial, measured_ms: dict[str, float]) -> TrialRecord | None:
+    """The record of one Optuna ``FrozenTrial`` of ``stage``'s study; None for a trial that never
+    got a candidate (a combination the grammar refused)."""
+    h = trial.user_attrs.get("hwnas")
+    if not h:
+        return None
+    ev = _evaluation(trial)
+    gen = trial.system_attrs.get(GENERATION_KEY, 0) if stage == "structural" else h.get("generation", 0)
+    score = trial.values[0] if trial.values else None
+    proxy = ev is not None and ev.is_proxy
+    return TrialRecord(
+        trial=f"{stage}#{trial.number}", stage=stage, generation=int(gen), state=trial.state.name.lower(),
+        arch=Arch.parse(h["arch"]), predicted_latency_ms=h["predicted_latency_ms"],
+        map=None if proxy else score, proxy_map=score if proxy else None,
+        map50=None if ev is None else ev.map50, measured_latency_ms=measured_ms.get(h["arch"]),
+        evaluator=h.get("evaluator", "train"), checkpoint=None if ev is None else ev.checkpoint,
+        cost_s=None if ev is None else ev.cost_s, reason=trial.user_attrs.get("reason"), parent=h.get("parent"),
+        crossed_with=h.get("crossed_with"), estimated_map=h.get("estimated_map"), worker=h.get("worker"))
+
+
+def _evaluation(trial) -> Evaluation | None:
+    if "evaluation" in trial.user_attrs:
+        return Evaluation.from_dict(trial.user_attrs["evaluation"])
+    old = trial.user_attrs.get("result")
+    if old is None:  # pruned, or still being evaluated
+        return None
+    # Written before the evaluator seam: a training's metrics and wall time, its folder, and the
+    # mAP only in the trial's values.
+    reason = trial.user_attrs.get("reason") or "failed"
+    score = trial.values[0] if trial.values else None
+    ck = Path(old["run"]) / "last.pt" if "run" in old else None
+    return Evaluation(score, old["wall_s"], False, ck, None if score is not None else reason, old.get("map50"))
+
+
+def records_of(studies: Iterable) -> list[TrialRecord]:
+    """Every record of these Optuna studies (named ``SEARCH/stage``), in study then trial order."""
+    studies = list(studies)
+    measured: dict[str, float] = {}
+    for s in studies:  # the front's re-measurements are kept on one of the search's studies
+        measured.update(s.user_attrs.get("measured_ms", {}))
+    out = []
+    for s in studies:
+        stage = s.study_name.rsplit("/", 1)[1]
+        out += [r for t in s.get_trials(deepcopy=False) if (r := record_of(stage, t, measured)) is not None]
+    return out
+
+
+def read_records(storage, search: str) -> list[TrialRecord]:
+    """Every record of search ``search`` in an Optuna storage (URL or storage object), e.g. of a
+    finished search reopened later: its stages in the order the search runs them."""
+    import optuna
+
+    names = set(optuna.study.get_all_study_names(storage))
+    order = ("baseline", "structural", "modular", "random")
+    return records_of(optuna.load_study(study_name=f"{search}/{st}", storage=storage)
+                      for st in order if f"{search}/{st}" in names)
+
+
+def read_front(path: Path) -> list[TrialRecord]:
+    """The records of a search's ``pareto.json``."""
+    import json
+
+    return [TrialRecord.from_dict(d) for d in json.loads(Path(path).read_text())]
+
