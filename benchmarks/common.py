@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-HWNAS = [sys.executable, "-m", "hwnas.cli"]
+HWNAS = [sys.executable, "-m", "hwnas.cli.app"]
 
 
 def run(cmd: list[str]) -> float:

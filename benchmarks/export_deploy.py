@@ -184,7 +184,7 @@ def main() -> None:
 
     metrics = weights.parent / "metrics.json"  # a training run's folder, if that is where the checkpoint is
     ck = json.loads(metrics.read_text()) if metrics.exists() else {}
-    from hwnas.checkpoint import load_checkpoint
+    from hwnas.train.checkpoint import load_checkpoint
 
     result = {"command": shlex.join(["python", "benchmarks/export_deploy.py", *sys.argv[1:]]), "data": str(args.data),
               "n_val": len(val["images"]), "calib_images": args.calib_images, "min_time": args.min_time, "repeats": args.repeats,

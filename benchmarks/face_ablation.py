@@ -44,11 +44,11 @@ def train_key(v: dict) -> tuple:
 
 def latency_ms(arch: str, scales: str | None, threads: int) -> float:
     """End-to-end network latency (ms) on onnxruntime CPU: one pass, or the sum of the test passes."""
-    from hwnas.arch import Arch
     from hwnas.backends import get_backend
     from hwnas.backends.base import TimingConfig
-    from hwnas.multiscale import parse_scales, scaled_hw
-    from hwnas.validate import measure_detector
+    from hwnas.evaluate.multiscale import parse_scales, scaled_hw
+    from hwnas.latency.validate import measure_detector
+    from hwnas.spec.arch import Arch
 
     a = Arch.parse(arch)
     backend = get_backend("ort-cpu", precision="fp32", threads=threads)
@@ -73,7 +73,7 @@ def main() -> None:
                     help="re-measure the latency column of the recorded results (on a quiet machine) and rewrite them")
     args = results_args(ap, "face_ablation", "runs/bench/face-ablation",
                         fresh="retrain every variant", quick="1 epoch, into WORK-quick (a smoke test)")
-    from hwnas.presets import PRESETS
+    from hwnas.spec.presets import PRESETS
 
     if args.quick:
         args.epochs = 1

@@ -46,8 +46,8 @@ def main() -> None:
                            "--plot", str(args.out / "fidelity.png")])
 
     # Prediction cost: the whole walk plus lookups, averaged over many archs.
-    from hwnas.arch import get_space
-    from hwnas.latency import LatencyTable
+    from hwnas.latency.table import LatencyTable
+    from hwnas.spec.space import get_space
 
     table = LatencyTable.load(args.table)
     space = get_space(table.space).with_resolutions(table.resolutions)

@@ -25,8 +25,8 @@ from common import HWNAS, run, search_args
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from hwnas.arch import get_space  # noqa: E402
-from hwnas.latency import LatencyTable  # noqa: E402
+from hwnas.spec.space import get_space  # noqa: E402
+from hwnas.latency.table import LatencyTable  # noqa: E402
 from hwnas.search.pareto import hypervolume  # noqa: E402
 from hwnas.search.records import TrialRecord  # noqa: E402
 from hwnas.search.report import final_front, searched  # noqa: E402

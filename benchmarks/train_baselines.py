@@ -17,13 +17,13 @@ from common import HWNAS as HW, run
 
 def untrained_map(preset: str, data: Path) -> dict:
     """Score a freshly initialised model (the floor a trained one must clearly beat)."""
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
     from hwnas.data.coco import CocoDetection
     from hwnas.data.transforms import EvalTransform
-    from hwnas.evaluate import evaluate
+    from hwnas.evaluate.coco import evaluate
     from hwnas.heads.losses import init_head_priors
     from hwnas.models import Detector
-    from hwnas.presets import resolve_arch
+    from hwnas.spec.presets import resolve_arch
     import torch
 
     torch.manual_seed(0)

@@ -14,7 +14,7 @@ import torch
 
 from hwnas.heads.losses import DetectionLoss, init_head_priors
 from hwnas.models import Detector
-from hwnas.presets import PRESETS, resolve_arch
+from hwnas.spec.presets import PRESETS, resolve_arch
 
 
 def main() -> None:

@@ -1,13 +1,13 @@
 """Ahead-of-time TensorRT-RTX builds of whole detectors: does each parse and build, how long, how big.
 
 For each head type, a detector sampled from the default search space at 256 px, plus the presets
-(hwnas/presets.py, at their own 512 px), built for each SM and precision with
-hwnas.aot.build_detector_engine. Needs only the tensorrt-rtx-cu13 wheel, no GPU.
+(hwnas/spec/presets.py, at their own 512 px), built for each SM and precision with
+hwnas.latency.aot.build_detector_engine. Needs only the tensorrt-rtx-cu13 wheel, no GPU.
 
     python benchmarks/trt_rtx_aot.py [--sms 80 89] [--precisions fp32 fp16] [--no-presets]
 
 Prints a markdown table. Two-stage rows also show the torchvision RoIAlign form (sm80 fp32 only),
-which does not parse on RTX; the gather form (hwnas.roi_align) is what builds.
+which does not parse on RTX; the gather form (hwnas.models.roi_align) is what builds.
 """
 from __future__ import annotations
 
@@ -20,10 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from hwnas.aot import build_detector_engine  # noqa: E402
-from hwnas.arch import SPACES, Arch  # noqa: E402
 from hwnas.errors import HwnasError  # noqa: E402
-from hwnas.presets import PRESETS  # noqa: E402
+from hwnas.latency.aot import build_detector_engine  # noqa: E402
+from hwnas.spec.arch import Arch  # noqa: E402
+from hwnas.spec.presets import PRESETS  # noqa: E402
+from hwnas.spec.space import SPACES  # noqa: E402
 
 
 def sampled_per_head(resolution: int) -> list[tuple[str, Arch]]:

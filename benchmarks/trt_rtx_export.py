@@ -3,7 +3,7 @@
     python benchmarks/trt_rtx_export.py [--sms 80 89] [--precisions fp32 fp16 int8] [--quick]
 
 One arch per head (the small presets at 128 px, trained --train-epochs (default 1) on 64 generated images with
-`hwnas train`; 0: untrained weights saved with hwnas.checkpoint.save_checkpoint), NMS form auto (= ops for TensorRT-RTX),
+`hwnas train`; 0: untrained weights saved with hwnas.train.checkpoint.save_checkpoint), NMS form auto (= ops for TensorRT-RTX),
 int8 with tensorrt Q/DQ calibrated on a few of those images. (Untrained, the two-stage head's int8 calibration fails:
 onnxruntime cannot histogram a near-constant RPN box tensor; 1 epoch avoids it.) Every build is one `hwnas export`
 process; a row is reused on a rerun when its engine and record exist (--fresh rebuilds). Then a build that saves a
@@ -42,8 +42,8 @@ def checkpoints(args) -> dict[str, tuple[str, Path]]:
 
     from hwnas.heads.losses import init_head_priors
     from hwnas.models import Detector
-    from hwnas.presets import resolve_arch
-    from hwnas.checkpoint import save_checkpoint
+    from hwnas.spec.presets import resolve_arch
+    from hwnas.train.checkpoint import save_checkpoint
 
     cats = sorted(json.loads((args.data / "train.json").read_text())["categories"], key=lambda c: c["id"])
     names = [c["name"] for c in cats]

@@ -9,7 +9,7 @@ and the last::
 
 Lines a command logs on purpose (``Progress.log``: one per training epoch) appear in both faces.
 
-Ctrl-C: typer turns a KeyboardInterrupt into exit code 130 before ``hwnas.cli.main`` sees it, so a
+Ctrl-C: typer turns a KeyboardInterrupt into exit code 130 before ``hwnas.cli.app.main`` sees it, so a
 command states up front what an interrupt keeps (``keeps``) and ``main`` prints that line.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hwnas.cli import main
+from hwnas.cli.app import main
 from hwnas.console import PROGRESS_PREFIX
 
 
@@ -30,7 +30,7 @@ class Seen:
 
 
 def assert_one_error(capfd, argv: list[str], expect: str, watch: Path, absent: Path) -> None:
-    """``hwnas.cli.main(argv)`` refuses the way a user should see it: a non-zero exit, nothing on
+    """``hwnas.cli.app.main(argv)`` refuses the way a user should see it: a non-zero exit, nothing on
     stdout, exactly one ``error: ...`` line on stderr containing ``expect`` (no traceback, no
     internal error), no file under ``watch`` created or changed, and ``absent`` (the output it was
     asked to write) not created, not even as a folder."""

@@ -39,7 +39,7 @@ def ort_cpu():
 @pytest.fixture(scope="session")
 def tiny_table_file(tmp_path_factory, ort_cpu) -> Path:
     """A complete table of the tiny space at 64 px (never modify it: copy it with ``table_copy``)."""
-    from hwnas.latency import profile
+    from hwnas.latency.table import profile
 
     path = tmp_path_factory.mktemp("tables") / "tiny-ort-cpu.json"
     profile(ort_cpu, path, space="tiny", resolutions=(TINY_RES,), num_classes=80, timing=FAST)

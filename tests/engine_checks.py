@@ -47,7 +47,7 @@ def weight_bytes(onnx_bytes: bytes) -> int:
 
 
 def plan_io_numbers(plan: bytes, prefix: str) -> set[int]:
-    """The N of every tensor name ``<prefix>N`` the plan stores (hwnas.onnx_export names them
+    """The N of every tensor name ``<prefix>N`` the plan stores (hwnas.backends.onnx_export names them
     input0.., output0..): how many inputs or outputs the built network has."""
     return {int(m) for m in re.findall(rb"(?<![A-Za-z0-9_])" + prefix.encode() + rb"([0-9]+)", plan)}
 

@@ -4,8 +4,8 @@ Fixtures:
   postgres_url  (session)  SQLAlchemy URL of the server's ``postgres`` database.
   postgres_db   (function) URL of a new, empty database on that server (see ``fresh_database``).
 
-Register them in tests/conftest.py with ``pytest_plugins = ["pg"]`` (tests/ is on sys.path in
-pytest's default import mode) or import them there. When initdb/pg_ctl or psycopg2 are missing the
+Register them in tests/conftest.py with ``pytest_plugins = ["pg"]`` (tests/ is on sys.path: ``pythonpath``
+in pyproject.toml) or import them there. When initdb/pg_ctl or psycopg2 are missing the
 tests that use them are skipped, unless HWNAS_REQUIRE_POSTGRES=1 (CI) makes that an error.
 """
 from __future__ import annotations

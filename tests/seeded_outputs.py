@@ -5,9 +5,9 @@
 ranked children for fixed seeds, the unit keys of every preset's walk (what a latency table is
 keyed by) and of the committed tables, every preset detector's state-dict keys and shapes (what
 a checkpoint holds), and the op types and node names of every preset's deployable ONNX graph.
-``tests/data/seeded_outputs.json`` holds the snapshot of the tree before the redesign;
+``tests/fixtures/seeded_outputs.json`` holds the snapshot of the tree before the redesign;
 ``test_seeded_outputs.py`` compares. Regenerate it only for a change that is meant to alter
-these (and say so in the commit): ``python tests/seeded_outputs.py > tests/data/seeded_outputs.json``.
+these (and say so in the commit): ``python tests/seeded_outputs.py > tests/fixtures/seeded_outputs.json``.
 Large lists are stored as sha256 digests with their length, small ones as they are.
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ def _digest(items: list) -> dict:
 
 
 def archs_part() -> dict:
-    from hwnas.arch import SPACES, Arch
-    from hwnas.presets import PRESETS
+    from hwnas.spec.arch import Arch
+    from hwnas.spec.presets import PRESETS
+    from hwnas.spec.space import SPACES
 
     out = {"presets": {name: str(Arch.parse(text)) for name, text in PRESETS.items()}}
     for name, space in SPACES.items():
@@ -42,8 +43,8 @@ def archs_part() -> dict:
 
 
 def search_part() -> dict:
-    from hwnas.arch import SPACES
     from hwnas.search.proposals import Parent, crossover, initial_structures, ranked_children, structural_arch
+    from hwnas.spec.space import SPACES
 
     out = {}
     for name, space in SPACES.items():
@@ -70,9 +71,9 @@ def search_part() -> dict:
 
 
 def units_part() -> dict:
-    from hwnas.arch import Arch
-    from hwnas.latency import LatencyTable
-    from hwnas.presets import PRESETS
+    from hwnas.latency.table import LatencyTable
+    from hwnas.spec.arch import Arch
+    from hwnas.spec.presets import PRESETS
 
     out = {f"preset {n}": _digest([u.key() for u in Arch.parse(t).units(80)]) for n, t in PRESETS.items()}
     for path in sorted((ROOT / "latency_tables").glob("*.json")):
@@ -87,7 +88,7 @@ def models_part() -> dict:
 
     from hwnas.export.deploy import export_deploy_onnx
     from hwnas.export.pipeline import untrained_model
-    from hwnas.presets import PRESETS
+    from hwnas.spec.presets import PRESETS
 
     out = {}
     for name in PRESETS:

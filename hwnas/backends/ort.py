@@ -117,7 +117,7 @@ class OrtCpuBackend:
         return cpu_session(onnx_bytes, self.threads)
 
     def compile(self, module: torch.nn.Module, inputs: tuple[torch.Tensor, ...]) -> OrtRunner:
-        from hwnas.onnx_export import to_onnx
+        from hwnas.backends.onnx_export import to_onnx
 
         if isinstance(inputs, torch.Tensor):
             inputs = (inputs,)

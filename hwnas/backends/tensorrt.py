@@ -147,7 +147,7 @@ def build_engine(
             "choose the target with sm=... (RTX engines are specialised on the device at load time)"
         )
     if not isinstance(onnx_bytes, (bytes, bytearray)) or not onnx_bytes:
-        raise HwnasError("build_engine needs serialized ONNX bytes (hwnas.onnx_export.to_onnx)")
+        raise HwnasError("build_engine needs serialized ONNX bytes (hwnas.backends.onnx_export.to_onnx)")
     if batch_profile is not None:
         batch_profile = check_batch_profile(batch_profile)
 
@@ -168,7 +168,7 @@ def build_engine(
         # Protobuf is lenient: many random byte strings decode as an empty ModelProto and "parse".
         raise HwnasError(
             f"{flavour} could not parse the ONNX model: it has no outputs ({len(onnx_bytes)} bytes; "
-            "not a serialized ONNX model? export with hwnas.onnx_export.to_onnx)"
+            "not a serialized ONNX model? export with hwnas.backends.onnx_export.to_onnx)"
         )
 
     config = builder.create_builder_config()
@@ -265,7 +265,7 @@ def export_for_precision(
     roi_impl: if given, every RoIStage of the exported copy uses this RoIAlign form ("gather" for
     engines without RoiAlign, see :func:`hwnas.heads.rcnn.choose_roi_impl`); ``module`` itself is left as it is.
     """
-    from hwnas.onnx_export import to_onnx
+    from hwnas.backends.onnx_export import to_onnx
     from hwnas.models.blocks import set_roi_impl
 
     if isinstance(inputs, torch.Tensor):

@@ -1,6 +1,6 @@
 """Detection data: COCO-format loading with validation, augmentations, collate, synthetic datasets.
 
-Importing this package is light (no torch): ``hwnas.cli`` imports ``hwnas.data.cli`` at start-up.
+Importing this package is light (no torch): ``hwnas.cli.app`` imports ``hwnas.data.cli`` at start-up.
 The names below load their module on first use; the generator is ``hwnas.data.synth.synth``
 (not re-exported: the name would clash with the submodule).
 """

@@ -1,4 +1,4 @@
-"""``hwnas data ...``: dataset commands. Imports nothing heavy at module level (``hwnas.cli`` loads it)."""
+"""``hwnas data ...``: dataset commands. Imports nothing heavy at module level (``hwnas.cli.app`` loads it)."""
 from __future__ import annotations
 
 import time

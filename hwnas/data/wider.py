@@ -17,7 +17,7 @@ checks faces against the image sizes and decides what becomes a training target 
 
 ``open_dataset`` picks WIDER FACE or COCO from what a data folder holds; ``coco_to_wider`` turns a
 generated COCO faces set (``hwnas data synth --kind faces``) into WIDER images for the WIDER
-evaluator (``hwnas.wider_eval``).
+evaluator (``hwnas.evaluate.wider``).
 """
 from __future__ import annotations
 
@@ -356,7 +356,7 @@ class WiderFace(torch.utils.data.Dataset):
         return len(self._images)
 
     def wider_images(self) -> list[WiderImage]:
-        """The parsed gt of the images kept, every face as written (for ``hwnas.wider_eval``; the
+        """The parsed gt of the images kept, every face as written (for ``hwnas.evaluate.wider``; the
         faces dropped as outside their image are in ``dropped_faces``)."""
         return list(self._images)
 

@@ -39,12 +39,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from hwnas.arch import Arch
 from hwnas.data.transforms import normalize
 from hwnas.errors import HwnasError
 from hwnas.export import nms as N
 from hwnas.export.choices import NMS_FORMS
 from hwnas.heads.postprocess import decode_outputs, postprocess, select_detections
+from hwnas.spec.arch import Arch
 
 __all__ = [
     "DEPLOY_FORMAT", "NMS_FORMS", "DeployConfig", "DeployModel", "OnnxDetector", "TorchDetector",
@@ -297,7 +297,7 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
     """
     import onnx
 
-    from hwnas.onnx_export import to_onnx
+    from hwnas.backends.onnx_export import to_onnx
 
     config = DeployConfig(nms=nms, score_thresh=score_thresh, nms_thresh=nms_thresh, max_dets=max_dets,
                           pre_nms_topk=pre_nms_topk, ops_iters=ops_iters)
@@ -443,7 +443,7 @@ class TorchDetector:
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, **kw: Any) -> "TorchDetector":
-        from hwnas.checkpoint import load_model
+        from hwnas.train.checkpoint import load_model
 
         model, _, _ = load_model(Path(path))
         return cls(model, **kw)

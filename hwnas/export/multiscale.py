@@ -1,13 +1,13 @@
 """Multi-scale testing as one deployable graph: one fixed-size image input per test pass.
 
 Engines want static shapes, and a detector's units carry the sizes they run at, so the
-engine-friendly form of multi-scale testing (:mod:`hwnas.multiscale`) is a graph with one input
-per :class:`~hwnas.multiscale.TestScale`: ``images_s0 [B, 3, H0, W0]``, ``images_s1`` ..., each
+engine-friendly form of multi-scale testing (:mod:`hwnas.evaluate.multiscale`) is a graph with one input
+per :class:`~hwnas.evaluate.multiscale.TestScale`: ``images_s0 [B, 3, H0, W0]``, ``images_s1`` ..., each
 letterboxed to ``scaled_hw(input size, scale)`` (flipped by the host for flipping passes), each
 run through the same weights at its own size, decoded and NMS'd in the graph (the outputs of
 :class:`~hwnas.export.deploy.DeployModel`, suffixed ``_s0``, ``_s1`` ...). The host maps each
 pass's boxes back to the image and merges the passes by box voting, exactly as
-:func:`hwnas.multiscale.multi_scale_detect` does for a PyTorch model. The weights appear once in
+:func:`hwnas.evaluate.multiscale.multi_scale_detect` does for a PyTorch model. The weights appear once in
 the file: the exporter ties the byte-identical initializers of the passes together.
 """
 from __future__ import annotations
@@ -70,8 +70,8 @@ def export_multiscale_onnx(detector: nn.Module, scales: Sequence, *, nms: str = 
     ``onnx`` for onnxruntime and full TensorRT, ``ops`` for TensorRT-RTX (see DeployConfig)."""
     import onnx
 
-    from hwnas.multiscale import describe, scaled_hw
-    from hwnas.onnx_export import to_onnx
+    from hwnas.evaluate.multiscale import describe, scaled_hw
+    from hwnas.backends.onnx_export import to_onnx
 
     arch = detector.arch
     if arch.head.TWO_STAGE:
@@ -111,8 +111,8 @@ class MultiScaleOnnxDetector:
 
     def __init__(self, model: bytes | str | Path, *, threads: int = 1, vote_iou: float = 0.5,
                  max_dets: int = 750) -> None:
-        from hwnas.arch import Arch
-        from hwnas.multiscale import parse_scales
+        from hwnas.spec.arch import Arch
+        from hwnas.evaluate.multiscale import parse_scales
 
         self.session, self.meta = ort_session(model, threads, "hwnas export --test-scales")
         if self.meta.get("format") != MULTISCALE_FORMAT:
@@ -128,7 +128,7 @@ class MultiScaleOnnxDetector:
         self.output_names = [o.name for o in self.session.get_outputs()]
 
     def detect_original(self, images: Sequence[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-        from hwnas.multiscale import letterbox_passes, merge_passes
+        from hwnas.evaluate.multiscale import letterbox_passes, merge_passes
 
         results: list[dict[str, torch.Tensor]] = []
         for start in range(0, len(images), self.batch):

@@ -64,7 +64,7 @@ def parity(reference: Any, candidate: Any, dataset, *, batch_size: int = 8, agre
     reference boxes (see :func:`box_agreement`; None when the reference has no box scoring
     >= ``agree_score``) with ``n_ref_boxes`` and ``n_matched``; detection counts and images/s of both.
     """
-    from hwnas.evaluate import coco_score, coco_truth, detect_dataset
+    from hwnas.evaluate.coco import coco_score, coco_truth, detect_dataset
 
     if len(dataset) == 0:
         raise HwnasError(f"parity: no images in {getattr(dataset, 'json_path', 'the dataset')}")

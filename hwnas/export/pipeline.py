@@ -22,7 +22,7 @@ from hwnas.errors import HwnasError
 from hwnas.export.choices import NMS_FORMS, PRECISIONS
 
 if TYPE_CHECKING:
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
 
 FORMATS = ("onnx", "engine")
 NMS_CHOICES = ("auto", *NMS_FORMS)
@@ -149,7 +149,7 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     from hwnas.export.engine import prepare_engine
     from hwnas.export.manifest import manifest_json
     from hwnas.fileio import check_outputs, write_together
-    from hwnas.checkpoint import load_model
+    from hwnas.train.checkpoint import load_model
 
     files = export_files(cfg)
     inputs = [cfg.weights, cfg.timing_cache] + [p for d in (cfg.calib_data, cfg.check) if d for p in dataset_inputs(d)]
@@ -235,13 +235,13 @@ def _out_base(out: Path) -> Path:
 class MultiscaleExport:
     path: Path  # the graph written
     arch: Arch
-    scales: tuple  # hwnas.multiscale.TestScale's, one input of the graph each
+    scales: tuple  # hwnas.evaluate.multiscale.TestScale's, one input of the graph each
 
 
 def export_multiscale(weights: Path, out: Path, scales: tuple, *, nms: str = "onnx", batch: int = 1) -> MultiscaleExport:
     """A checkpoint as one fp32 multi-scale ONNX graph (``hwnas export --test-scales``), written to
     ``out`` (less a suffix of the export's own files) + ``.onnx``; its passes are merged on the host."""
-    from hwnas.checkpoint import load_model
+    from hwnas.train.checkpoint import load_model
     from hwnas.export.multiscale import export_multiscale_onnx
     from hwnas.fileio import check_outputs, write_atomic
 
@@ -258,7 +258,7 @@ def untrained_model(preset: str, num_classes: int | None = None):
     weights: what its engine costs before any training (``hwnas export --preset``)."""
     from hwnas.heads.losses import init_head_priors
     from hwnas.models import Detector
-    from hwnas.presets import resolve_arch
+    from hwnas.spec.presets import resolve_arch
 
     arch = resolve_arch(preset)
     names = arch.head.class_names(num_classes)
@@ -299,7 +299,7 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
     """A checkpoint (``.pt``), a deployable ONNX (``.onnx``) or an engine (``.engine``/``.plan``);
     ``kind`` ("checkpoint", "onnx", "engine") overrides the guess from the file name. ``batch``: the
     batch size the caller will run the network at (checked against a static ONNX or an engine)."""
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
     from hwnas.backends.base import CpuTimer
 
     path = Path(path)
@@ -309,8 +309,8 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
     if kind == "checkpoint":
         from hwnas.data.transforms import normalize
         from hwnas.export.deploy import TorchDetector
-        from hwnas.checkpoint import load_model
-        from hwnas.train import resolve_device
+        from hwnas.train.checkpoint import load_model
+        from hwnas.train.loop import resolve_device
 
         resolve_device(device)
         torch.set_num_threads(threads)

@@ -85,7 +85,7 @@ def _prefixes(prefixes: str | Sequence[str]) -> tuple[str, ...]:
 
 def _load(onnx_bytes: bytes) -> onnx.ModelProto:
     if not isinstance(onnx_bytes, (bytes, bytearray)) or not onnx_bytes:
-        raise HwnasError("expected serialized ONNX bytes (hwnas.onnx_export.to_onnx or the deployable export)")
+        raise HwnasError("expected serialized ONNX bytes (hwnas.backends.onnx_export.to_onnx or the deployable export)")
     try:
         model = onnx.load_from_string(bytes(onnx_bytes))
     except Exception as e:  # protobuf's DecodeError has no stable import path

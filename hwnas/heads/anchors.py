@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from hwnas.units import HW
+from hwnas.spec.units import HW
 
 if TYPE_CHECKING:
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
 
 __all__ = ["anchor_key", "anchors_per_location", "centers", "flatten_levels", "num_positions"]
 

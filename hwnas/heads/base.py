@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 from hwnas.errors import HwnasError
-from hwnas.units import Placed, Unit
+from hwnas.spec.units import Placed, Unit
 
 if TYPE_CHECKING:
     import random
@@ -26,8 +26,9 @@ if TYPE_CHECKING:
     import torch
     from torch import nn
 
-    from hwnas.arch import Arch, SearchSpace
     from hwnas.heads.losses import DetectionLoss
+    from hwnas.spec.arch import Arch
+    from hwnas.spec.space import SearchSpace
 
 __all__ = ["Head", "Pred", "TowerHead", "invalid", "parse_fields"]
 
@@ -55,7 +56,7 @@ class Head:
     ANCHORS: ClassVar[int] = 1  # anchors (or points) per location of its dense outputs
     NEEDS_NECK: ClassVar[bool] = False
     TWO_STAGE: ClassVar[bool] = False  # proposals then a RoI stage built for one input size
-    GENERAL_PURPOSE: ClassVar[bool] = True  # searched by default (hwnas.arch.HEADS)
+    GENERAL_PURPOSE: ClassVar[bool] = True  # searched by default (hwnas.spec.arch.HEADS)
     DEFAULT_CLASS_NAMES: ClassVar[tuple[str, ...]] = ()  # () : 80 numbered classes
 
     @property

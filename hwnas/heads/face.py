@@ -38,12 +38,12 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, ClassVar
 
 from hwnas.heads.base import Pred, TowerHead, invalid
-from hwnas.units import HW
+from hwnas.spec.units import HW
 
 if TYPE_CHECKING:
     import torch
 
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
 
 __all__ = ["FACE_ANCHORS", "FACE_ANCHOR_RATIO", "FACE_ANCHOR_SCALES", "FaceHead", "FaceOutputs", "MAX_MAXOUT",
            "STC_REJECT", "decode", "face_anchor_sizes", "face_anchors", "outputs_per_level", "split_outputs"]

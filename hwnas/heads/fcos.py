@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from hwnas.errors import HwnasError
 from hwnas.heads.base import Pred, TowerHead
-from hwnas.units import HW
+from hwnas.spec.units import HW
 
 __all__ = ["FcosHead", "default_fcos_ranges", "fcos_points", "fcos_ranges"]
 

@@ -25,7 +25,7 @@ from torchvision.models.detection._utils import BalancedPositiveNegativeSampler,
 from torchvision.ops import box_iou, sigmoid_focal_loss
 
 if TYPE_CHECKING:
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
 
 from hwnas.errors import HwnasError
 from hwnas.heads.boxes import check_box_loss, decode_deltas, encode_boxes, iou_loss

@@ -15,7 +15,7 @@ from torchvision.ops import batched_nms
 from hwnas.errors import HwnasError
 
 if TYPE_CHECKING:
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
 
 __all__ = ["clip_boxes", "decode_outputs", "postprocess", "select_detections"]
 

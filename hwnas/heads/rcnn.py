@@ -14,7 +14,7 @@ from typing import ClassVar
 
 from hwnas.errors import HwnasError
 from hwnas.heads.base import Head, invalid
-from hwnas.units import HW, Placed, Unit
+from hwnas.spec.units import HW, Placed, Unit
 
 __all__ = ["GATHER_BACKENDS", "ROI_IMPLS", "RPN_ANCHORS", "RcnnHead", "check_roi_impl", "choose_roi_impl",
            "rpn_anchors", "rpn_anchors_for"]
@@ -24,7 +24,7 @@ RPN_ANCHORS = len(RPN_ANCHOR_RATIOS)  # 1 scale x 3 aspect ratios per location (
 RPN_ANCHOR_SIZE_PER_STRIDE = 8  # anchor side = 8 x level stride
 MAX_DEPTH, MAX_PROPOSALS = 4, 2000
 
-# ``torchvision`` (exports ONNX RoiAlign + NonZero) or ``gather`` (hwnas.roi_align: plain
+# ``torchvision`` (exports ONNX RoiAlign + NonZero) or ``gather`` (hwnas.models.roi_align: plain
 # Gather/arithmetic, every level pooled for every box): same weights, same numbers to ~1e-5.
 ROI_IMPLS = ("torchvision", "gather")
 # Backends that cannot build ONNX RoiAlign (TensorRT-RTX ships no plugin library; the NonZero of

@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import ClassVar
 
 from hwnas.heads.base import TowerHead
-from hwnas.units import HW
+from hwnas.spec.units import HW
 
 __all__ = ["RETINA_ANCHORS", "RETINA_RATIOS", "RETINA_SCALES", "RETINA_SIZE_PER_STRIDE", "RetinaHead",
            "retina_anchors"]

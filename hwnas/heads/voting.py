@@ -1,6 +1,6 @@
 """Box voting: merge overlapping detections into score-weighted averages (S3FD / PyramidBox test time).
 
-Used to fuse the detections of several test scales (:mod:`hwnas.multiscale`): each scale's NMS
+Used to fuse the detections of several test scales (:mod:`hwnas.evaluate.multiscale`): each scale's NMS
 output holds one box per face, and the copies of a face from different scales are averaged into
 one box that is better placed than any single copy.
 """

@@ -1,4 +1,4 @@
-"""Detector models built from an :class:`~hwnas.arch.Arch`."""
+"""Detector models built from an :class:`~hwnas.spec.arch.Arch`."""
 from hwnas.models.detector import Detector
 
 __all__ = ["Detector"]

@@ -1,4 +1,4 @@
-"""The module builders of the units (:mod:`hwnas.units`): one ``nn.Module`` per unit kind.
+"""The module builders of the units (:mod:`hwnas.spec.units`): one ``nn.Module`` per unit kind.
 
 ``build(unit)`` returns the ``nn.Module`` the detector uses at a unit's place and
 ``example_inputs(unit)`` the tensors it is timed on; ``Detector.from_arch`` assembles these and
@@ -15,8 +15,8 @@ from torch import nn
 from hwnas.errors import HwnasError
 from hwnas.heads.boxes import decode_boxes
 from hwnas.heads.rcnn import RPN_ANCHORS, check_roi_impl, rpn_anchors
-from hwnas.roi_align import GatherMultiScaleRoIAlign
-from hwnas.units import HW, Unit, out_hw
+from hwnas.models.roi_align import GatherMultiScaleRoIAlign
+from hwnas.spec.units import HW, Unit, out_hw
 
 MBCONV_EXPANSION = 6
 
@@ -189,7 +189,7 @@ class RoIStage(nn.Module):
 
     ``roi_impl`` picks the RoIAlign form (same weights, same numbers to ~1e-5):
     ``"torchvision"`` (default; exports ONNX RoiAlign + NonZero) or ``"gather"``
-    (:mod:`hwnas.roi_align`: plain Gather/arithmetic, every level pooled for every box, about
+    (:mod:`hwnas.models.roi_align`: plain Gather/arithmetic, every level pooled for every box, about
     ``len(levels)`` times the sampling work). It is a property of the backend, not of the unit,
     decided in one place (:func:`hwnas.heads.rcnn.choose_roi_impl`) and switched with :func:`set_roi_impl`.
     """

@@ -6,10 +6,10 @@ import re
 import torch
 from torch import nn
 
-from hwnas.arch import Arch
 from hwnas.errors import HwnasError
 from hwnas.models.blocks import build
-from hwnas.units import Placed, Unit
+from hwnas.spec.arch import Arch
+from hwnas.spec.units import Placed, Unit
 
 _LEVEL = re.compile(r"^head\.p\d+\.")
 

@@ -24,9 +24,10 @@ import random
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
-from hwnas.arch import Arch, SearchSpace, head_kind
 from hwnas.errors import HwnasError
 from hwnas.search.pareto import Point, hypervolume_gain, pareto_indices, rank_and_crowding, select_survivors
+from hwnas.spec.arch import Arch
+from hwnas.spec.space import SearchSpace, head_kind
 
 DEPTHS = ("shallow", "medium", "deep")
 # A coarse scale of the whole detector: backbone, neck and head widths together, as compound

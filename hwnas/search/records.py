@@ -12,8 +12,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Iterable
 
-from hwnas.arch import Arch
 from hwnas.search.evaluators.base import Evaluation
+from hwnas.spec.arch import Arch
 
 GENERATION_KEY = "NSGAIISampler:generation"
 

@@ -23,17 +23,24 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from hwnas.arch import Arch, get_space
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
 from hwnas.limits import MAX_THREADS, check_batch, check_count, check_float, check_int, check_seed
-from hwnas.presets import RECIPES
 from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
 from hwnas.search.evaluators import Budget, Evaluation, Evaluator, check_evaluator, make_evaluator
 from hwnas.search.pareto import nadir_reference
-from hwnas.search.proposals import (Parent, choose_parent, initial_structures, mutate, ranked_children,
-                                    suggest_structural)
+from hwnas.search.proposals import (
+    Parent,
+    choose_parent,
+    initial_structures,
+    mutate,
+    ranked_children,
+    suggest_structural,
+)
 from hwnas.search.records import TrialRecord, records_of
+from hwnas.spec.arch import Arch
+from hwnas.spec.space import get_space
+from hwnas.train.recipes import RECIPES
 
 STAGES = ("structural", "modular", "both", "random")
 Progress = Callable[[int, int, str], None]
@@ -65,7 +72,7 @@ class SearchConfig:
     force: bool = False
     max_draws: int = 200
     max_failures: int = 5  # failed candidates in a row before the search stops (a systematic cause)
-    recipe: str = ""  # a preset whose training recipe (hwnas.presets.RECIPES) the candidates train with
+    recipe: str = ""  # a preset whose training recipe (hwnas.train.recipes.RECIPES) the candidates train with
     evaluator: str = "train"  # how a candidate's accuracy is scored: a name in hwnas.search.evaluators.EVALUATORS
 
     def __post_init__(self) -> None:
@@ -160,7 +167,7 @@ class Search:
         import torch
 
         from hwnas.data.wider import open_dataset
-        from hwnas.latency import LatencyTable
+        from hwnas.latency.table import LatencyTable
 
         self.cfg, self.progress, self.say = cfg, progress, say
         # Everything is checked before the first file is written.
@@ -209,7 +216,7 @@ class Search:
                              f"--num-classes {k} --out {self.cfg.table}")
 
     def _baseline_arch(self, name: str) -> Arch:
-        from hwnas.presets import resolve_arch
+        from hwnas.spec.presets import resolve_arch
 
         arch = resolve_arch(name)
         self.table.predict(arch)  # a baseline outside the table fails now, with the profile command
@@ -520,8 +527,8 @@ class Search:
         results are kept in the study, so a rerun or another worker does not measure again."""
         if self.backend is None:
             return
+        from hwnas.latency.validate import measured_latency_ms
         from hwnas.search.report import final_front
-        from hwnas.validate import measured_latency_ms
 
         archs = [str(r.arch) for r in final_front(self.records())] + [str(a) for a in self.baselines]
         store = self._measure_store()

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Callable, Protocol
 from hwnas.errors import HwnasError
 
 if TYPE_CHECKING:
-    from hwnas.arch import Arch
     from hwnas.search.runner import SearchConfig
+    from hwnas.spec.arch import Arch
 
 Note = Callable[[str], None]  # a short line about what the evaluation is doing now, for the progress line
 

@@ -12,13 +12,13 @@ from typing import TYPE_CHECKING
 from hwnas.search.evaluators.base import Budget, Evaluation, Note, failure_reason
 
 if TYPE_CHECKING:
-    from hwnas.arch import Arch
+    from hwnas.spec.arch import Arch
     from hwnas.search.runner import SearchConfig
 
 
 class TrainEvaluator:
     def __init__(self, cfg: "SearchConfig") -> None:
-        from hwnas.presets import recipe_config
+        from hwnas.train.recipes import recipe_config
 
         self.data, self.device = cfg.data, cfg.device
         # The recipe brings its training tricks (box loss, data-anchor-sampling, jitter); batch, lr and
@@ -31,7 +31,7 @@ class TrainEvaluator:
     def __call__(self, arch: "Arch", budget: Budget, folder: Path, note: Note | None = None) -> Evaluation:
         import torch
 
-        from hwnas.train import train
+        from hwnas.train.loop import train
 
         cfg = replace(self.train_cfg, epochs=budget.epochs, max_train_images=budget.max_train_images)
         t0 = time.perf_counter()

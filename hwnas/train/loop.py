@@ -1,0 +1,362 @@
+"""Fast training from scratch, as SM-NAS trains its candidates: resumable, seeded, one loop for every head.
+
+Recipe: AdamW with linear warm-up then cosine decay, gradient clipping, AMP on CUDA, GN with
+weight standardisation when the arch uses GN (standardisation is a training-time
+parametrisation, folded into plain conv weights in checkpoints, so the deployed module is
+exactly the one the latency table timed).
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from hwnas.errors import HwnasError
+from hwnas.fileio import write_atomic, write_json
+from hwnas.limits import check_batch, check_count, check_float, check_seed
+from hwnas.spec.arch import Arch
+from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 12
+    batch_size: int = 16
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    warmup_iters: int = 100
+    grad_clip: float = 10.0
+    box_loss: str = "giou"
+    seed: int = 0
+    device: str = "cpu"
+    amp: bool = True  # only takes effect on CUDA
+    eval_every: int = 0  # epochs between evaluations (0: only at the end)
+    max_train_images: int = 0  # 0: all
+    weight_standardization: bool = True  # with GN only
+    on_error: str = "raise"  # broken dataset entries: "raise" or "skip" (and count)
+    scale_jitter: tuple[float, float] = (0.5, 1.5)  # random rescale range of the training images
+    # Face head (hwnas.heads.face): share of samples cut by data-anchor-sampling, and the IoU
+    # (positive, negative) thresholds of the first and second step of its matching.
+    das_p: float = 0.0
+    step1_iou: tuple[float, float] = (0.5, 0.4)
+    step2_iou: tuple[float, float] = (0.6, 0.5)
+
+    def __post_init__(self) -> None:
+        from hwnas.data.coco import ON_ERROR
+
+        if not 0.1 <= self.scale_jitter[0] <= self.scale_jitter[1] <= 4.0:
+            raise HwnasError(f"--scale-jitter {self.scale_jitter}: need 0.1 <= LOW <= HIGH <= 4")
+        if not 0.0 <= self.das_p <= 1.0:
+            raise HwnasError(f"--das-p {self.das_p}: data-anchor-sampling probability must be in [0, 1]")
+        for name in ("step1_iou", "step2_iou"):
+            hi, lo = getattr(self, name)
+            if not 0 < lo <= hi <= 1:
+                raise HwnasError(f"--{name.replace('_', '-')} {hi},{lo}: give POSITIVE,NEGATIVE IoU thresholds "
+                                 f"with 0 < NEGATIVE <= POSITIVE <= 1")
+        if self.on_error not in ON_ERROR:
+            raise HwnasError(f"--on-error must be one of {', '.join(ON_ERROR)}, got {self.on_error!r}")
+        # One check per field, each naming its own option (fields without one by their name).
+        check_count("--epochs", self.epochs)
+        check_batch(self.batch_size)
+        check_seed(self.seed)  # numpy refuses seeds outside 0..2**32-1 only once training starts
+        check_count("--eval-every", self.eval_every, 0)
+        check_count("--max-train-images", self.max_train_images, 0)
+        check_count("warmup_iters", self.warmup_iters, 0)
+        if not (0 < self.lr < 1):
+            raise HwnasError(f"--lr must be in (0, 1), got {self.lr}")
+        if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
+            raise HwnasError(f"grad_clip {self.grad_clip}: must be a finite number > 0")
+        check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        from hwnas.heads.boxes import check_box_loss
+
+        check_box_loss(self.box_loss, "--box-loss")
+        resolve_device(self.device)  # a malformed or absent device fails here, before any work
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu`` / ``cuda[:i]`` as a torch.device; a malformed name or a missing GPU is an HwnasError."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, TypeError, ValueError):
+        raise HwnasError(f"--device {name!r} is not a device: give cpu or cuda[:i]") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise HwnasError(f"--device {name} but torch.cuda.is_available() is False; use --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise HwnasError(f"--device {name}: only {torch.cuda.device_count()} GPU(s) here")
+    elif device.type != "cpu":
+        raise HwnasError(f"--device {name!r}: give cpu or cuda[:i]")
+    return device
+
+
+# ----------------------------------------------------------------------------- weight standardisation
+class _Standardize(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        mean = w.mean(dim=(1, 2, 3), keepdim=True)
+        var = w.var(dim=(1, 2, 3), keepdim=True, unbiased=False)
+        return (w - mean) / torch.sqrt(var + 1e-5)
+
+
+def add_weight_standardization(model: nn.Module) -> int:
+    """Standardise the weights of convs followed by GroupNorm (Qiao et al.); returns how many."""
+    n = 0
+    for m in model.modules():
+        children = list(m.children())
+        for a, b in zip(children, children[1:]):
+            # Depthwise convs have too few weights per filter to standardise meaningfully.
+            if isinstance(a, nn.Conv2d) and isinstance(b, nn.GroupNorm) and a.groups == 1:
+                if not parametrize.is_parametrized(a, "weight"):
+                    parametrize.register_parametrization(a, "weight", _Standardize())
+                    n += 1
+    return n
+
+
+# ----------------------------------------------------------------------------- the loop
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_factor(it: int, total: int, warmup: int) -> float:
+    """Linear warm-up from 1% then cosine decay to 1% of the base rate."""
+    if it < warmup:
+        return 0.01 + 0.99 * it / max(1, warmup)
+    t = (it - warmup) / max(1, total - warmup)
+    return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _last_best(history: list[dict]) -> dict | None:
+    """The record best.pt holds: the last one that was a new best when it ran (each beat the one before)."""
+    return next((h for h in reversed(history) if h.get("new_best")), None)
+
+
+def write_results(path: Path, history: list[dict], components: tuple[str, ...]) -> None:
+    """``RUN/results.csv``: one row per finished epoch (1-based, as the log prints it), the loss
+    components after the loss, rewritten whole and atomically so a kill never leaves half a row."""
+    header = ["epoch", "loss", *components, "lr", "images_per_s", "seconds", "val_map", "val_map50"]
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(header)
+    for h in history:
+        val = h.get("val") or {}
+        row = {**h, "epoch": h["epoch"] + 1, "val_map": val.get("map", ""), "val_map50": val.get("map50", "")}
+        w.writerow([row.get(k, "") for k in header])  # "": not recorded (not evaluated; an older run)
+    write_atomic(path, buf.getvalue().encode())
+
+
+def epoch_line(rec: dict, epochs: int, components: tuple[str, ...]) -> str:
+    """``epoch 3/12 loss 1.234 cls 0.812 box 0.422 lr 1.85e-03 41.2 img/s val mAP 0.1234``."""
+    parts = [f"epoch {rec['epoch'] + 1}/{epochs} loss {rec['loss']:.3f}"]
+    parts += [f"{c.removeprefix('loss_')} {rec[c]:.3f}" for c in components if c in rec]
+    parts.append(f"lr {rec['lr']:.2e} {rec['images_per_s']:.1f} img/s")
+    if rec.get("val"):
+        parts.append(f"val mAP {rec['val']['map']:.4f}")
+    return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    metrics: dict
+    checkpoint: Path
+
+    @property
+    def history(self) -> list[dict]:
+        return self.metrics["history"]
+
+
+def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(),
+          progress: Callable[[int, int, str], None] | None = None,
+          log: Callable[[str], None] | None = None) -> TrainResult:
+    """Train ``arch`` on ``data_dir`` into ``out``, resuming from ``out/last.pt``.
+
+    Writes ``last.pt`` and ``results.csv`` after every epoch, ``best.pt`` whenever an evaluated
+    epoch beats the best val mAP so far (with ``cfg.eval_every``), and at the end ``metrics.json``
+    and ``detections.json``. ``progress(done, total, item)`` follows the iterations; ``log(line)``
+    gets one line per finished epoch (:func:`epoch_line`).
+    """
+    from hwnas.data.transforms import EvalTransform, TrainTransform, collate, normalize
+    from hwnas.data.wider import open_dataset
+    from hwnas.evaluate.coco import evaluate
+    from hwnas.fileio import check_writable
+    from hwnas.heads.losses import DetectionLoss, init_head_priors
+    from hwnas.models import Detector
+
+    out = Path(out)
+    ckpt = out / "last.pt"
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    train_tf = TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter))
+    if cfg.das_p > 0:
+        anchor_sizes = arch.head.anchor_sizes(arch)
+        if anchor_sizes is None:
+            raise HwnasError(f"--das-p {cfg.das_p}: data-anchor-sampling samples the anchors of a head that names "
+                             f"their sizes (the face head); the arch has a {arch.head.kind} head (use --das-p 0)")
+        from hwnas.data.anchor_sampling import DataAnchorSampling
+
+        train_tf = DataAnchorSampling(arch.input_hw, seed=cfg.seed, anchor_sizes=anchor_sizes,
+                                      p=cfg.das_p, scale_range=tuple(cfg.scale_jitter))
+    train_set = open_dataset(data_dir, "train", train_tf, cfg.on_error)
+    val_set = open_dataset(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
+    for ds in (train_set, val_set):  # fail now, not after the last epoch
+        if len(ds) == 0:
+            raise HwnasError(f"{ds.json_path} holds no images; a run needs training and validation images")
+    if val_set.class_names != train_set.class_names:
+        raise HwnasError(f"{val_set.json_path} has classes {val_set.class_names} but {train_set.json_path} has "
+                         f"{train_set.class_names}; both splits need the same categories")
+    k = len(train_set.class_names)
+    check_writable(out / "metrics.json", "run folder")  # after the data proved readable
+    ck = None
+    if ckpt.exists():  # checked before any work: a run of another arch or dataset is not resumed
+        ck = load_checkpoint(ckpt)
+        if str(ck.arch) != str(arch):
+            raise HwnasError(f"{ckpt} holds a run of another arch ({ck.arch}); use another --out")
+        if list(ck.class_names) != train_set.class_names:
+            raise HwnasError(f"{ckpt} was trained on classes {list(ck.class_names)}, {data_dir} has "
+                             f"{train_set.class_names}; use another --out")
+        if ck.epoch + 1 > cfg.epochs:
+            raise HwnasError(f"{ckpt} has already trained {ck.epoch + 1} epochs, more than --epochs {cfg.epochs}; "
+                             f"give --epochs {ck.epoch + 1} or more, or use another --out")
+        resumed_history = check_resume(ck, ckpt)
+
+    model = Detector.from_arch(arch, k)
+    init_head_priors(model)
+    if arch.norm == "gn" and cfg.weight_standardization:
+        add_weight_standardization(model)
+    model.to(device)
+    criterion = DetectionLoss.for_arch(arch, k, box_loss=cfg.box_loss, step1_iou=tuple(cfg.step1_iou),
+                                       step2_iou=tuple(cfg.step2_iou))
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
+    indices = list(range(len(train_set)))
+    if cfg.max_train_images:
+        indices = indices[: cfg.max_train_images]
+    iters_per_epoch = max(1, len(indices) // cfg.batch_size)
+    total = cfg.epochs * iters_per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, min(cfg.warmup_iters, total // 5)))
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+
+    start_epoch, history = 0, []
+    if ck is not None:
+        try:
+            model.load_state_dict(ck.train_state_dict or ck.state_dict)
+            if ck.optimizer:
+                opt.load_state_dict(ck.optimizer)
+            if ck.scheduler:
+                sched.load_state_dict(ck.scheduler)
+            if ck.scaler:
+                scaler.load_state_dict(ck.scaler)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # e.g. a run made with other training options
+            raise HwnasError(f"{ckpt} does not fit this run ({str(e).splitlines()[0][:200]}); "
+                             f"use another --out") from None
+        start_epoch = ck.epoch + 1
+        history = resumed_history
+        torch.set_rng_state(ck.rng["torch"])
+    components = tuple(criterion.components)
+    best_pt, results = out / "best.pt", out / "results.csv"
+    # Best so far comes from the history, so a resume keeps it; a best.pt deleted since cannot be
+    # rebuilt, so the next evaluated epoch writes a new one.
+    best = _last_best(history) if best_pt.exists() else None
+
+    def evaluated(rec: dict, val: dict) -> None:
+        """Record ``val`` (nested: its images_per_s is inference speed, not the training speed) and
+        write best.pt when it beats the best so far. best.pt first: a kill before last.pt is
+        written retrains this epoch, and last.pt never records a best that best.pt lacks."""
+        nonlocal best
+        rec["val"] = dict(val)
+        if cfg.eval_every and (best is None or val["map"] > best["val"]["map"]):
+            rec["new_best"] = True
+            save_checkpoint(best_pt, model=model, arch=arch, class_names=train_set.class_names, epoch=rec["epoch"],
+                            config=cfg, metrics={"history": [*history[: rec["epoch"]], rec]})
+            best = rec
+
+    final = None  # the last epoch's evaluation, when this call trained it
+
+    for epoch in range(start_epoch, cfg.epochs):
+        model.train()
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
+        train_set.set_epoch(epoch)
+        losses, parts = [], []
+        t_epoch = time.time()
+        for it in range(iters_per_epoch):
+            batch = [train_set[i] for i in order[it * cfg.batch_size:(it + 1) * cfg.batch_size]]
+            images, targets = collate(batch)
+            images = normalize(images.to(device))
+            targets = [{kk: (v.to(device) if torch.is_tensor(v) else v) for kk, v in t.items()} for t in targets]
+            with torch.autocast(device.type, enabled=use_amp):
+                # Two-stage heads see the ground truth among their proposals while training, so
+                # the RoI head has positives before the RPN has learnt anything.
+                extra = criterion.extra_boxes(targets, device)
+                outputs = model(images) if extra is None else model(images, extra_boxes=extra)
+            # The loss runs outside autocast, in fp32 (box decoding and IoUs lose whole pixels in fp16).
+            loss_dict = criterion(outputs, targets)
+            loss = loss_dict["loss"]
+            if not torch.isfinite(loss):
+                raise HwnasError(f"training diverged at epoch {epoch} iteration {it} (loss {loss.item()}); "
+                                 f"lower --lr or check the data")
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+            nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            losses.append(loss.item())
+            # detached, averaged once per epoch: no extra device sync per iteration
+            parts.append(torch.stack([torch.as_tensor(loss_dict[c], device=device).detach().float().reshape(())
+                                      for c in components]))
+            if progress:
+                done = (epoch - start_epoch) * iters_per_epoch + it + 1
+                progress(done, (cfg.epochs - start_epoch) * iters_per_epoch,
+                         f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses[-20:]):.3f}")
+        seconds = time.time() - t_epoch
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)),
+               **dict(zip(components, torch.stack(parts).mean(0).tolist())),
+               "lr": float(opt.param_groups[0]["lr"]), "seconds": seconds,
+               "images_per_s": len(order[: iters_per_epoch * cfg.batch_size]) / max(1e-9, seconds)}
+        if epoch + 1 == cfg.epochs:  # the final evaluation, here so that this epoch's row and line hold it
+            final = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
+            evaluated(rec, final)
+        elif cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
+            evaluated(rec, evaluate(model, arch, val_set, device=str(device)))
+            model.train()
+        history.append(rec)
+        save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=epoch,
+                        optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics={"history": history})
+        write_results(results, history, components)
+        if log:
+            log(epoch_line(rec, cfg.epochs, components))
+
+    if final is None:  # a resume with every epoch already trained (stopped before metrics.json was written)
+        final = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
+        if "val" not in history[-1]:  # a run of an earlier version, which evaluated only after the loop
+            evaluated(history[-1], final)
+    metrics = dict(final)
+    train_s = sum(h["seconds"] for h in history)
+    metrics.update({"skipped_entries": {"train": train_set.num_skipped(), "val": val_set.num_skipped()},
+                    "arch": str(arch), "epochs": cfg.epochs, "train_seconds": train_s,
+                    "train_images_per_s": (sum(h["images_per_s"] * h["seconds"] for h in history) / train_s) if train_s else 0.0,
+                    "final_loss": history[-1]["loss"] if history else None, "history": history,
+                    "config": asdict(cfg), "class_names": train_set.class_names})
+    if best is not None:  # which epoch best.pt holds (0-based, as its own "epoch" and the history)
+        metrics["best"] = {"epoch": best["epoch"], "val_map": best["val"]["map"], "checkpoint": str(best_pt)}
+    save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=cfg.epochs - 1,
+                    optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics=metrics)
+    write_results(results, history, components)
+    write_json(out / "metrics.json", metrics)
+    return TrainResult(metrics, ckpt)
