@@ -38,10 +38,6 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
 app.add_typer(data_app, name="data", help="Detection datasets: generate synthetic COCO-format data.")
 
 
-_say = say  # short names for the many call sites below
-_progress = progress
-
-
 def _pair(text: str, what: str, example: str) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in text.split(","))
@@ -133,10 +129,10 @@ def profile(
               f"{be.target().device} ({backend}, {precision}, {threads} thread(s)) -> {out}")
     t0 = time.time()
     keeps(f"the units timed so far are kept in {out}; rerun the same command to resume")
-    with exclusive(out, "latency table"), _progress("profile", header) as update:
+    with exclusive(out, "latency table"), progress("profile", header) as update:
         table = run_profile(be, out, space=space, resolutions=res, num_classes=num_classes,
                             timing=timing, units=units, force=force, progress=update)
-    _say(f"wrote {out}: {len(table.entries)} units in {time.time() - t0:.0f} s")
+    say(f"wrote {out}: {len(table.entries)} units in {time.time() - t0:.0f} s")
 
 
 # ----------------------------------------------------------------------------- latency
@@ -212,7 +208,7 @@ def validate(
     be = backend_for_target(t)
     tab.check_target(be.target(), force=force, path=str(table))
     keeps(f"the detectors measured so far are kept in {out}; rerun the same command to resume")
-    with exclusive(table, "latency table"), _progress("validate") as update:
+    with exclusive(table, "latency table"), progress("validate") as update:
         rep = run_validate(tab, table, be, out, samples=samples, calib_samples=calib_samples, seed=seed,
                            baseline_samples=baseline_samples, progress=update)
     if plot:
@@ -279,7 +275,7 @@ def train(
                                                  "metrics.json": "metrics", "detections.json": "detections",
                                                  "results.csv": "file"})
     keeps(f"finished epochs are kept in {out / 'last.pt'}; rerun the same command to resume")
-    with _progress("train", f"training {a} for {cfg.epochs} epochs on {data} -> {out}") as bar:
+    with progress("train", f"training {a} for {cfg.epochs} epochs on {data} -> {out}") as bar:
         res = run_train(a, data, out, cfg, progress=bar, log=bar.log)
     m = res.metrics
     typer.echo(f"{summarize(m)} train_s={m['train_seconds']:.1f} train_images/s={m['train_images_per_s']:.1f}")
@@ -351,9 +347,9 @@ def eval_(
                   folders=[(predictions, "predictions folder")] if format == "wider" else [])
     opened = open_eval(EvalConfig(model=source, data=data, out=out, detections=detections, checkpoint=weights is not None,
                                   split=split, format=format, predictions=predictions, scales=scales, device=device,
-                                  threads=threads, batch_size=batch_size, on_error=on_error), say=_say)
+                                  threads=threads, batch_size=batch_size, on_error=on_error), say=say)
     keeps("nothing was written; rerun the same command")
-    with _progress("eval") as update:  # a failed write (a full disk) takes the bar with it
+    with progress("eval") as update:  # a failed write (a full disk) takes the bar with it
         metrics = run_eval(opened, progress=update)
     if format == "wider":
         typer.echo(wider_summary(metrics))
@@ -407,13 +403,13 @@ def search(
                  "search.db": "file"})
     header = f"searching {stage} over space {space!r} ({trials} trained candidates) -> {out}"
     keeps(f"finished candidates are kept in {out}; rerun the same command to resume")
-    with _progress("search", header) as update:
-        s = Search(cfg, progress=update, say=_say)
+    with progress("search", header) as update:
+        s = Search(cfg, progress=update, say=say)
         o = s.run()
     typer.echo(f"worker {s.slot}: trained {o.trained}, failed {o.failed}, resumed {o.adopted}, pruned "
                f"{o.pruned_duplicate} duplicate(s) and {o.pruned_budget} over budget")
     for note in o.notes:
-        _say(f"note: {note}")
+        say(f"note: {note}")
     from hwnas.search.records import read_front
     from hwnas.search.report import accuracy_text
 
@@ -497,7 +493,7 @@ def export(
                        opt_level=opt_level, timing_cache=timing_cache, version_compatible=version_compatible,
                        hardware_compatible=hardware_compatible, check=check, threads=threads)
     keeps("nothing was written (an export replaces its files only once all of them are built)")
-    res = run_export(cfg, progress=lambda msg: _say(f"{PROGRESS_PREFIX}export | {msg}"))
+    res = run_export(cfg, progress=lambda msg: say(f"{PROGRESS_PREFIX}export | {msg}"))
     m = res.manifest
     typer.echo(f"{m.arch}: {m.precision} {m.form}-NMS form, {m.flavour} {m.library_version}"
                + (f" sm_{m.sm}" if m.sm else "") + (f", built in {m.build_s:.1f} s" if m.flavour != "onnx" else ""))
@@ -508,11 +504,11 @@ def export(
                    f"(delta {p['delta_map_points']:+.2f} points), box agreement {agree} "
                    f"({p['n_matched']}/{p['n_ref_boxes']} boxes at IoU >= {p['agree_iou']})")
     for note in res.notes:
-        _say(f"note: {note}")
+        say(f"note: {note}")
     if res.int8_flag:
-        _say(f"WARNING: {res.int8_flag}")
+        say(f"WARNING: {res.int8_flag}")
         for s in res.sensitivity or []:
-            _say(f"  precision lost at {s['name']}: SQNR {s['sqnr_db']:.1f} dB")
+            say(f"  precision lost at {s['name']}: SQNR {s['sqnr_db']:.1f} dB")
     typer.echo("wrote " + ", ".join(map(str, res.files)))
 
 
@@ -679,10 +675,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return run(argv)
     except HwnasError as e:
-        _say(f"error: {e}")
+        say(f"error: {e}")
         return 1
     except KeyboardInterrupt:
-        _say(interrupted_line())
+        say(interrupted_line())
         return 143 if _terminated[0] else 130
     except Exception as e:
         if _is(e, "NoArgsIsHelpError"):
@@ -691,21 +687,21 @@ def main(argv: list[str] | None = None) -> int:
         if _is(e, "UsageError"):  # NoSuchOption, MissingParameter, BadParameter ...
             ctx = getattr(e, "ctx", None)
             cmd = (ctx.command_path if ctx is not None else "") or "hwnas"
-            _say(f"error: {e.format_message()} (see {cmd} --help)")
+            say(f"error: {e.format_message()} (see {cmd} --help)")
             return 2
         if _is(e, "Abort"):  # click < 8.2 (older typer): Ctrl-C surfaces as Abort
-            _say(interrupted_line())
+            say(interrupted_line())
             return 143 if _terminated[0] else 130
         if _is(e, "Exit"):
             return e.exit_code
         if isinstance(e, MemoryError) or _is(e, "OutOfMemoryError") or "can't allocate memory" in str(e):
             # a size under the documented limits can still exceed this machine's memory
-            _say(f"error: out of memory ({str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__}); "
+            say(f"error: out of memory ({str(e).splitlines()[0][:120] if str(e) else e.__class__.__name__}); "
                  f"lower --batch-size, the input size or the model's widths, or use a machine with more memory")
             return 1
         if os.environ.get("HWNAS_DEBUG"):  # a bug, not bad input: still one line, the traceback on request
             raise
-        _say(f"error: internal error {e.__class__.__name__}: {e} (rerun with HWNAS_DEBUG=1 for the traceback and report it)")
+        say(f"error: internal error {e.__class__.__name__}: {e} (rerun with HWNAS_DEBUG=1 for the traceback and report it)")
         return 3
 
 

@@ -134,7 +134,7 @@ def output_shapes(arch: Arch, num_classes: int, config: DeployConfig, batch: int
     return {"num_dets": [batch, 1], "boxes": [batch, d, 4], "scores": [batch, d], "classes": [batch, d]}
 
 
-def _declare_outputs(proto, shapes: dict[str, list]) -> None:
+def declare_outputs(proto, shapes: dict[str, list]) -> None:
     """Write the output shapes into the graph: ONNX shape inference loses them behind the NMS op,
     the plugin and the two-stage head's RoIAlign, and engine builders and users read them."""
     for out in proto.graph.output:
@@ -220,7 +220,7 @@ def resolve_roi_impl(arch: Arch, nms: str, roi_impl: str | None, dynamic: bool) 
     return arch.head.roi_impl(nms=nms, dynamic=dynamic, requested=roi_impl)
 
 
-def _prepare(detector: nn.Module, precision: str, roi_impl: str | None) -> nn.Module:
+def prepare_detector(detector: nn.Module, precision: str, roi_impl: str | None) -> nn.Module:
     """A copy of ``detector`` in eval mode, in ``precision``, with the requested RoIAlign form."""
     from hwnas.models.blocks import set_roi_impl
 
@@ -307,7 +307,7 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
     arch: Arch = detector.arch
     roi_impl = resolve_roi_impl(arch, nms, roi_impl, dynamic_batch is not None)
     trace_batch = _check_batch(batch, dynamic_batch)
-    model = DeployModel(_prepare(detector, precision, roi_impl), config).eval()
+    model = DeployModel(prepare_detector(detector, precision, roi_impl), config).eval()
     images = torch.rand(trace_batch, 3, *arch.input_hw)
     names = config.output_names
     axes = None if dynamic_batch is None else {n: {0: "batch"} for n in (INPUT_NAME, *names)}
@@ -323,7 +323,7 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
             "dynamic_batch": list(dynamic_batch) if dynamic_batch else None,
             "input": f"{INPUT_NAME} float32 [B, 3, {arch.input_hw[0]}, {arch.input_hw[1]}] RGB in [0, 1]",
             "simplified_with": tool}
-    _declare_outputs(proto, output_shapes(arch, detector.num_classes, config,
+    declare_outputs(proto, output_shapes(arch, detector.num_classes, config,
                                           "batch" if dynamic_batch else trace_batch))
     del proto.metadata_props[:]
     for key, value in meta.items():

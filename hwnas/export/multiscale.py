@@ -21,7 +21,7 @@ from torch import nn
 
 from hwnas.errors import HwnasError
 from hwnas.export.deploy import (
-    FIXED_OUTPUTS, DeployConfig, DeployPost, Normalize, _declare_outputs, _prepare, ort_session, output_shapes,
+    FIXED_OUTPUTS, DeployConfig, DeployPost, Normalize, declare_outputs, prepare_detector, ort_session, output_shapes,
     simplify, unpack_detections,
 )
 
@@ -86,14 +86,15 @@ def export_multiscale_onnx(detector: nn.Module, scales: Sequence, *, nms: str = 
         raise HwnasError("no test scales given")
     config = DeployConfig(nms=nms, score_thresh=score_thresh, nms_thresh=nms_thresh, max_dets=max_dets)
     sizes = [scaled_hw(arch.input_hw, s.scale) for s in scales]
-    model = MultiScaleDeploy(_prepare(detector, "fp32", "torchvision"), sizes, config).eval()
+    # None: keep the modules as built (multi-scale graphs refuse two-stage heads, so no RoIAlign form applies)
+    model = MultiScaleDeploy(prepare_detector(detector, "fp32", None), sizes, config).eval()
     inputs = tuple(torch.rand(batch, 3, *hw) for hw in sizes)
     in_names = [f"images_s{i}" for i in range(len(sizes))]
     out_names = [f"{n}_s{i}" for i in range(len(sizes)) for n in FIXED_OUTPUTS]
     data, tool = simplify(to_onnx(model, inputs, opset=opset, input_names=in_names, output_names=out_names))
     proto = onnx.load_from_string(data)
     shapes = output_shapes(arch, detector.num_classes, config, batch)
-    _declare_outputs(proto, {f"{n}_s{i}": shapes[n] for i in range(len(sizes)) for n in FIXED_OUTPUTS})
+    declare_outputs(proto, {f"{n}_s{i}": shapes[n] for i in range(len(sizes)) for n in FIXED_OUTPUTS})
     meta = {"format": MULTISCALE_FORMAT, "arch": str(arch), "num_classes": detector.num_classes,
             "config": config.to_dict(), "test_scales": describe(scales), "input_sizes": [list(hw) for hw in sizes],
             "batch": batch, "simplified_with": tool,
