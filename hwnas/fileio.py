@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+from hwnas import formats
 from hwnas.errors import HwnasError
 
 
@@ -132,9 +133,9 @@ def _json_kind(doc: Any) -> str:
     if not isinstance(doc, dict):
         return "JSON file"
     fmt = doc.get("format")
-    if isinstance(fmt, str) and fmt.startswith("hwnas-latency-table/"):
+    if formats.is_family(fmt, formats.LATENCY_TABLE):
         return "latency table"
-    if isinstance(fmt, str) and fmt.startswith("hwnas-engine/"):
+    if formats.is_family(fmt, formats.ENGINE_MANIFEST):
         return "export manifest"
     if "images" in doc and "categories" in doc:
         return "COCO dataset"

@@ -27,7 +27,7 @@ from hwnas.backends.base import (
     library_versions,
 )
 from hwnas.errors import HwnasError
-from hwnas.export.choices import ENGINE_FLAVOURS
+from hwnas.runtimes import ENGINE_FLAVOURS
 from hwnas.fileio import write_atomic
 from hwnas.heads.rcnn import choose_roi_impl
 
@@ -43,7 +43,7 @@ __all__ = [
     "trt_module",
 ]
 
-FLAVOURS = ENGINE_FLAVOURS  # flavour -> (python module, install hint), stated in hwnas.export.choices
+FLAVOURS = ENGINE_FLAVOURS  # flavour -> (python module, install hint), stated in hwnas.runtimes
 
 
 def trt_module(flavour: str) -> Any:

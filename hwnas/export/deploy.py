@@ -445,7 +445,7 @@ class TorchDetector:
     def from_checkpoint(cls, path: str | Path, **kw: Any) -> "TorchDetector":
         from hwnas.train.checkpoint import load_model
 
-        model, _, _ = load_model(Path(path))
+        model = load_model(Path(path)).model
         return cls(model, **kw)
 
     @torch.no_grad()

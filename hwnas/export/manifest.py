@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hwnas import formats
 from hwnas.errors import HwnasError
 from hwnas.export.choices import ENGINE_FLAVOURS, INT8_TARGETS, NMS_FORMS, PRECISIONS
 from hwnas.fileio import read_json, write_atomic
@@ -34,8 +35,8 @@ __all__ = [
     "write_manifest",
 ]
 
-FORMAT = "hwnas-engine/1"
-FORMAT_PREFIX = "hwnas-engine/"
+FORMAT = formats.ENGINE_MANIFEST
+FORMAT_PREFIX = formats.family(FORMAT)
 # The choices a manifest may hold, from their torch-free homes (reading a manifest imports no torch).
 FORMS = NMS_FORMS
 FLAVOURS = (*ENGINE_FLAVOURS, "onnx")

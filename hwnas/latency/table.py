@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from hwnas.backends.base import Backend, Latency, Target, TimingConfig, time_module
+from hwnas import formats
 from hwnas.errors import HwnasError
 from hwnas.fileio import read_json, write_json
 from hwnas.models.blocks import build, example_inputs
@@ -24,7 +25,7 @@ from hwnas.spec.arch import Arch
 from hwnas.spec.space import get_space
 from hwnas.spec.units import Unit
 
-FORMAT = "hwnas-latency-table/1"
+FORMAT = formats.LATENCY_TABLE
 
 
 @dataclass(frozen=True)

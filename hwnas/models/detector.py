@@ -52,9 +52,9 @@ class Detector(nn.Module):
         self.output_names = arch.head.output_names(arch)
 
     @classmethod
-    def from_arch(cls, arch: Arch | str, num_classes: int) -> "Detector":
-        if isinstance(arch, str):
-            arch = Arch.parse(arch)
+    def from_arch(cls, arch: Arch, num_classes: int) -> "Detector":
+        if not isinstance(arch, Arch):  # strings are parsed once, at the boundary (Arch.parse)
+            raise TypeError(f"Detector.from_arch takes an Arch, not {type(arch).__name__}: use Arch.parse(...)")
         return cls(arch, num_classes, arch.placed_units(num_classes))
 
     def at_size(self, input_hw: tuple[int, int]) -> "Detector":

@@ -14,7 +14,7 @@ import math
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, NamedTuple
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from hwnas.errors import HwnasError
 from hwnas.fileio import write_atomic
 from hwnas.limits import MAX_COUNT, MAX_NUM_CLASSES
 from hwnas.spec.arch import Arch
+
+if TYPE_CHECKING:  # the hint only: reading or writing a checkpoint needs no detector built
+    from hwnas.models import Detector
 
 # 2 adds "digest" (see state_digest); 1, written by earlier versions, has none and still loads.
 CHECKPOINT_FORMAT = "hwnas-checkpoint/2"
@@ -226,8 +229,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
                       metrics=ck["metrics"], rng=ck["rng"], format=ck["format"])
 
 
-def load_model(path: Path):
-    """(Detector in eval mode, Arch, class names) from a checkpoint."""
+class LoadedModel(NamedTuple):
+    """A checkpoint's detector (in eval mode) with what describes it; unpacks as (model, arch, class_names)."""
+
+    model: "Detector"
+    arch: Arch
+    class_names: list[str]
+
+
+def load_model(path: Path) -> LoadedModel:
+    """The detector a checkpoint holds, its weights loaded and checked against its arch."""
     from hwnas.models import Detector
 
     ck = load_checkpoint(path)
@@ -240,7 +251,7 @@ def load_model(path: Path):
         detail = (lines[1] if len(lines) > 1 else lines[0] if lines else "")[:200]
         raise HwnasError(f"checkpoint {path} does not match its arch {ck.arch} ({detail}); retrain or point --weights "
                          f"at another file") from None
-    return model.eval(), ck.arch, list(ck.class_names)
+    return LoadedModel(model.eval(), ck.arch, list(ck.class_names))
 
 
 # ----------------------------------------------------------------------------- resuming

@@ -16,6 +16,7 @@ from hwnas.data.synth import synth
 from hwnas.data.transforms import EvalTransform
 from hwnas.data.wider import WiderFace, coco_to_wider, read_wider_gt, wider_image, write_wider_gt
 from hwnas.errors import HwnasError
+from hwnas.spec.arch import Arch
 from hwnas.evaluate.coco import coco_score
 from hwnas.evaluate.wider import (DERIVED_RULE, OFFICIAL_RULE, derive_subsets, evaluate_dir, evaluate_wider, load_gt,
                               overlaps, read_predictions, write_predictions)
@@ -214,7 +215,7 @@ def test_evaluate_scores_a_wider_dataset(root):
     ds = WiderFace(root, "val", EvalTransform(64))
     assert coco_truth(ds) == ds.coco_gt()
     torch.manual_seed(0)
-    model = Detector.from_arch("i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn", 1)
+    model = Detector.from_arch(Arch.parse("i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn"), 1)
     m = evaluate(model, model.arch, ds)
     assert m["n_images"] == 3 and 0.0 <= m["map50"] <= 1.0
 

@@ -28,12 +28,12 @@ from conftest import needs_rtx
 
 K = 3
 HEADS = tuple(HEAD_KINDS)
-ARCHS = {
+ARCHS = {k: Arch.parse(s) for k, s in {
     "retina": "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn",
     "fcos": "i64/basic_c8_1-2-2/fpn_p3-4_c16/fcos_d1_c16/bn",
     "rcnn": "i64/basic_c8_1-2-2/fpn_p3-4_c16/rcnn_d1_c32_n64/bn",
     "face": "i64/basic_c8_1-2-2/fpn_p3-4_c16/face_d1_c16_stc1_str1_mo2/bn",
-}
+}.items()}
 assert set(ARCHS) == set(HEADS)  # one arch of every registered head kind
 PREFIXES = ("/pre/", "/net/", "/post/")
 
@@ -301,7 +301,7 @@ def trained(tmp_path_factory) -> tuple[Path, Path]:
 
     d = tmp_path_factory.mktemp("parity")
     synth("shapes", 128, 16, 64, seed=0, out=d / "data")
-    res = train(Arch.parse(ARCHS["retina"]), d / "data", d / "run",
+    res = train(ARCHS["retina"], d / "data", d / "run",
                 TrainConfig(epochs=1, batch_size=8, lr=0.01, warmup_iters=2))
     return d / "data", res.checkpoint
 

@@ -20,6 +20,7 @@ from hwnas.errors import HwnasError
 from hwnas.export.precision import sensitivity, to_fp16, to_int8
 from hwnas.heads.postprocess import decode_outputs
 from hwnas.models import Detector
+from hwnas.spec.arch import Arch
 from hwnas.backends.onnx_export import to_onnx
 
 from conftest import needs_rtx
@@ -56,7 +57,7 @@ class _Deployable(nn.Module):
     def __init__(self, arch: str) -> None:
         super().__init__()
         self.pre = _Pre()
-        self.net = Detector.from_arch(arch, 3)
+        self.net = Detector.from_arch(Arch.parse(arch), 3)
         self.post = _Post(self.net)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -255,7 +256,7 @@ def test_deployable_graph_with_onnx_nms(calib) -> None:
     from hwnas.export.deploy import export_deploy_onnx
 
     torch.manual_seed(0)
-    fp32 = export_deploy_onnx(Detector.from_arch(RESNET, 3), nms="onnx")
+    fp32 = export_deploy_onnx(Detector.from_arch(Arch.parse(RESNET), 3), nms="onnx")
     half, quant = to_fp16(fp32), to_int8(fp32, calib[:4], target="cpu")
     image = _images(1, seed=1)[0]
     ref = _run(fp32, image)

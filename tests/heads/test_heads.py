@@ -21,12 +21,12 @@ from hwnas.heads.retina import RETINA_ANCHORS, retina_anchors
 from hwnas.models import Detector
 
 K = 3
-ARCHS = {
+ARCHS = {k: Arch.parse(s) for k, s in {
     "retina": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn",
     "fcos": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/fcos_d1_c32/bn",
     "rcnn": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/rcnn_d1_c128_n64/bn",
     "face": "i128/basic_c16_1-2-2-2/fpn_p3-5_c32/face_d1_c32_stc1_str1_mo2/bn",
-}
+}.items()}
 assert set(ARCHS) == set(HEAD_KINDS)  # one arch of every registered head kind
 
 
@@ -56,7 +56,7 @@ def build(head: str, seed: int = 0) -> tuple[Detector, DetectionLoss]:
     torch.manual_seed(seed)
     model = Detector.from_arch(ARCHS[head], K)
     init_head_priors(model)
-    return model, DetectionLoss.for_arch(Arch.parse(ARCHS[head]), K)
+    return model, DetectionLoss.for_arch(ARCHS[head], K)
 
 
 def train_steps(model, crit, images, targets, steps: int, lr: float = 1e-3) -> list[float]:
@@ -74,7 +74,7 @@ def train_steps(model, crit, images, targets, steps: int, lr: float = 1e-3) -> l
 
 
 # ----------------------------------------------------------------------------- anchors and layout
-@pytest.mark.parametrize("text", [*ARCHS.values(), "i128x96/basic_c16_1-2-2-2/none/retina_d1_c32/bn",
+@pytest.mark.parametrize("text", [*map(str, ARCHS.values()), "i128x96/basic_c16_1-2-2-2/none/retina_d1_c32/bn",
                                   "i96/basic_c16_1-2-2-2/fpn_p3-7_c32/fcos_d1_c32/gn"])
 def test_positions_match_detector_outputs(text):
     arch = Arch.parse(text)
@@ -101,7 +101,7 @@ def test_positions_match_detector_outputs(text):
 
 def test_retina_layout_channel_a_times_k_plus_k():
     """Channel a*K + k at (y, x) of a level is row (level offset + (y*w + x)*A + a), column k."""
-    arch = Arch.parse(ARCHS["retina"])
+    arch = ARCHS["retina"]
     shapes = [arch.level_hw(lv) for lv in arch.out_levels]
     outs = [torch.zeros(1, RETINA_ANCHORS * K, h, w) for h, w in shapes]
     li, (y, x), a, k = 1, (3, 5), 7, 2
@@ -123,7 +123,7 @@ def test_retina_layout_channel_a_times_k_plus_k():
 def test_fcos_default_ranges_follow_strides():
     arch = Arch.parse("i512/basic_c16_1-2-2-2/fpn_p3-7_c32/fcos_d1_c32/bn")
     assert default_fcos_ranges(arch) == ((0, 64), (64, 128), (128, 256), (256, 512), (512, math.inf))
-    assert default_fcos_ranges(Arch.parse(ARCHS["fcos"])) == ((0, 64), (64, 128), (128, math.inf))
+    assert default_fcos_ranges(ARCHS["fcos"]) == ((0, 64), (64, 128), (128, math.inf))
 
 
 # ----------------------------------------------------------------------------- matching
@@ -217,7 +217,7 @@ def test_empty_targets_give_finite_loss(head):
 def test_every_box_loss_runs(head, box_loss):
     model, _ = build(head)
     kw = {"roi_box_loss": box_loss} if head == "rcnn" else {}
-    crit = DetectionLoss.for_arch(Arch.parse(ARCHS[head]), K, box_loss=box_loss, **kw)
+    crit = DetectionLoss.for_arch(ARCHS[head], K, box_loss=box_loss, **kw)
     images, targets = make_batch(1, model.arch.input_hw)
     targets[0]["crowd"][1] = True
     losses = crit(model(images, extra_boxes=crit.extra_boxes(targets)), targets)
@@ -244,14 +244,14 @@ def test_rcnn_extra_boxes_reach_the_roi_head_only_when_given():
 
 def test_contracts_are_checked_early():
     with pytest.raises(HwnasError, match="valid box losses"):
-        DetectionLoss.for_arch(Arch.parse(ARCHS["retina"]), K, box_loss="l2")
+        DetectionLoss.for_arch(ARCHS["retina"], K, box_loss="l2")
     with pytest.raises(HwnasError, match="components"):
-        DetectionLoss.for_arch(Arch.parse(ARCHS["retina"]), K, weights={"loss_ctr": 1.0})
+        DetectionLoss.for_arch(ARCHS["retina"], K, weights={"loss_ctr": 1.0})
     model, crit = build("retina")
     images, targets = make_batch(2, model.arch.input_hw)
     out = model(images)
     with pytest.raises(HwnasError, match="num_classes"):
-        DetectionLoss.for_arch(Arch.parse(ARCHS["retina"]), K + 1)(out, targets)
+        DetectionLoss.for_arch(ARCHS["retina"], K + 1)(out, targets)
     with pytest.raises(HwnasError, match="one per image"):
         crit(out, targets[:1])
     bad = [{**targets[0], "labels": torch.tensor([0, K])}, targets[1]]

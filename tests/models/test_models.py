@@ -143,7 +143,7 @@ def _param_shapes(m: torch.nn.Module) -> dict[str, tuple]:
 
 @pytest.mark.parametrize("arch", ARCHS, ids=[str(a) for a in ARCHS])
 def test_detector_is_built_from_its_units(arch: Arch) -> None:
-    det = Detector.from_arch(str(arch), K).eval()
+    det = Detector.from_arch(arch, K).eval()
     placed = arch.placed_units(K)
     used = set()
     for p in placed:
