@@ -35,7 +35,7 @@ def _root(version: bool = typer.Option(False, "--version", is_eager=True, callba
     """Hardware-aware latency tables, search and deployment for object detectors."""
 
 
-app.add_typer(data_app, name="data", help="Detection datasets: generate synthetic COCO-format data.")
+app.add_typer(data_app, name="data", help="Detection datasets: generated shapes and faces (synth), or composites of real photographs (photos).")
 
 
 def _pair(text: str, what: str, example: str) -> tuple[float, float]:
@@ -234,7 +234,8 @@ def train(
     arch: Optional[str] = typer.Option(None, help="arch string to train"),
     preset: Optional[str] = typer.Option(None, help="preset name instead of --arch (see hwnas/spec/presets.py)"),
     data: Path = typer.Option(..., help="dataset folder: hwnas data synth, COCO or WIDER FACE layout", parser=path_arg),
-    epochs: Optional[int] = typer.Option(None, help="training epochs (default: the preset's recipe, else 12)"),
+    epochs: Optional[int] = typer.Option(None, help="training epochs (default: the preset's recipe, else 12; with --budget-min: the most it may take)"),
+    budget_min: Optional[float] = typer.Option(None, "--budget-min", help="train for M minutes of wall clock instead of a number of epochs: warm-up and cosine fitted to the time (the final evaluation comes after)"),
     img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (overrides the arch's)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the recipe's, else 16"),
     lr: Optional[float] = typer.Option(None, help="default: the recipe's, else 0.002"),
@@ -254,6 +255,7 @@ def train(
 
     from hwnas.evaluate.coco import summarize
     from hwnas.spec.presets import resolve_arch
+    from hwnas.train.loop import BUDGET_MAX_EPOCHS
     from hwnas.train.loop import train as run_train
     from hwnas.train.recipes import recipe_config
 
@@ -265,7 +267,11 @@ def train(
 
         a = replace(a, input_hw=(check_side(img_size), check_side(img_size)))
     # The preset's recipe, then what the command line says; checked here, before any file is touched.
-    cfg = recipe_config(preset or "", epochs=epochs, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
+    if budget_min is not None and not (budget_min > 0):  # nan and inf fail here too
+        raise HwnasError(f"--budget-min {budget_min}: give the minutes to train, a number > 0 (e.g. 10)")
+    if budget_min is not None and epochs is None:
+        epochs = BUDGET_MAX_EPOCHS  # the clock decides, not the recipe's epochs
+    cfg = recipe_config(preset or "", epochs=epochs, budget_s=budget_min and budget_min * 60, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
                         box_loss=box_loss, das_p=das_p,
                         scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
                         step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
@@ -275,10 +281,12 @@ def train(
                                                  "metrics.json": "metrics", "detections.json": "detections",
                                                  "results.csv": "file"})
     keeps(f"finished epochs are kept in {out / 'last.pt'}; rerun the same command to resume")
-    with progress("train", f"training {a} for {cfg.epochs} epochs on {data} -> {out}") as bar:
+    length = f"{budget_min:g} minutes" if budget_min else f"{cfg.epochs} epochs"
+    with progress("train", f"training {a} for {length} on {data} -> {out}") as bar:
         res = run_train(a, data, out, cfg, progress=bar, log=bar.log)
     m = res.metrics
-    typer.echo(f"{summarize(m)} train_s={m['train_seconds']:.1f} train_images/s={m['train_images_per_s']:.1f}")
+    typer.echo(f"{summarize(m)} epochs={m['epochs_done']:.2f} train_s={m['train_seconds']:.1f} "
+               f"train_images/s={m['train_images_per_s']:.1f}")
     typer.echo(f"wrote {res.checkpoint} and {out / 'metrics.json'}")
 
 

@@ -171,7 +171,10 @@ def summarize(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "Targ
     front = [replace(r, on_measured_front=None if on is None else r.trial in on) for r in front]
     baselines = tuple((b, baseline_matches(b, done)) for b in records if b.stage == "baseline" and b.complete)
     ref = nadir_reference([r.predicted_latency_ms for r in done])
-    config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, "storage": storage}
+    from hwnas.train.loop import RECIPE_VERSION  # the study's identity holds it: equal, or the search stopped
+
+    config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, "storage": storage,
+              "recipe_version": RECIPE_VERSION}
     return Summary(config, target.to_dict(), tuple(records), tuple(front), tuple(stage_fronts(done, ref)), baselines,
                    ref, bookkeeping(Path(cfg.out)))
 

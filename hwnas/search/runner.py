@@ -116,12 +116,15 @@ class SearchConfig:
 
     def identity(self) -> dict:
         """What must be equal for workers (or a rerun) to join a study: anything that changes
-        what a candidate's mAP or latency means."""
+        what a candidate's mAP or latency means (the training recipe's version included)."""
+        from hwnas.train.loop import RECIPE_VERSION
+
         return {"space": self.space, "resolutions": list(self.resolutions), "epochs": self.epochs,
                 "batch_size": self.batch_size, "lr": self.lr, "max_train_images": self.max_train_images,
                 "latency_max_ms": self.latency_max_ms, "seed": self.seed, **({"recipe": self.recipe} if self.recipe else {}),
                 # Only when not the default, so studies started before evaluators existed still match.
-                **({"evaluator": self.evaluator} if self.evaluator != "train" else {})}
+                **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
+                **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
 
 @dataclass

@@ -284,6 +284,10 @@ def _history_problem(history, epoch: int) -> str | None:
         for k in ("loss", "seconds", "images_per_s"):
             if not _number(h.get(k)) or (k != "loss" and h[k] < 0):
                 return f"record {i} has {k} {h.get(k)!r}"
+        if "wall_s" in h and not (_number(h["wall_s"]) and h["wall_s"] >= 0):  # a budget run's clock
+            return f"record {i} has wall_s {h['wall_s']!r}"
+        if "iterations" in h and not (_is_count(h["iterations"]) and 0 < h["iterations"] <= MAX_COUNT):
+            return f"record {i} has iterations {h['iterations']!r}"
         for k, v in h.items():  # loss components and the learning rate, where recorded
             if (k.startswith("loss_") or k == "lr") and not _number(v):
                 return f"record {i} has {k} {v!r}"

@@ -28,9 +28,18 @@ from hwnas.spec.arch import Arch
 from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
 
 
+# The version of the training recipe: the defaults below, the per-preset recipes
+# (hwnas.train.recipes) and the loop's tricks. Raised whenever a change alters what a run learns,
+# so that scores stay comparable: every checkpoint and search records it, and a resume refuses a
+# run made with another version. Runs written before it was recorded are version 1.
+RECIPE_VERSION = 1
+BUDGET_PLAN_AFTER = 10  # iterations timed before a --budget-min run fixes its warm-up length
+BUDGET_MAX_EPOCHS = 10_000  # a --budget-min run without --epochs: the clock decides
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 12
+    epochs: int = 12  # with budget_s: the most epochs the budget may take
     batch_size: int = 16
     lr: float = 2e-3
     weight_decay: float = 0.05
@@ -50,6 +59,9 @@ class TrainConfig:
     das_p: float = 0.0
     step1_iou: tuple[float, float] = (0.5, 0.4)
     step2_iou: tuple[float, float] = (0.6, 0.5)
+    # Wall-clock budget in seconds (0: train ``epochs``): the schedule is fitted to the time, see train().
+    budget_s: float = 0.0
+    recipe_version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
         from hwnas.data.coco import ON_ERROR
@@ -77,6 +89,7 @@ class TrainConfig:
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):
             raise HwnasError(f"grad_clip {self.grad_clip}: must be a finite number > 0")
         check_float("weight_decay", self.weight_decay, 0.0, 1.0)
+        check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)  # a week at most
         from hwnas.heads.boxes import check_box_loss
 
         check_box_loss(self.box_loss, "--box-loss")
@@ -134,6 +147,40 @@ def lr_factor(it: int, total: int, warmup: int) -> float:
         return 0.01 + 0.99 * it / max(1, warmup)
     t = (it - warmup) / max(1, total - warmup)
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+class _Schedule:
+    """How many iterations the learning-rate schedule runs to, and its warm-up.
+
+    With a fixed number of epochs both are known at the start. With a wall-clock budget the total is
+    re-planned after every iteration from the measured pace (iterations done / seconds spent, the
+    seconds including evaluations and checkpoint writes), so the cosine reaches its end when the
+    budget does; training stops when the iterations done reach the plan. The warm-up is fixed after
+    the first ``BUDGET_PLAN_AFTER`` iterations (the first ones are slow) so that it never moves back.
+    """
+
+    def __init__(self, cfg: TrainConfig, iters_per_epoch: int):
+        self.budget_s = cfg.budget_s
+        self.cap = cfg.epochs * iters_per_epoch
+        self.warmup_iters = cfg.warmup_iters
+        self.total = self.cap
+        self.warmup = min(cfg.warmup_iters, self.total // 5)
+        self.fixed = not self.budget_s  # warm-up fixed (always, without a budget)
+
+    def factor(self, it: int) -> float:
+        return lr_factor(it, self.total, self.warmup)
+
+    def replan(self, done: int, spent_s: float) -> None:
+        """After ``done`` iterations in ``spent_s`` seconds of the budget."""
+        if not self.budget_s or done == 0 or spent_s <= 0:
+            return
+        self.total = max(done, min(self.cap, math.floor(done * self.budget_s / spent_s)))
+        if not self.fixed:
+            self.warmup = min(self.warmup_iters, self.total // 5)
+            self.fixed = done >= BUDGET_PLAN_AFTER
+
+    def finished(self, done: int) -> bool:
+        return done >= self.total
 
 
 def _last_best(history: list[dict]) -> dict | None:
@@ -224,6 +271,10 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         if list(ck.class_names) != train_set.class_names:
             raise HwnasError(f"{ckpt} was trained on classes {list(ck.class_names)}, {data_dir} has "
                              f"{train_set.class_names}; use another --out")
+        made_with = (ck.config or {}).get("recipe_version", 1)
+        if made_with != cfg.recipe_version:  # a score from two recipes compares with neither
+            raise HwnasError(f"{ckpt} was trained with recipe version {made_with}, this hwnas trains with version "
+                             f"{cfg.recipe_version}; resuming would mix the two: use another --out")
         if ck.epoch + 1 > cfg.epochs:
             raise HwnasError(f"{ckpt} has already trained {ck.epoch + 1} epochs, more than --epochs {cfg.epochs}; "
                              f"give --epochs {ck.epoch + 1} or more, or use another --out")
@@ -245,8 +296,9 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     if cfg.max_train_images:
         indices = indices[: cfg.max_train_images]
     iters_per_epoch = max(1, len(indices) // cfg.batch_size)
-    total = cfg.epochs * iters_per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: lr_factor(it, total, min(cfg.warmup_iters, total // 5)))
+    schedule = _Schedule(cfg, iters_per_epoch)
+    # a plain function: LambdaLR would try to store a callable object's attributes in its state
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: schedule.factor(it))
     use_amp = cfg.amp and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
 
@@ -266,7 +318,17 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         start_epoch = ck.epoch + 1
         history = resumed_history
         torch.set_rng_state(ck.rng["torch"])
+    # iterations done and budget seconds spent so far (records of older runs hold whole epochs)
+    done = sum(h.get("iterations", iters_per_epoch) for h in history)
+    spent_s = sum(h.get("wall_s", h["seconds"]) for h in history)
+    schedule.replan(done, spent_s)
+    done_before = done
     components = tuple(criterion.components)
+
+    def planned(s: _Schedule) -> int | str:
+        """Epochs the run will take, for the log: fixed, or as the budget's plan stands now."""
+        return cfg.epochs if not cfg.budget_s else f"~{math.ceil(s.total / iters_per_epoch)}"
+
     best_pt, results = out / "best.pt", out / "results.csv"
     # Best so far comes from the history, so a resume keeps it; a best.pt deleted since cannot be
     # rebuilt, so the next evaluated epoch writes a new one.
@@ -287,13 +349,18 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     final = None  # the last epoch's evaluation, when this call trained it
 
     for epoch in range(start_epoch, cfg.epochs):
+        if schedule.finished(done):  # the budget is spent (a resumed budget run)
+            break
         model.train()
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
         train_set.set_epoch(epoch)
         losses, parts = [], []
         t_epoch = time.time()
+        its = 0
         for it in range(iters_per_epoch):
+            if schedule.finished(done):
+                break
             batch = [train_set[i] for i in order[it * cfg.batch_size:(it + 1) * cfg.batch_size]]
             images, targets = collate(batch)
             images = normalize(images.to(device))
@@ -316,31 +383,39 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
             scaler.step(opt)
             scaler.update()
             sched.step()
+            done, its = done + 1, its + 1
+            schedule.replan(done, spent_s + time.time() - t_epoch)
             losses.append(loss.item())
             # detached, averaged once per epoch: no extra device sync per iteration
             parts.append(torch.stack([torch.as_tensor(loss_dict[c], device=device).detach().float().reshape(())
                                       for c in components]))
             if progress:
-                done = (epoch - start_epoch) * iters_per_epoch + it + 1
-                progress(done, (cfg.epochs - start_epoch) * iters_per_epoch,
-                         f"epoch {epoch + 1}/{cfg.epochs} loss {np.mean(losses[-20:]):.3f}")
+                progress(done - done_before, schedule.total - done_before,
+                         f"epoch {epoch + 1}/{planned(schedule)} loss {np.mean(losses[-20:]):.3f}")
+        if not its:  # cannot happen (the plan is checked before each epoch); no empty row if it did
+            break
         seconds = time.time() - t_epoch
         rec = {"epoch": epoch, "loss": float(np.mean(losses)),
                **dict(zip(components, torch.stack(parts).mean(0).tolist())),
                "lr": float(opt.param_groups[0]["lr"]), "seconds": seconds,
-               "images_per_s": len(order[: iters_per_epoch * cfg.batch_size]) / max(1e-9, seconds)}
-        if epoch + 1 == cfg.epochs:  # the final evaluation, here so that this epoch's row and line hold it
+               "images_per_s": its * cfg.batch_size / max(1e-9, seconds), "iterations": its}
+        if epoch + 1 == cfg.epochs or schedule.finished(done):  # the final evaluation, here so that this epoch's row and line hold it
+            rec["wall_s"] = time.time() - t_epoch  # a budget covers training; the final evaluation comes after it
             final = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
             evaluated(rec, final)
         elif cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
             evaluated(rec, evaluate(model, arch, val_set, device=str(device)))
             model.train()
+        rec.setdefault("wall_s", time.time() - t_epoch)  # what the epoch took of a budget, its evaluation included
+        spent_s += rec["wall_s"]
         history.append(rec)
         save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=epoch,
                         optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics={"history": history})
         write_results(results, history, components)
         if log:
-            log(epoch_line(rec, cfg.epochs, components))
+            log(epoch_line(rec, planned(schedule), components))
+        if final is not None:
+            break
 
     if final is None:  # a resume with every epoch already trained (stopped before metrics.json was written)
         final = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
@@ -349,13 +424,15 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     metrics = dict(final)
     train_s = sum(h["seconds"] for h in history)
     metrics.update({"skipped_entries": {"train": train_set.num_skipped(), "val": val_set.num_skipped()},
-                    "arch": str(arch), "epochs": cfg.epochs, "train_seconds": train_s,
+                    "arch": str(arch), "epochs": len(history), "iterations": done,
+                    "epochs_done": done / iters_per_epoch, "budget_s": cfg.budget_s,
+                    "budget_spent_s": spent_s, "recipe_version": cfg.recipe_version, "train_seconds": train_s,
                     "train_images_per_s": (sum(h["images_per_s"] * h["seconds"] for h in history) / train_s) if train_s else 0.0,
                     "final_loss": history[-1]["loss"] if history else None, "history": history,
                     "config": asdict(cfg), "class_names": train_set.class_names})
     if best is not None:  # which epoch best.pt holds (0-based, as its own "epoch" and the history)
         metrics["best"] = {"epoch": best["epoch"], "val_map": best["val"]["map"], "checkpoint": str(best_pt)}
-    save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=cfg.epochs - 1,
+    save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=history[-1]["epoch"],
                     optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics=metrics)
     write_results(results, history, components)
     write_json(out / "metrics.json", metrics)
