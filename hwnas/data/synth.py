@@ -55,10 +55,12 @@ def categories(kind: str) -> list[dict]:
     return [{"id": i + 1, "name": n, "supercategory": sup} for i, n in enumerate(names)]
 
 
-def check_args(kind: str, n_train: int, n_val: int, size: int, out: Optional[Path] = None) -> None:
-    """Every argument checked before any work (the CLI calls this before its progress bar)."""
-    if kind not in KINDS:
-        raise HwnasError(f"unknown dataset kind {kind!r}: valid kinds are {', '.join(KINDS)}")
+def check_args(kind: str, n_train: int, n_val: int, size: int, out: Optional[Path] = None,
+               kinds: tuple[str, ...] = KINDS, what: str = "dataset") -> None:
+    """Every argument checked before any work (the CLI calls this before its progress bar). The
+    composed photo benchmarks (:mod:`hwnas.data.photos`) share it with their own ``kinds``."""
+    if kind not in kinds:
+        raise HwnasError(f"unknown {what} kind {kind!r}: valid kinds are {', '.join(kinds)}")
     if not MIN_SIZE <= size <= MAX_SIZE:
         raise HwnasError(f"image size {size} px is out of range: give --size between {MIN_SIZE} and {MAX_SIZE}, e.g. 256")
     for name, n in (("--n-train", n_train), ("--n-val", n_val)):
