@@ -248,6 +248,8 @@ def train(
     step1_iou: Optional[str] = typer.Option(None, "--step1-iou", help="face head: POS,NEG IoU thresholds of the first step (default 0.5,0.4)"),
     step2_iou: Optional[str] = typer.Option(None, "--step2-iou", help="face head: POS,NEG IoU thresholds of the second step of two-step regression (default 0.6,0.5)"),
     eval_every: int = typer.Option(0, "--eval-every", help="score the val split every N epochs and keep RUN/best.pt by val mAP (0: only at the end)"),
+    assigner: Optional[str] = typer.Option(None, "--assigner", help="label assignment of the anchor heads: iou (fixed thresholds) | atss (adaptive, Zhang et al. 2020) (default: the recipe's, else iou)"),
+    ema: Optional[float] = typer.Option(None, "--ema", help="EMA of the weights, decay per iteration (e.g. 0.999; 0: off); the averaged weights are scored and saved (default: the recipe's, else 0)"),
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, results.csv, detections.json (resumed if present)", parser=path_arg),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json and RUN/results.csv."""
@@ -272,7 +274,7 @@ def train(
     if budget_min is not None and epochs is None:
         epochs = BUDGET_MAX_EPOCHS  # the clock decides, not the recipe's epochs
     cfg = recipe_config(preset or "", epochs=epochs, budget_s=budget_min and budget_min * 60, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
-                        box_loss=box_loss, das_p=das_p,
+                        box_loss=box_loss, das_p=das_p, ema=ema, assigner=assigner,
                         scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
                         step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
                         step2_iou=step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5"),

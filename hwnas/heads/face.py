@@ -45,8 +45,8 @@ if TYPE_CHECKING:
 
     from hwnas.spec.arch import Arch
 
-__all__ = ["FACE_ANCHORS", "FACE_ANCHOR_RATIO", "FACE_ANCHOR_SCALES", "FaceHead", "FaceOutputs", "MAX_MAXOUT",
-           "STC_REJECT", "decode", "face_anchor_sizes", "face_anchors", "outputs_per_level", "split_outputs"]
+__all__ = ["FACE_ANCHORS", "FACE_ANCHOR_RATIO", "FACE_ANCHOR_SCALES", "FaceAssignment", "FaceHead", "FaceOutputs",
+           "MAX_MAXOUT", "STC_REJECT", "decode", "face_anchor_sizes", "face_anchors", "outputs_per_level", "split_outputs"]
 
 FACE_ANCHOR_SCALES = (2.0, 2.0 * math.sqrt(2.0))  # anchor side / stride
 FACE_ANCHORS = len(FACE_ANCHOR_SCALES)  # 2 scales x 1 aspect ratio per location (after AInnoFace)
@@ -70,6 +70,7 @@ class FaceHead(TowerHead):
                                                      ("str", "str_levels"), ("mo", "maxout"))
     EXAMPLE: ClassVar[str] = "face_d2_c64_stc3_str3_mo3"
     ANCHORS: ClassVar[int] = FACE_ANCHORS
+    ASSIGNERS: ClassVar[tuple[str, ...]] = ("iou", "atss")  # DetectionLoss(assigner=...), both steps
     NEEDS_NECK: ClassVar[bool] = True
     GENERAL_PURPOSE: ClassVar[bool] = False  # searched in the face space (hwnas search --preset face)
     DEFAULT_CLASS_NAMES: ClassVar[tuple[str, ...]] = ("face",)
@@ -130,35 +131,66 @@ class FaceHead(TowerHead):
         steps = ("loss_cls1",) * bool(self.stc_levels) + ("loss_box1",) * bool(self.str_levels)
         return ("loss_cls", "loss_box") + steps
 
-    def loss(self, loss, outputs, targets):
-        """loss_cls and loss_box of the second step (focal on the max-out logits; on the STR
-        levels matched to the refined anchors at ``step2_iou``; on the STC levels without the
-        anchors the first step rejects), loss_cls1 (first-step focal on the STC levels) and
-        loss_box1 (first-step box loss on the STR levels), each / its positives."""
+    def assign(self, loss, outputs, targets) -> "FaceAssignment":
+        """The match codes of both steps (see :class:`FaceAssignment`), as :meth:`loss` uses them.
+
+        First step: every anchor, with ``loss.assigner`` (IoU at ``loss.step1_iou``, or ATSS).
+        Second step: the first step's codes, except on the STR levels and on the STC levels. On
+        the STR levels the codes of a second matching (IoU at the stricter ``loss.step2_iou``, or
+        ATSS) of *all* the second step's anchors (refined by ``box1`` on the STR levels, the
+        others as they are): a box whose best second-step anchor lies below the STR levels gets
+        no positive there. (Matching the STR rows alone made each box's best STR anchor its
+        low-quality match, so every face, a 4 px one too, got a positive on the lowest STR level
+        at IoU ~0.03, and those outnumbered that level's real positives ~10 to 1:
+        benchmarks/assignment_stats.py.) A box this leaves without any positive (its refined
+        anchors moved off it) keeps its first step's positives on the STR levels. On the STC
+        levels the negatives the first step rejects with confidence (face score <
+        :data:`STC_REJECT`) are ignored."""
         import torch
 
-        from hwnas.heads.losses import IGNORE, NEG, match
+        from hwnas.heads.losses import IGNORE, NEG, level_rows
 
         arch, k = loss.arch, loss.num_classes
-        f = split_outputs(outputs, arch, k)
-        anchors = face_anchors(arch, f.cls.device)
+        with torch.no_grad():  # the second step learns from the refined anchors, it does not move them
+            f = split_outputs(tuple(o.detach() for o in outputs), arch, k)
+            anchors = face_anchors(arch, f.cls.device)
+            anchors2 = second_step_anchors(f, anchors)
         p, s, r = anchors.shape[0], f.stc_rows, f.str_rows
+        rows = level_rows(arch)
         hi1, lo1 = loss.step1_iou
         hi2, lo2 = loss.step2_iou
-        m1 = [match(anchors, t["boxes"], t["crowd"], high=hi1, low=lo1, allow_low_quality=True,
-                    crowd_ioa=loss.crowd_ioa) for t in targets]
-        with torch.no_grad():  # the second step learns from the refined anchors, it does not move them
-            anchors2 = second_step_anchors(split_outputs(tuple(o.detach() for o in outputs), arch, k), anchors)
+        m1 = [loss.match_anchors(anchors, t["boxes"], t["crowd"], rows, high=hi1, low=lo1) for t in targets]
         m2 = []
         for i, t in enumerate(targets):
             m = m1[i].clone()
             if r:
-                m[p - r:] = match(anchors2[i, p - r:], t["boxes"], t["crowd"], high=hi2, low=lo2,
-                                  allow_low_quality=True, crowd_ioa=loss.crowd_ioa)
+                m[p - r:] = loss.match_anchors(anchors2[i], t["boxes"], t["crowd"], rows, high=hi2, low=lo2)[p - r:]
+                # a box the second matching leaves without positive keeps its first-step ones there
+                g = len(t["boxes"])
+                had = torch.bincount(m1[i][m1[i] >= 0], minlength=g) > 0
+                lost = had & ~(torch.bincount(m[m >= 0], minlength=g) > 0)
+                if lost.any():
+                    back = (m1[i] >= 0) & lost[m1[i].clamp(min=0)] & (m < 0)
+                    back[: p - r] = False
+                    m[back] = m1[i][back]
             if s:  # anchors the first step rejects with confidence are easy negatives: out of the second step
-                easy = (m[:s] == NEG) & (f.cls1[i].detach().sigmoid().amax(-1) < STC_REJECT)
+                easy = (m[:s] == NEG) & (f.cls1[i].sigmoid().amax(-1) < STC_REJECT)
                 m[:s][easy] = IGNORE
             m2.append(m)
+        return FaceAssignment(m1, m2, anchors, anchors2)
+
+    def loss(self, loss, outputs, targets):
+        """loss_cls and loss_box of the second step (focal on the max-out logits; on the STR
+        levels matched to the refined anchors; on the STC levels without the anchors the first
+        step rejects), loss_cls1 (first-step focal on the STC levels) and loss_box1 (first-step
+        box loss on the STR levels), each / its positives; matching in :meth:`assign`."""
+        import torch
+
+        arch, k = loss.arch, loss.num_classes
+        f = split_outputs(outputs, arch, k)
+        a = self.assign(loss, outputs, targets)
+        m1, m2, anchors, anchors2 = a.step1, a.step2, a.anchors, a.anchors2
+        p, s, r = anchors.shape[0], f.stc_rows, f.str_rows
         pi, pa, gt, loss_cls = loss.focal(f.cls, targets, m2)
         npos = max(1, len(pa))
         parts = {"loss_cls": loss_cls,
@@ -205,6 +237,20 @@ def face_anchors(arch: "Arch", device=None) -> "torch.Tensor":
     from hwnas.heads.anchors import anchor_key
 
     return _anchors(*anchor_key(arch)).to(device)
+
+
+@dataclass
+class FaceAssignment:
+    """The face head's matching of one batch (:meth:`FaceHead.assign`): per image the codes [P]
+    (box index, NEG or IGNORE) of the first step (``step1``: what ``cls1`` learns on the STC
+    levels and ``box1`` on the STR levels) and of the second step (``step2``: what ``cls`` and
+    ``box`` learn), the anchors [P, 4] and the second step's anchors [B, P, 4] (refined on the
+    STR levels)."""
+
+    step1: list["torch.Tensor"]
+    step2: list["torch.Tensor"]
+    anchors: "torch.Tensor"
+    anchors2: "torch.Tensor"
 
 
 @dataclass

@@ -16,7 +16,7 @@ R-CNN does; the exported graph (no ``extra_boxes``) is unchanged.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,11 +30,14 @@ if TYPE_CHECKING:
 from hwnas.errors import HwnasError
 from hwnas.heads.boxes import check_box_loss, decode_deltas, encode_boxes, iou_loss
 
-__all__ = ["IGNORE", "NEG", "DetectionLoss", "assign_points", "box_ioa", "init_head_priors", "match",
-           "sampler_codes", "usable_boxes"]
+__all__ = ["ASSIGNERS", "IGNORE", "NEG", "DetectionLoss", "assign_points", "atss_match", "box_ioa",
+           "init_head_priors", "level_rows", "match", "sampler_codes", "usable_boxes"]
 
 NEG = Matcher.BELOW_LOW_THRESHOLD  # -1
 IGNORE = Matcher.BETWEEN_THRESHOLDS  # -2
+# Label assigners of the anchor-based heads (DetectionLoss(assigner=...)): "iou", fixed IoU
+# thresholds (:func:`match`); "atss", adaptive per-box thresholds (:func:`atss_match`).
+ASSIGNERS = ("iou", "atss")
 
 
 # ----------------------------------------------------------------------------- matching
@@ -74,6 +77,83 @@ def match(anchors: torch.Tensor, boxes: torch.Tensor, crowd: torch.Tensor | None
         inside = box_ioa(anchors, boxes[crowd]).max(1).values >= crowd_ioa
         out[(out < 0) & inside] = IGNORE
     return out
+
+
+def atss_match(anchors: torch.Tensor, boxes: torch.Tensor, crowd: torch.Tensor | None = None, *,
+               num_per_level: Sequence[int], topk: int = 9, allow_low_quality: bool = True,
+               crowd_ioa: float = 0.5) -> torch.Tensor:
+    """ATSS (Zhang et al. 2020, "Bridging the Gap Between Anchor-based and Anchor-free Detection")
+    of anchors [A, 4] to ground truth [G, 4]; returns LongTensor [A] like :func:`match`.
+
+    ``num_per_level``: the rows of each pyramid level, in row order (sum = A). For each box:
+
+    1. candidates: on each level the ``topk`` anchors whose centres are closest to the box's
+       centre (all of a level's anchors when it has fewer; ties go to the lower row, so several
+       anchors of one location are taken in anchor order);
+    2. threshold: mean + standard deviation of the candidates' IoUs with the box (the sample
+       standard deviation, as the reference implementation; 0 for a single candidate);
+    3. positives: candidates with IoU >= threshold whose centre lies strictly inside the box;
+    4. ``allow_low_quality``: a box left without positive (e.g. one smaller than the spacing of the
+       anchor centres, so that no centre lies inside it) gets its highest-IoU candidate, as IoU
+       matching's low-quality matches do (not the reference ATSS, where such a box is never learnt).
+
+    An anchor claimed by several boxes goes to the one it overlaps most. Everything else is
+    :data:`NEG` (ATSS has no band of ignored anchors), except, as in :func:`match`, anchors mostly
+    inside a crowd box (``crowd_ioa``), which are :data:`IGNORE`; crowd boxes are never matched.
+    """
+    num_per_level = [int(n) for n in num_per_level]
+    if sum(num_per_level) != len(anchors) or min(num_per_level, default=0) < 0:
+        raise HwnasError(f"atss: levels of {num_per_level} rows do not add up to the {len(anchors)} anchors")
+    if topk < 1:
+        raise HwnasError(f"atss topk {topk}: must be >= 1")
+    crowd = torch.zeros(len(boxes), dtype=torch.bool, device=boxes.device) if crowd is None else crowd.bool()
+    out = torch.full((len(anchors),), NEG, dtype=torch.long, device=anchors.device)
+    keep = usable_boxes(boxes, crowd).nonzero().squeeze(1)
+    if len(keep) and len(anchors):
+        b = boxes[keep]
+        iou = box_iou(b, anchors)  # [G, A]
+        ac = (anchors[:, :2] + anchors[:, 2:]) / 2
+        bc = (b[:, :2] + b[:, 2:]) / 2
+        dist = (bc[:, None, 0] - ac[None, :, 0]) ** 2 + (bc[:, None, 1] - ac[None, :, 1]) ** 2  # [G, A], squared
+        cand, start = [], 0
+        for n in num_per_level:
+            if n:
+                cand.append(_nearest(dist[:, start:start + n], min(topk, n)) + start)
+            start += n
+        cand = torch.cat(cand, 1)  # [G, C] anchor rows
+        ciou = iou.gather(1, cand)
+        std = ciou.std(1) if ciou.shape[1] > 1 else torch.zeros_like(ciou[:, 0])
+        thr = ciou.mean(1) + std
+        c = ac[cand]  # [G, C, 2] candidate centres
+        inside = torch.stack((c[..., 0] - b[:, None, 0], c[..., 1] - b[:, None, 1],
+                              b[:, None, 2] - c[..., 0], b[:, None, 3] - c[..., 1]), -1).amin(-1) > 0
+        pos = (ciou >= thr[:, None]) & inside & (ciou > 0)
+        if allow_low_quality:
+            best = ciou.argmax(1)
+            lonely = ~pos.any(1) & (ciou.gather(1, best[:, None]).squeeze(1) > 0)
+            pos[lonely, best[lonely]] = True
+        claim = torch.full_like(iou, -1.0)  # IoU of each (box, anchor) pair that is positive, else -1
+        claim.scatter_(1, cand, torch.where(pos, ciou, torch.full_like(ciou, -1.0)))
+        top, gi = claim.max(0)
+        out = torch.where(top >= 0, keep[gi], out)
+    if crowd.any():
+        inside = box_ioa(anchors, boxes[crowd]).max(1).values >= crowd_ioa
+        out[(out < 0) & inside] = IGNORE
+    return out
+
+
+def _nearest(dist: torch.Tensor, k: int) -> torch.Tensor:
+    """Per row of ``dist`` [G, n] the columns of its k smallest values, ties to the lower column
+    ([G, k], in column order): a stable sort's first k, without sorting all n."""
+    kth = torch.topk(dist, k, dim=1, largest=False).values[:, -1:]
+    below, tie = dist < kth, dist == kth
+    take = below | (tie & (tie.cumsum(1) <= k - below.sum(1, keepdim=True)))
+    return take.nonzero()[:, 1].view(len(dist), k)
+
+
+def level_rows(arch: "Arch") -> list[int]:
+    """Rows of each out level in the flattened outputs (h * w * anchors per location), in row order."""
+    return [h * w * arch.head.ANCHORS for h, w in (arch.level_hw(lv) for lv in arch.out_levels)]
 
 
 def assign_points(points: torch.Tensor, strides: torch.Tensor, ranges: torch.Tensor, boxes: torch.Tensor,
@@ -120,7 +200,13 @@ class DetectionLoss:
 
     ``box_loss`` (iou | giou | diou | ciou on decoded boxes, or smooth_l1 on encoded deltas)
     is used by the one-stage heads and the RPN; the RoI head uses ``roi_box_loss``.
-    ``weights`` scales components by name. Use :meth:`for_arch` to build one.
+    ``weights`` scales components by name. ``assigner`` picks the label assignment of the
+    anchor-based one-stage heads (:data:`ASSIGNERS`): ``iou`` (default) matches at fixed IoU
+    thresholds (retina 0.5 / 0.4, the face head's ``step1_iou`` and ``step2_iou``), ``atss`` with
+    ATSS's adaptive per-box threshold over the ``atss_topk`` nearest anchors of each level
+    (:func:`atss_match`; the IoU thresholds are then unused). A head kind lists the assigners it
+    takes in its ``ASSIGNERS`` class variable (none: ``iou``, its own assignment). Use
+    :meth:`for_arch` to build one.
     """
 
     def __init__(self, arch: "Arch", num_classes: int, *, box_loss: str = "giou", focal_alpha: float = 0.25,
@@ -129,9 +215,17 @@ class DetectionLoss:
                  rpn_batch: int = 256, rpn_pos_fraction: float = 0.5, roi_batch: int = 128,
                  roi_pos_fraction: float = 0.25, roi_box_loss: str = "smooth_l1", crowd_ioa: float = 0.5,
                  step1_iou: tuple[float, float] = (0.5, 0.4), step2_iou: tuple[float, float] = (0.6, 0.5),
-                 weights: dict[str, float] | None = None) -> None:
+                 weights: dict[str, float] | None = None, assigner: str = "iou", atss_topk: int = 9) -> None:
         if num_classes < 1:
             raise HwnasError(f"num_classes must be >= 1, got {num_classes}")
+        if assigner not in ASSIGNERS:
+            raise HwnasError(f"assigner {assigner!r}: valid assigners are {', '.join(ASSIGNERS)}")
+        takes = getattr(arch.head, "ASSIGNERS", ("iou",))
+        if assigner not in takes:
+            raise HwnasError(f"assigner {assigner!r}: the {arch.head.kind} head assigns with {', '.join(takes)} only")
+        if isinstance(atss_topk, bool) or not isinstance(atss_topk, int) or atss_topk < 1:
+            raise HwnasError(f"atss_topk {atss_topk!r}: must be an integer >= 1")
+        self.assigner, self.atss_topk = assigner, atss_topk
         self.arch, self.num_classes = arch, num_classes
         self.box_loss = check_box_loss(box_loss)
         self.roi_box_loss = check_box_loss(roi_box_loss, "roi_box_loss")
@@ -182,6 +276,16 @@ class DetectionLoss:
         return self.arch.head.extra_boxes(self.arch, targets, device)
 
     # ------------------------------------------------------------------ helpers of the heads' losses
+    def match_anchors(self, anchors: torch.Tensor, boxes: torch.Tensor, crowd: torch.Tensor | None,
+                      num_per_level: Sequence[int], *, high: float, low: float) -> torch.Tensor:
+        """Match codes [A] of anchors [A, 4] (``num_per_level`` rows per level, in order) to one
+        image's boxes with this loss's ``assigner``: IoU matching at ``high`` / ``low`` (each box's
+        best anchor kept), or ATSS (``high`` and ``low`` unused)."""
+        if self.assigner == "atss":
+            return atss_match(anchors, boxes, crowd, num_per_level=num_per_level, topk=self.atss_topk,
+                              crowd_ioa=self.crowd_ioa)
+        return match(anchors, boxes, crowd, high=high, low=low, allow_low_quality=True, crowd_ioa=self.crowd_ioa)
+
     def anchor_box_loss(self, kind: str, deltas: torch.Tensor, anchors: torch.Tensor, gt: torch.Tensor,
                         weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0)) -> torch.Tensor:
         """Per-positive loss [N]: IoU-family on decoded boxes, smooth-L1 (summed over 4) on deltas."""

@@ -3,7 +3,8 @@
 Nine anchors per location (:data:`RETINA_ANCHORS`, ``a = ratio_index * 3 + scale_index``), sides
 ``4 * 2**level * {2^0, 2^(1/3), 2^(2/3)}``, ratios (h/w) ``{0.5, 1, 2}``; rows in the layout of
 :mod:`hwnas.heads.anchors`. Loss: sigmoid focal on the class logits, the box loss on anchor deltas
-of the anchors matched at IoU 0.5 (background below 0.4, each box's best anchor kept).
+of the anchors matched at IoU 0.5 (background below 0.4, each box's best anchor kept), or with
+ATSS (``DetectionLoss(assigner="atss")``), see :meth:`RetinaHead.assign`.
 """
 from __future__ import annotations
 
@@ -53,20 +54,29 @@ class RetinaHead(TowerHead):
     TOKEN: ClassVar[str] = "retina"
     EXAMPLE: ClassVar[str] = "retina_d4_c128"
     ANCHORS: ClassVar[int] = RETINA_ANCHORS
+    ASSIGNERS: ClassVar[tuple[str, ...]] = ("iou", "atss")  # DetectionLoss(assigner=...)
+    MATCH_IOU: ClassVar[tuple[float, float]] = (0.5, 0.4)  # (positive, negative) of the IoU assigner
 
     def loss_components(self) -> tuple[str, ...]:
         return ("loss_cls", "loss_box")
 
+    def assign(self, loss, targets, device=None):
+        """Each image's match codes [positions] (box index, NEG or IGNORE) on :func:`retina_anchors`,
+        with ``loss.assigner``: IoU at :attr:`MATCH_IOU` (each box's best anchor kept), or ATSS."""
+        from hwnas.heads.losses import level_rows
+
+        anchors = retina_anchors(loss.arch, device)
+        rows = level_rows(loss.arch)
+        hi, lo = self.MATCH_IOU
+        return [loss.match_anchors(anchors, t["boxes"], t["crowd"], rows, high=hi, low=lo) for t in targets]
+
     def loss(self, loss, outputs, targets):
         from hwnas.heads.anchors import flatten_levels
-        from hwnas.heads.losses import match
 
         per = self.per_level(loss.arch, outputs)
         cls, box = flatten_levels(per["cls"], loss.num_classes), flatten_levels(per["box"], 4)
         anchors = retina_anchors(loss.arch, cls.device)
-        pi, pa, gt, loss_cls = loss.focal(cls, targets, [match(
-            anchors, t["boxes"], t["crowd"], high=0.5, low=0.4, allow_low_quality=True, crowd_ioa=loss.crowd_ioa)
-            for t in targets])
+        pi, pa, gt, loss_cls = loss.focal(cls, targets, self.assign(loss, targets, cls.device))
         npos = max(1, len(pa))
         loss_box = loss.anchor_box_loss(loss.box_loss, box[pi, pa], anchors[pa], gt).sum() / npos
         return {"loss_cls": loss_cls, "loss_box": loss_box}

@@ -243,6 +243,11 @@ class Search:
                 study.set_user_attr("identity", ident)
             elif old != ident:
                 diff = sorted(k for k in set(old) | set(ident) if old.get(k) != ident.get(k))
+                if "recipe_version" in diff:  # no option brings the old recipe back
+                    raise HwnasError(f"study {name} in {self.url} was trained with recipe version "
+                                     f"{old.get('recipe_version', 1)}, this hwnas trains with version "
+                                     f"{ident.get('recipe_version', 1)}: new candidates would not compare with its "
+                                     f"scores; use another --study or --out")
                 raise HwnasError(f"study {name} in {self.url} was started with other settings ({', '.join(diff)} differ); "
                                  f"rerun with the same settings, or use another --study or --out")
             self.studies[stage] = study

@@ -36,14 +36,16 @@ FORMATS = ("hwnas-checkpoint/1", CHECKPOINT_FORMAT)
 @dataclass(frozen=True)
 class Checkpoint:
     """What a checkpoint file holds. ``state_dict`` is the deployable form (training-time
-    parametrisations folded in); ``train_state_dict`` the module as the loop held it, only where
-    the two differ. The optimiser, scheduler, AMP scaler and random state are there for a resume."""
+    parametrisations folded in; with EMA, the averaged weights); ``train_state_dict`` the module as
+    the loop held it, only where the two differ; ``ema_state_dict`` the averaged module as the loop
+    held it (with EMA). The optimiser, scheduler, AMP scaler and random state are there for a resume."""
 
     arch: Arch
     class_names: tuple[str, ...]
     epoch: int  # finished epochs, counted from 0
     state_dict: dict[str, torch.Tensor]
     train_state_dict: dict[str, torch.Tensor] | None = None
+    ema_state_dict: dict[str, torch.Tensor] | None = None
     optimizer: dict | None = None
     scheduler: dict | None = None
     scaler: dict | None = None
@@ -62,6 +64,7 @@ class Checkpoint:
             "state_dict": self.state_dict,
             "digest": state_digest(str(self.arch), list(self.class_names), self.epoch, self.state_dict),
             "train_state_dict": self.train_state_dict,
+            "ema_state_dict": self.ema_state_dict,
             "optimizer": self.optimizer,
             "scheduler": self.scheduler,
             "scaler": self.scaler,  # AMP loss scale ({} when off)
@@ -96,16 +99,19 @@ def plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(path: Path, *, model: nn.Module, arch: Arch, class_names: list[str], epoch: int,
-                    optimizer=None, scheduler=None, scaler=None, config=None, metrics: dict | None = None) -> None:
+                    optimizer=None, scheduler=None, scaler=None, config=None, metrics: dict | None = None,
+                    ema: nn.Module | None = None) -> None:
     """Write ``model`` (and, for a resume, the training state) to ``path`` atomically.
-    ``config`` is the run's TrainConfig (a frozen dataclass)."""
+    ``config`` is the run's TrainConfig (a frozen dataclass). With ``ema`` (a
+    ``torch.optim.swa_utils.AveragedModel`` of ``model``) the deployable weights are the averaged ones."""
     Checkpoint(
         arch=arch,
         class_names=tuple(class_names),
         epoch=epoch,
-        state_dict=plain_state_dict(model),
-        # Only parametrised models differ in training form; the rest would store the weights twice.
-        train_state_dict=model.state_dict() if _parametrized(model) else None,
+        state_dict=plain_state_dict(model if ema is None else ema.module),
+        # Only parametrised or averaged models differ in training form; the rest would store the weights twice.
+        train_state_dict=model.state_dict() if _parametrized(model) or ema is not None else None,
+        ema_state_dict=None if ema is None else ema.state_dict(),
         optimizer=optimizer.state_dict() if optimizer else None,
         scheduler=scheduler.state_dict() if scheduler else None,
         scaler=scaler.state_dict() if scaler is not None else None,
@@ -154,6 +160,7 @@ _FIELDS: dict[str, Callable[[object], bool]] = {
     "epoch": _is_count,
     "state_dict": lambda v: isinstance(v, dict) and all(isinstance(k, str) and torch.is_tensor(t) for k, t in v.items()),
     "train_state_dict": lambda v: v is None or (isinstance(v, dict) and all(torch.is_tensor(t) for t in v.values())),
+    "ema_state_dict": lambda v: v is None or (isinstance(v, dict) and all(torch.is_tensor(t) for t in v.values())),
     "config": lambda v: v is None or isinstance(v, dict),
     "metrics": lambda v: isinstance(v, dict),
     "rng": lambda v: isinstance(v, dict),
@@ -193,6 +200,7 @@ def load_checkpoint(path: Path) -> Checkpoint:
     fields = dict(_FIELDS)
     if ck["format"] != FORMATS[0]:
         fields["digest"] = lambda v: isinstance(v, str)
+    ck.setdefault("ema_state_dict", None)  # written only since EMA exists
     bad = [k for k, ok in fields.items() if k not in ck or not ok(ck[k])]
     if bad:
         raise HwnasError(f"checkpoint {path} is incomplete (missing or malformed {', '.join(bad)}); "
@@ -224,7 +232,8 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise HwnasError(f"checkpoint {path} was modified after it was written (its digest does not match); "
                          f"retrain or restore the file")
     return Checkpoint(arch=arch, class_names=tuple(ck["class_names"]), epoch=ck["epoch"], state_dict=ck["state_dict"],
-                      train_state_dict=ck["train_state_dict"], optimizer=ck.get("optimizer"),
+                      train_state_dict=ck["train_state_dict"], ema_state_dict=ck["ema_state_dict"],
+                      optimizer=ck.get("optimizer"),
                       scheduler=ck.get("scheduler"), scaler=ck.get("scaler"), config=ck["config"],
                       metrics=ck["metrics"], rng=ck["rng"], format=ck["format"])
 
@@ -324,7 +333,7 @@ def check_resume(ck: Checkpoint, path: Path) -> list[dict]:
     rng, want = ck.rng.get("torch"), torch.get_rng_state()
     if not (torch.is_tensor(rng) and rng.dtype == want.dtype and rng.shape == want.shape):
         raise HwnasError(f"{path} holds a malformed random state; use another --out")
-    bad = non_finite(ck.train_state_dict or {})
+    bad = non_finite(ck.train_state_dict or {}) + non_finite(ck.ema_state_dict or {})
     if bad:
         raise HwnasError(f"{path} holds non-finite training weights (first: {bad[0]}); use another --out")
     return list(history)

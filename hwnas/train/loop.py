@@ -32,7 +32,7 @@ from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoin
 # (hwnas.train.recipes) and the loop's tricks. Raised whenever a change alters what a run learns,
 # so that scores stay comparable: every checkpoint and search records it, and a resume refuses a
 # run made with another version. Runs written before it was recorded are version 1.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: the face head's second step matches all levels (hwnas.heads.face.FaceHead.assign)
 BUDGET_PLAN_AFTER = 10  # iterations timed before a --budget-min run fixes its warm-up length
 BUDGET_MAX_EPOCHS = 10_000  # a --budget-min run without --epochs: the clock decides
 
@@ -61,6 +61,10 @@ class TrainConfig:
     step2_iou: tuple[float, float] = (0.6, 0.5)
     # Wall-clock budget in seconds (0: train ``epochs``): the schedule is fitted to the time, see train().
     budget_s: float = 0.0
+    # EMA of the weights (and BN statistics): the decay per iteration, 0 = off. The averaged weights
+    # are the ones evaluated and saved for deployment; the decay ramps up as min(decay, (1+n)/(10+n)).
+    ema: float = 0.0
+    assigner: str = "iou"  # label assignment of the anchor heads: "iou" (thresholds) or "atss" (adaptive)
     recipe_version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -90,6 +94,12 @@ class TrainConfig:
             raise HwnasError(f"grad_clip {self.grad_clip}: must be a finite number > 0")
         check_float("weight_decay", self.weight_decay, 0.0, 1.0)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)  # a week at most
+        from hwnas.heads.losses import ASSIGNERS
+
+        if self.assigner not in ASSIGNERS:
+            raise HwnasError(f"--assigner {self.assigner!r}: give one of {', '.join(ASSIGNERS)}")
+        if not (self.ema == 0 or 0 < self.ema < 1):
+            raise HwnasError(f"--ema {self.ema}: give the EMA decay per iteration in (0, 1), e.g. 0.999, or 0 (off)")
         from hwnas.heads.boxes import check_box_loss
 
         check_box_loss(self.box_loss, "--box-loss")
@@ -183,6 +193,23 @@ class _Schedule:
         return done >= self.total
 
 
+def ema_update(decay: float):
+    """The multi-tensor update of ``AveragedModel`` for an EMA whose decay ramps up over the first
+    iterations (min(decay, (1 + n) / (10 + n)) after n updates), so that the average is not
+    dominated by the random initial weights in runs of a few hundred iterations."""
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        d = min(decay, (1 + float(n)) / (10 + float(n)))
+        if averaged[0].is_floating_point():
+            torch._foreach_lerp_(averaged, current, 1 - d)
+        else:  # counters (BN's num_batches_tracked): the current value
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    return update
+
+
 def _last_best(history: list[dict]) -> dict | None:
     """The record best.pt holds: the last one that was a new best when it ran (each beat the one before)."""
     return next((h for h in reversed(history) if h.get("new_best")), None)
@@ -222,6 +249,23 @@ class TrainResult:
         return self.metrics["history"]
 
 
+def train_transform(arch: Arch, cfg: TrainConfig):
+    """The augmentation of the training images: scale jitter, crop, flips, colour; with ``das_p``,
+    data-anchor-sampling on that share of the samples."""
+    from hwnas.data.transforms import TrainTransform
+
+    if cfg.das_p <= 0:
+        return TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter))
+    anchor_sizes = arch.head.anchor_sizes(arch)
+    if anchor_sizes is None:
+        raise HwnasError(f"--das-p {cfg.das_p}: data-anchor-sampling samples the anchors of a head that names "
+                         f"their sizes (the face head); the arch has a {arch.head.kind} head (use --das-p 0)")
+    from hwnas.data.anchor_sampling import DataAnchorSampling
+
+    return DataAnchorSampling(arch.input_hw, seed=cfg.seed, anchor_sizes=anchor_sizes, p=cfg.das_p,
+                              scale_range=tuple(cfg.scale_jitter))
+
+
 def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(),
           progress: Callable[[int, int, str], None] | None = None,
           log: Callable[[str], None] | None = None) -> TrainResult:
@@ -232,7 +276,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     and ``detections.json``. ``progress(done, total, item)`` follows the iterations; ``log(line)``
     gets one line per finished epoch (:func:`epoch_line`).
     """
-    from hwnas.data.transforms import EvalTransform, TrainTransform, collate, normalize
+    from hwnas.data.transforms import EvalTransform, collate, normalize
     from hwnas.data.wider import open_dataset
     from hwnas.evaluate.coco import evaluate
     from hwnas.fileio import check_writable
@@ -243,17 +287,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     ckpt = out / "last.pt"
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    train_tf = TrainTransform(arch.input_hw, seed=cfg.seed, scale_range=tuple(cfg.scale_jitter))
-    if cfg.das_p > 0:
-        anchor_sizes = arch.head.anchor_sizes(arch)
-        if anchor_sizes is None:
-            raise HwnasError(f"--das-p {cfg.das_p}: data-anchor-sampling samples the anchors of a head that names "
-                             f"their sizes (the face head); the arch has a {arch.head.kind} head (use --das-p 0)")
-        from hwnas.data.anchor_sampling import DataAnchorSampling
-
-        train_tf = DataAnchorSampling(arch.input_hw, seed=cfg.seed, anchor_sizes=anchor_sizes,
-                                      p=cfg.das_p, scale_range=tuple(cfg.scale_jitter))
-    train_set = open_dataset(data_dir, "train", train_tf, cfg.on_error)
+    train_set = open_dataset(data_dir, "train", train_transform(arch, cfg), cfg.on_error)
     val_set = open_dataset(data_dir, "val", EvalTransform(arch.input_hw), cfg.on_error)
     for ds in (train_set, val_set):  # fail now, not after the last epoch
         if len(ds) == 0:
@@ -285,8 +319,13 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     if arch.norm == "gn" and cfg.weight_standardization:
         add_weight_standardization(model)
     model.to(device)
+    ema = None
+    if cfg.ema:
+        from torch.optim.swa_utils import AveragedModel
+
+        ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
     criterion = DetectionLoss.for_arch(arch, k, box_loss=cfg.box_loss, step1_iou=tuple(cfg.step1_iou),
-                                       step2_iou=tuple(cfg.step2_iou))
+                                       step2_iou=tuple(cfg.step2_iou), assigner=cfg.assigner)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)
@@ -306,6 +345,10 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     if ck is not None:
         try:
             model.load_state_dict(ck.train_state_dict or ck.state_dict)
+            if (ema is None) != (ck.ema_state_dict is None):
+                raise ValueError(f"the run was made {'without' if ema is not None else 'with'} --ema")
+            if ema is not None:
+                ema.load_state_dict(ck.ema_state_dict)
             if ck.optimizer:
                 opt.load_state_dict(ck.optimizer)
             if ck.scheduler:
@@ -324,6 +367,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     schedule.replan(done, spent_s)
     done_before = done
     components = tuple(criterion.components)
+    scored = model if ema is None else ema.module  # what is evaluated and deployed
 
     def planned(s: _Schedule) -> int | str:
         """Epochs the run will take, for the log: fixed, or as the budget's plan stands now."""
@@ -343,7 +387,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         if cfg.eval_every and (best is None or val["map"] > best["val"]["map"]):
             rec["new_best"] = True
             save_checkpoint(best_pt, model=model, arch=arch, class_names=train_set.class_names, epoch=rec["epoch"],
-                            config=cfg, metrics={"history": [*history[: rec["epoch"]], rec]})
+                            config=cfg, metrics={"history": [*history[: rec["epoch"]], rec]}, ema=ema)
             best = rec
 
     final = None  # the last epoch's evaluation, when this call trained it
@@ -383,6 +427,8 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
             scaler.step(opt)
             scaler.update()
             sched.step()
+            if ema is not None:
+                ema.update_parameters(model)
             done, its = done + 1, its + 1
             schedule.replan(done, spent_s + time.time() - t_epoch)
             losses.append(loss.item())
@@ -401,16 +447,16 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
                "images_per_s": its * cfg.batch_size / max(1e-9, seconds), "iterations": its}
         if epoch + 1 == cfg.epochs or schedule.finished(done):  # the final evaluation, here so that this epoch's row and line hold it
             rec["wall_s"] = time.time() - t_epoch  # a budget covers training; the final evaluation comes after it
-            final = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
+            final = evaluate(scored, arch, val_set, device=str(device), detections=out / "detections.json")
             evaluated(rec, final)
         elif cfg.eval_every and (epoch + 1) % cfg.eval_every == 0:
-            evaluated(rec, evaluate(model, arch, val_set, device=str(device)))
+            evaluated(rec, evaluate(scored, arch, val_set, device=str(device)))
             model.train()
         rec.setdefault("wall_s", time.time() - t_epoch)  # what the epoch took of a budget, its evaluation included
         spent_s += rec["wall_s"]
         history.append(rec)
         save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=epoch,
-                        optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics={"history": history})
+                        optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics={"history": history}, ema=ema)
         write_results(results, history, components)
         if log:
             log(epoch_line(rec, planned(schedule), components))
@@ -418,7 +464,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
             break
 
     if final is None:  # a resume with every epoch already trained (stopped before metrics.json was written)
-        final = evaluate(model, arch, val_set, device=str(device), detections=out / "detections.json")
+        final = evaluate(scored, arch, val_set, device=str(device), detections=out / "detections.json")
         if "val" not in history[-1]:  # a run of an earlier version, which evaluated only after the loop
             evaluated(history[-1], final)
     metrics = dict(final)
@@ -433,7 +479,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     if best is not None:  # which epoch best.pt holds (0-based, as its own "epoch" and the history)
         metrics["best"] = {"epoch": best["epoch"], "val_map": best["val"]["map"], "checkpoint": str(best_pt)}
     save_checkpoint(ckpt, model=model, arch=arch, class_names=train_set.class_names, epoch=history[-1]["epoch"],
-                    optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics=metrics)
+                    optimizer=opt, scheduler=sched, scaler=scaler, config=cfg, metrics=metrics, ema=ema)
     write_results(results, history, components)
     write_json(out / "metrics.json", metrics)
     return TrainResult(metrics, ckpt)

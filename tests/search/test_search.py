@@ -692,14 +692,13 @@ def test_report_is_computed_from_records_alone(toy_search, setup) -> None:
         assert again[key] == stored[key], key
 
 
-def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path, capfd) -> None:
+def _old_search(tmp_path: Path) -> tuple[list[str], dict]:
     """tests/fixtures/search_before_evaluators: a finished search (4 candidates and a baseline) written by
-    hwnas before the evaluator seam, its table and its search.json. Rerun, it trains nothing and
-    reports the same trials; its search.json reads as records."""
+    hwnas before the evaluator seam (training recipe version 1), its table and its search.json: the
+    command that reruns it in ``tmp_path / "run"``, and that search.json."""
     import gzip
 
     from hwnas.data.synth import synth
-    from hwnas.search.records import TrialRecord
 
     old = Path(__file__).parents[1] / "fixtures" / "search_before_evaluators"
     out = tmp_path / "run"
@@ -707,12 +706,30 @@ def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path,
     (out / "search.db").write_bytes(gzip.decompress((old / "search.db.gz").read_bytes()))
     synth("shapes", 48, 12, RES, 0, tmp_path / "data")  # the study keeps the class names, not the images
     before = json.loads((old / "search.json").read_text())
+    return ["search", "--data", str(tmp_path / "data"), "--table", str(old / "table.json"), "--space", "tiny",
+            "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1", "--trials", "4",
+            "--population", "2", "--no-measure", "--baselines", before["config"]["baselines"][0]], before
+
+
+def test_a_search_of_another_recipe_version_is_not_continued(setup, tmp_path, capfd) -> None:
+    argv, _ = _old_search(tmp_path)
     capfd.readouterr()
-    assert main(["search", "--data", str(tmp_path / "data"), "--table", str(old / "table.json"), "--space", "tiny",
-                 "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1", "--trials", "4",
-                 "--population", "2", "--no-measure", "--baselines", before["config"]["baselines"][0]]) == 0
+    assert main(argv) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "trained with recipe version 1, this hwnas trains with version" in err[0], err
+
+
+def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path, capfd, monkeypatch) -> None:
+    """Rerun by the recipe version that trained it, the search written before the evaluator seam
+    trains nothing and reports the same trials; its search.json reads as records."""
+    from hwnas.search.records import TrialRecord
+
+    monkeypatch.setattr("hwnas.train.loop.RECIPE_VERSION", 1)  # what wrote the fixture; the seam is under test
+    argv, before = _old_search(tmp_path)
+    capfd.readouterr()
+    assert main(argv) == 0
     assert "trained 0, failed 0" in capfd.readouterr().out
-    after = json.loads((out / "search.json").read_text())
+    after = json.loads((tmp_path / "run" / "search.json").read_text())
     old_recs = [TrialRecord.from_dict(t) for t in before["trials"]]
     new_recs = [TrialRecord.from_dict(t) for t in after["trials"]]
     assert len(new_recs) == 5 and [r.trial for r in new_recs] == [r.trial for r in old_recs]

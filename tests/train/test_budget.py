@@ -77,8 +77,8 @@ def test_fixed_epochs_are_unchanged_by_the_budget_machinery(data, tmp_path):
 def test_resume_refuses_another_recipe_version_and_reads_old_runs_as_version_1(data, tmp_path):
     run = tmp_path / "run"
     train(ARCH, data, run, TrainConfig(epochs=1, batch_size=8, lr=LR))
-    with pytest.raises(HwnasError, match="recipe version 1.*version 2"):
-        train(ARCH, data, run, TrainConfig(epochs=2, batch_size=8, lr=LR, recipe_version=2))
+    with pytest.raises(HwnasError, match=f"recipe version {RECIPE_VERSION}.*version {RECIPE_VERSION + 1}"):
+        train(ARCH, data, run, TrainConfig(epochs=2, batch_size=8, lr=LR, recipe_version=RECIPE_VERSION + 1))
     # a run written before the version was recorded resumes as version 1
     ck = load_checkpoint(run / "last.pt")
     replace(ck, config={k: v for k, v in ck.config.items() if k != "recipe_version"}).save(run / "last.pt")

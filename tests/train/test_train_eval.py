@@ -418,7 +418,8 @@ def bad_dir(tmp_path_factory, scoring_ckpt) -> Path:
     (d / "run-corrupt" / "last.pt").write_bytes(good[:1000])
     (d / "run-good" / "last.pt").write_bytes(good)
     model, arch, names = load_model(scoring_ckpt)  # saved anew: an edited epoch would not match the digest
-    save_checkpoint(d / "run-ahead" / "last.pt", model=model, arch=arch, class_names=names, epoch=2)
+    save_checkpoint(d / "run-ahead" / "last.pt", model=model, arch=arch, class_names=names, epoch=2,
+                    config=TrainConfig(epochs=3))
     return d
 
 
