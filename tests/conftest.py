@@ -1,4 +1,5 @@
-"""Shared fixtures: one real ort-cpu latency table of the tiny space, profiled once per session."""
+"""Shared fixtures: one real ort-cpu latency table of the tiny space, profiled once per session, and the
+tiny generated dataset the training tests read."""
 from __future__ import annotations
 
 import importlib.util
@@ -76,3 +77,13 @@ def sigkill_when(cmd: list[str], log_path: Path, ready: Callable[[], bool], time
                 proc.kill()
                 proc.wait()
     return proc.returncode
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory) -> Path:
+    """16 training and 8 validation images of circles, rectangles and triangles at 64 px (read only)."""
+    from hwnas.data.synth import synth
+
+    d = tmp_path_factory.mktemp("tiny-shapes")
+    synth("shapes", 16, 8, 64, seed=0, out=d)
+    return d

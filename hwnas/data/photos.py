@@ -63,7 +63,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from hwnas.errors import HwnasError
-from hwnas.data.synth import MIN_VISIBLE
+from hwnas.data.synth import MIN_VISIBLE, write_file
 from hwnas.data.synth import check_args as check_dataset_args
 from hwnas.fileio import staged_folder, write_atomic, write_json
 
@@ -223,7 +223,7 @@ def _generate(kind: str, n_train: int, n_val: int, size: int, seed: int, out: Pa
             name = f"{split}_{i:06d}.jpg"
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=int(rng.integers(80, 96)))
-            _write(img_dir / name, buf.getvalue())
+            write_file(img_dir / name, buf.getvalue())
             images.append({"id": i + 1, "file_name": name, "width": size, "height": size})
             for cat, box, area, vis, source, _ in objects:
                 anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": cat, "bbox": box,
@@ -262,14 +262,6 @@ def _write_wider(out: Path, split: str, entries: list[tuple[str, list, list]]) -
             shutil.copyfile(src, dst)
     write_wider_gt(gt_file(out, split), [wider_image(f"{WIDER_EVENT}/{name}", boxes, attrs)
                                          for name, boxes, attrs in entries])
-
-
-def _write(path: Path, data: bytes) -> None:
-    try:
-        with open(path, "wb") as f:
-            f.write(data)
-    except OSError as e:
-        raise HwnasError(f"cannot write {path}: {e.strerror}; check free space and permissions") from None
 
 
 def sources_markdown(kind: str) -> str:

@@ -109,7 +109,7 @@ def _generate(kind: str, n_train: int, n_val: int, size: int, seed: int, out: Pa
             name = f"{split}_{i:06d}.jpg"
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=int(rng.integers(80, 96)))
-            _write(img_dir / name, buf.getvalue())
+            write_file(img_dir / name, buf.getvalue())
             image_id = i + 1
             images.append({"id": image_id, "file_name": name, "width": size, "height": size})
             for cat, box, area, vis in objects:
@@ -129,7 +129,9 @@ def _generate(kind: str, n_train: int, n_val: int, size: int, seed: int, out: Pa
     return counts
 
 
-def _write(path: Path, data: bytes) -> None:
+def write_file(path: Path, data: bytes) -> None:
+    """One file of a dataset being built (its folder is staged and moved in whole, so no temporary
+    file is needed); a full disk or a refused write is one line naming the file."""
     try:
         with open(path, "wb") as f:
             f.write(data)

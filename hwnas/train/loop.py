@@ -32,7 +32,8 @@ from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoin
 # (hwnas.train.recipes) and the loop's tricks. Raised whenever a change alters what a run learns,
 # so that scores stay comparable: every checkpoint and search records it, and a resume refuses a
 # run made with another version. Runs written before it was recorded are version 1.
-RECIPE_VERSION = 2  # 2: the face head's second step matches all levels (hwnas.heads.face.FaceHead.assign)
+# 2: the face head's second step matches all levels (hwnas.heads.face.FaceHead.assign); face-s at batch 8.
+RECIPE_VERSION = 2
 BUDGET_PLAN_AFTER = 10  # iterations timed before a --budget-min run fixes its warm-up length
 BUDGET_MAX_EPOCHS = 10_000  # a --budget-min run without --epochs: the clock decides
 

@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from cli_checks import assert_one_error
-from hwnas.data.synth import synth
 from hwnas.errors import HwnasError
 from hwnas.spec.arch import Arch
 from hwnas.train.checkpoint import load_checkpoint, load_model
@@ -27,10 +26,9 @@ LR = 2e-3
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("shapes")
-    synth("shapes", 16, 8, 64, seed=0, out=d)
-    return d
+def data(tiny_shapes: Path) -> Path:
+    return tiny_shapes
+
 
 
 def budget(seconds: float, **kw) -> TrainConfig:

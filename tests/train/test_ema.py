@@ -9,7 +9,6 @@ import pytest
 import torch
 
 from hwnas.data.coco import CocoDetection
-from hwnas.data.synth import synth
 from hwnas.data.transforms import EvalTransform
 from hwnas.errors import HwnasError
 from hwnas.evaluate.coco import evaluate
@@ -22,10 +21,9 @@ ARCH = Arch.parse("i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/gn")
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("shapes")
-    synth("shapes", 16, 8, 64, seed=0, out=d)
-    return d
+def data(tiny_shapes: Path) -> Path:
+    return tiny_shapes
+
 
 
 def cfg(**kw) -> TrainConfig:

@@ -15,7 +15,6 @@ import torch
 from cli_checks import assert_one_error
 from hwnas.spec.arch import Arch
 from hwnas.cli.app import main
-from hwnas.data.synth import synth
 from hwnas.errors import HwnasError
 from hwnas.models import Detector
 from hwnas.train.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, save_checkpoint
@@ -29,13 +28,6 @@ LR = 2e-3
 LR_AFTER = {(2, 4): LR * (0.01 + 0.99 * 0.5), (4, 4): LR * 0.01, (2, 2): LR * 0.01}
 HEADER = ["epoch", "loss", "loss_cls", "loss_box", "lr", "images_per_s", "seconds", "val_map", "val_map50"]
 LINE = re.compile(r"epoch (\d+)/(\d+) loss (\S+) cls (\S+) box (\S+) lr (\S+) (\S+) img/s(?: val mAP (\S+))?")
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    d = tmp_path_factory.mktemp("shapes")
-    synth("shapes", 16, 8, 64, seed=0, out=d)
-    return d
 
 
 def cfg(**kw) -> TrainConfig:
@@ -316,6 +308,12 @@ RESUME = {"history not a list": "training history", "history loss nan": "trainin
           "history too short": "training history", "scheduler step -3": "scheduler",
           "optimizer lr nan": "optimizer", "optimizer state inf": "optimizer", "rng not a tensor": "random state",
           "config epochs text": "config"}
+
+
+@pytest.fixture(scope="module")
+def data(tiny_shapes: Path) -> Path:
+    return tiny_shapes
+
 
 
 @pytest.fixture(scope="module")

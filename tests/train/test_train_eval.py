@@ -45,11 +45,9 @@ def cfg(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    """16 training and 8 validation images of circles, rectangles and triangles at 64 px."""
-    d = tmp_path_factory.mktemp("shapes")
-    synth("shapes", 16, 8, 64, seed=0, out=d)
-    return d
+def data(tiny_shapes: Path) -> Path:
+    return tiny_shapes
+
 
 
 @pytest.fixture(scope="module")
