@@ -131,7 +131,13 @@ def test_second_profile_on_one_table_is_refused(tmp_path) -> None:
         while _entries(out) < 1:  # the first one holds the lock while it times units
             assert first.poll() is None and time.time() < deadline, first.stderr.read()
             time.sleep(0.05)
-        r = script(*PROFILE, "--out", out)
+        # Paused (it keeps its lock) while the second runs: on a loaded machine the second took longer
+        # to start than the first took to finish the whole profile.
+        first.send_signal(signal.SIGSTOP)
+        try:
+            r = script(*PROFILE, "--out", out)
+        finally:
+            first.send_signal(signal.SIGCONT)
         assert r.returncode == 1, r.stderr
         assert r.stderr == f"error: another command (pid {first.pid}) is writing the latency table {out}; wait " \
                            f"for it to finish, or give this one another path\n"
