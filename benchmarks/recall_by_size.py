@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections import defaultdict
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -59,11 +60,11 @@ def main() -> None:
     ap.add_argument("--detections", required=True, nargs="+", help="COCO results json(s) (RUN/detections.json)")
     ap.add_argument("--score", type=float, default=0.3, help="score a detection needs to count as found")
     args = ap.parse_args()
-    gt = json.loads(open(args.gt).read())
+    gt = json.loads(Path(args.gt).read_text())
     print(f"| detections | size (px) | boxes | recall@0.5 (score >= {args.score:g}) | median best IoU |")
     print("|---|---|---|---|---|")
     for path in args.detections:
-        for r in recall_by_size(gt, json.loads(open(path).read()), args.score):
+        for r in recall_by_size(gt, json.loads(Path(path).read_text()), args.score):
             rec = "-" if r["recall"] is None else f"{r['recall']:.2f}"
             iou = "-" if r["median_best_iou"] is None else f"{r['median_best_iou']:.2f}"
             print(f"| {path} | {r['size']} | {r['boxes']} | {rec} | {iou} |")

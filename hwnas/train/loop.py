@@ -439,8 +439,6 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
             if progress:
                 progress(done - done_before, schedule.total - done_before,
                          f"epoch {epoch + 1}/{planned(schedule)} loss {np.mean(losses[-20:]):.3f}")
-        if not its:  # cannot happen (the plan is checked before each epoch); no empty row if it did
-            break
         seconds = time.time() - t_epoch
         rec = {"epoch": epoch, "loss": float(np.mean(losses)),
                **dict(zip(components, torch.stack(parts).mean(0).tolist())),
