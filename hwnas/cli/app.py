@@ -250,6 +250,7 @@ def train(
     eval_every: int = typer.Option(0, "--eval-every", help="score the val split every N epochs and keep RUN/best.pt by val mAP (0: only at the end)"),
     assigner: Optional[str] = typer.Option(None, "--assigner", help="label assignment of the anchor heads: iou (fixed thresholds) | atss (adaptive, Zhang et al. 2020) (default: the recipe's, else iou)"),
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA of the weights, decay per iteration (e.g. 0.999; 0: off); the averaged weights are scored and saved (default: the recipe's, else 0)"),
+    copy_paste: Optional[float] = typer.Option(None, "--copy-paste", help="share of training samples that get the boxes of another sample pasted in (0: off; default: the recipe's, else 0)"),
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, results.csv, detections.json (resumed if present)", parser=path_arg),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json and RUN/results.csv."""
@@ -274,7 +275,7 @@ def train(
     if budget_min is not None and epochs is None:
         epochs = BUDGET_MAX_EPOCHS  # the clock decides, not the recipe's epochs
     cfg = recipe_config(preset or "", epochs=epochs, budget_s=budget_min and budget_min * 60, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
-                        box_loss=box_loss, das_p=das_p, ema=ema, assigner=assigner,
+                        box_loss=box_loss, das_p=das_p, ema=ema, assigner=assigner, copy_paste=copy_paste,
                         scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
                         step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
                         step2_iou=step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5"),

@@ -279,9 +279,9 @@ class TowerHead(Head):
             f = pyramid[level]
             src = {"cls": f, "box": f, "neck": f}
             for i in range(self.depth):  # the two towers interleaved, as the exported graphs record them
-                src["cls"] = module(f"head.cls.{i}")(src["cls"])
-                src["box"] = module(f"head.box.{i}")(src["box"])
-            out += [module(f"head.{p.role}")(src[p.source]) for p in self.predictions(arch, 1, li)]
+                src["cls"] = module(f"head.p{level}.cls.{i}")(src["cls"])
+                src["box"] = module(f"head.p{level}.box.{i}")(src["box"])
+            out += [module(f"head.p{level}.{p.role}")(src[p.source]) for p in self.predictions(arch, 1, li)]
         return tuple(out)
 
     def init_priors(self, model, prior):

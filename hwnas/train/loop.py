@@ -33,7 +33,8 @@ from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoin
 # so that scores stay comparable: every checkpoint and search records it, and a resume refuses a
 # run made with another version. Runs written before it was recorded are version 1.
 # 2: the face head's second step matches all levels (hwnas.heads.face.FaceHead.assign); face-s at batch 8.
-RECIPE_VERSION = 2
+# 3: the BatchNorms of the heads' towers are per pyramid level (hwnas.models.detector).
+RECIPE_VERSION = 3
 BUDGET_PLAN_AFTER = 10  # iterations timed before a --budget-min run fixes its warm-up length
 BUDGET_MAX_EPOCHS = 10_000  # a --budget-min run without --epochs: the clock decides
 
@@ -66,6 +67,7 @@ class TrainConfig:
     # are the ones evaluated and saved for deployment; the decay ramps up as min(decay, (1+n)/(10+n)).
     ema: float = 0.0
     assigner: str = "iou"  # label assignment of the anchor heads: "iou" (thresholds) or "atss" (adaptive)
+    copy_paste: float = 0.0  # share of samples that get another sample's boxes pasted in (hwnas.data.copy_paste)
     recipe_version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -75,6 +77,9 @@ class TrainConfig:
             raise HwnasError(f"--scale-jitter {self.scale_jitter}: need 0.1 <= LOW <= HIGH <= 4")
         if not 0.0 <= self.das_p <= 1.0:
             raise HwnasError(f"--das-p {self.das_p}: data-anchor-sampling probability must be in [0, 1]")
+        if not 0.0 <= self.copy_paste <= 1.0:
+            raise HwnasError(f"--copy-paste {self.copy_paste}: give the share of samples that get pasted objects, "
+                             f"in [0, 1]")
         for name in ("step1_iou", "step2_iou"):
             hi, lo = getattr(self, name)
             if not 0 < lo <= hi <= 1:
@@ -336,6 +341,11 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     if cfg.max_train_images:
         indices = indices[: cfg.max_train_images]
     iters_per_epoch = max(1, len(indices) // cfg.batch_size)
+    samples = train_set
+    if cfg.copy_paste:
+        from hwnas.data.copy_paste import CopyPaste
+
+        samples = CopyPaste(train_set, cfg.copy_paste, cfg.seed, pool=indices)
     schedule = _Schedule(cfg, iters_per_epoch)
     # a plain function: LambdaLR would try to store a callable object's attributes in its state
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: schedule.factor(it))
@@ -406,7 +416,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         for it in range(iters_per_epoch):
             if schedule.finished(done):
                 break
-            batch = [train_set[i] for i in order[it * cfg.batch_size:(it + 1) * cfg.batch_size]]
+            batch = [samples[i] for i in order[it * cfg.batch_size:(it + 1) * cfg.batch_size]]
             images, targets = collate(batch)
             images = normalize(images.to(device))
             targets = [{kk: (v.to(device) if torch.is_tensor(v) else v) for kk, v in t.items()} for t in targets]

@@ -77,9 +77,12 @@ def test_detector_outputs_follow_the_walk():
     roles = {p.role for p in ARCH.placed_units(1)}
     assert {"head.p2.cls_maxout", "head.p2.cls1", "head.p6.box1"} <= roles
     assert "head.p3.cls_maxout" not in roles and "head.p4.cls1" not in roles and "head.p4.box1" not in roles
-    # one module per role shared across levels, and every module is used by the forward
-    shared = {re.sub(r"^head\.p\d+\.", "head.", r).replace(".", "_") for r in roles}
-    assert set(det.blocks.keys()) == shared
+    # one module per role shared across levels (the towers' BatchNorm-ed units: one per level, sharing
+    # their conv), and every module is used by the forward
+    units = {p.role: p.unit for p in ARCH.placed_units(1)}
+    per_level = {r for r, u in units.items() if u.norm == "bn" and r.startswith("head.p")}
+    shared = {re.sub(r"^head\.p\d+\.", "head.", r) for r in roles - per_level}
+    assert per_level and set(det.blocks.keys()) == {r.replace(".", "_") for r in shared | per_level}
     sum(o.float().sum() for o in det.train()(torch.rand(2, 3, 64, 64))).backward()
     assert all(p.grad is not None for p in det.parameters())
 

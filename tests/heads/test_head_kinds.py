@@ -146,7 +146,9 @@ def test_walk_profile_detector_training_postprocess_and_export(point_head, ort_c
     # a few real training steps lower the loss
     images, targets = _batch(4)
     crit = DetectionLoss.for_arch(arch, K)
-    opt = torch.optim.Adam(det.parameters(), lr=3e-3)
+    # lr 2e-3: at 3e-3 some scores saturate at 1.0 within 30 steps, and NMS among exact ties may keep
+    # other boxes in onnxruntime than in torch
+    opt = torch.optim.Adam(det.parameters(), lr=2e-3)
     det.train()
     hist = []
     for _ in range(30):

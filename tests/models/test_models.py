@@ -2,6 +2,8 @@
 table's units, forward shapes follow the docs, and the whole detector exports to ONNX."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -154,8 +156,8 @@ def test_detector_is_built_from_its_units(arch: Arch) -> None:
         used.add(id(m))
     # nothing in the detector that the table does not know about
     assert used == {id(m) for m in det.blocks.values()}
-    assert sum(p.numel() for p in det.parameters()) == sum(
-        p.numel() for m in det.blocks.values() for p in m.parameters())
+    distinct = {id(p): p for m in det.blocks.values() for p in m.parameters()}  # a shared conv once
+    assert sum(p.numel() for p in det.parameters()) == sum(p.numel() for p in distinct.values())
 
     torch.manual_seed(0)
     x = torch.randn(2, 3, *arch.input_hw)
@@ -180,6 +182,29 @@ def test_head_shared_across_levels() -> None:
     det = Detector.from_arch(a, K)
     assert det.module_for("head.p3.cls.1") is det.module_for("head.p5.cls.1")
     assert det.module_for("head.p3.box") is not det.module_for("head.p3.cls")
+
+
+def test_head_batchnorm_per_level_and_old_weights_load() -> None:
+    a = Arch.parse("i64/basic_c8_1-2-2-2/fpn_p3-5_c16/retina_d2_c16/bn")
+    det = Detector.from_arch(a, K)
+    p3, p5 = det.module_for("head.p3.cls.1"), det.module_for("head.p5.cls.1")
+    assert p3[0] is p5[0] and p3[1] is not p5[1]  # one conv, a BatchNorm per level
+    assert det.module_for("head.p3.cls") is det.module_for("head.p5.cls")  # prediction convs: no norm, shared
+    # the statistics each level's BatchNorm gathers are that level's
+    det.train()
+    with torch.no_grad():
+        det(torch.randn(4, 3, 64, 64))
+    assert not torch.allclose(p3[1].running_var, p5[1].running_var)
+    # weights saved with one BatchNorm for all levels (before they were per level) load, and
+    # compute what they computed: every level's norm gets the shared one's statistics
+    old = {}
+    for k, v in det.state_dict().items():
+        old[re.sub(r"^blocks\.head_p\d+_", "blocks.head_", k)] = v  # the last level's wins, as shared
+    assert "blocks.head_cls_1.1.running_var" in old and "blocks.head_p3_cls_1.1.running_var" not in old
+    again = Detector.from_arch(a, K)
+    again.load_state_dict(old)
+    for level in (3, 4, 5):
+        assert torch.equal(again.module_for(f"head.p{level}.cls.1")[1].running_var, old["blocks.head_cls_1.1.running_var"])
 
 
 def test_rcnn_proposals_are_inside_the_image() -> None:

@@ -1,0 +1,113 @@
+"""How well each search evaluator ranks detectors: its scores on the truth set
+(benchmarks/truth_set.py) against the truth set's fully trained mAP, and what it cost.
+
+Evaluators (each through hwnas's own code, as the search calls it):
+* ``trainE``: every detector trained from scratch for E epochs (``train`` with ``--epochs-per-trial
+  E``; train3 is the search's default and the baseline);
+* ``halving``: successive halving over epochs (hwnas.search.halving), rungs up to the truth set's
+  epochs / 1, eta 3, promotion by non-dominated rank on (mAP, table latency).
+
+Figures per evaluator: Kendall tau and Spearman rho between its ranking and the truth (mean mAP of
+the truth set's seeds), how many of the truth's 5 best it puts in its own 5 best, the hypervolume of
+the front it would hand over (its front's members at their true mAP and table latency) as a share
+of the true front's, and the wall time it spent. The evaluators' training uses seed 0; the truth's
+mAP is the mean over its seeds.
+
+    python benchmarks/truth_set.py --seeds 0,1
+    python benchmarks/rank_fidelity.py --evaluators train3,train1,halving
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from scipy.stats import kendalltau, spearmanr
+
+from common import write_results
+
+from hwnas.search.evaluators import Budget, make_evaluator
+from hwnas.search.halving import halving_rank_key, rung_epochs, successive_halving
+from hwnas.search.pareto import hypervolume, nadir_reference, pareto_indices
+from hwnas.search.runner import SearchConfig, slug
+from hwnas.spec.arch import Arch
+
+
+def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
+    """Per arch a ranking key (higher: better) and the evaluator's raw scores; the wall time spent."""
+    cfg = SearchConfig(data=data, table=Path(truth["table"]), out=work, batch_size=16, lr=2e-3, seed=0)
+    train = make_evaluator(cfg)
+    archs = [r["arch"] for r in truth["rows"]]
+    latency = {r["arch"]: r["predicted_latency_ms"] for r in truth["rows"]}
+    spent = 0.0
+
+    def score(arch: str, epochs: int, folder: Path) -> float | None:
+        nonlocal spent
+        t0 = time.perf_counter()
+        print(f"{name}: {arch} to {epochs} epoch(s)", flush=True)
+        ev = train(Arch.parse(arch), Budget(epochs=epochs), folder)
+        spent += time.perf_counter() - t0
+        return ev.score
+
+    if name.startswith("train"):
+        epochs = int(name[len("train"):])
+        scores = {a: score(a, epochs, work / name / slug(a)) for a in archs}
+        keys = {a: (-1.0 if s is None else s) for a, s in scores.items()}
+        detail = {a: {epochs: s} for a, s in scores.items()}
+    elif name == "halving":
+        rungs = rung_epochs(truth["epochs"], eta)
+        detail = successive_halving(archs, latency.get, lambda a, e: score(a, e, work / name / slug(a)), rungs, eta)
+        order = sorted(archs, key=lambda a: halving_rank_key(detail[a]))
+        keys = {a: float(i) for i, a in enumerate(order)}  # the rank position: only the order matters
+    else:
+        raise SystemExit(f"unknown evaluator {name!r}: trainE (E epochs) or halving")
+    return {"keys": keys, "detail": {a: {str(k): v for k, v in d.items()} for a, d in detail.items()}, "cost_s": spent}
+
+
+def fidelity(truth: dict, keys: dict[str, float]) -> dict:
+    rows = truth["rows"]
+    true = [r["map"] for r in rows]
+    proxy = [keys[r["arch"]] for r in rows]
+    lat = [r["predicted_latency_ms"] for r in rows]
+    top_true = set(sorted(range(len(rows)), key=lambda i: -true[i])[:5])
+    top_proxy = set(sorted(range(len(rows)), key=lambda i: -proxy[i])[:5])
+    ref = nadir_reference(lat)
+    hv_true = hypervolume([(true[i], lat[i]) for i in pareto_indices(list(zip(true, lat)))], 0.0, ref)
+    picked = pareto_indices(list(zip(proxy, lat)))
+    hv_picked = hypervolume([(true[i], lat[i]) for i in picked], 0.0, ref)
+    return {"kendall_tau": kendalltau(proxy, true).statistic, "spearman": spearmanr(proxy, true).statistic,
+            "top5_in_top5": len(top_true & top_proxy), "front_size": len(picked),
+            "front_hv_share": hv_picked / hv_true if hv_true else None}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--truth", type=Path, default=Path("benchmarks/results/truth-small-128.json"))
+    ap.add_argument("--data", type=Path, default=Path("runs/bench/truth/data"), help="the truth set's data")
+    ap.add_argument("--evaluators", default="train3,halving")
+    ap.add_argument("--eta", type=int, default=3)
+    ap.add_argument("--work", type=Path, default=Path("runs/bench/fidelity"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/rank_fidelity"))
+    args = ap.parse_args()
+    truth = json.loads(args.truth.read_text())
+    path = args.results.with_suffix(".json")
+    result = json.loads(path.read_text()) if path.exists() else {"truth": str(args.truth), "evaluators": {}}
+    for name in [e for e in args.evaluators.split(",") if e]:
+        ev = evaluate(name, truth, args.data, args.work, args.eta)
+        result["evaluators"][name] = {**fidelity(truth, ev["keys"]), "cost_s": ev["cost_s"], "scores": ev["detail"]}
+        write_results(args.results, result, table(result, len(truth["rows"])))
+
+
+def table(result: dict, n: int) -> str:
+    lines = [f"Rank fidelity on the truth set ({n} detectors, `{result['truth']}`).", "",
+             "| evaluator | Kendall tau | Spearman | truth's top 5 in its top 5 | front HV share | front size | cost (min) |",
+             "|---|---|---|---|---|---|---|"]
+    for name, e in result["evaluators"].items():
+        lines.append(f"| {name} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
+                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,129 @@
+"""The truth set: detectors of a search space trained standalone at a full budget, the reference every
+search evaluator's ranking is compared with (benchmarks/rank_fidelity.py).
+
+Which detectors: for every block family x head type of the space, three at one resolution: the
+narrowest and shallowest (smallest base, neck and head widths, one block per stage, shallowest
+head), the widest and deepest (the largest of each, every stage at its most blocks), and one drawn
+at random; neck, pyramid levels and where each stage's stride-2 block sits are drawn (seeded).
+For the ``small`` space that is 4 x 3 x 3 = 36 detectors.
+
+Each is trained through the CLI, as a user would (``hwnas train --epochs E --seed S``), with the
+search's training settings (batch 16, lr 2e-3, the default recipe), on generated shapes (1,000
+training and 200 validation images at 128 px). Runs resume: a finished one is skipped, a killed one
+continues from its last.pt. Epoch-based, so the result does not depend on the machine's load.
+
+    python benchmarks/truth_set.py --seeds 0,1
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from dataclasses import replace
+from pathlib import Path
+
+from common import HWNAS, run, write_results
+
+from hwnas.search.runner import slug
+from hwnas.spec.arch import Arch
+from hwnas.spec.space import SearchSpace, get_space
+
+DATA_CMD = ["data", "synth", "--kind", "shapes", "--n-train", "1000", "--n-val", "200", "--size", "128", "--seed", "0"]
+
+
+def truth_archs(space: SearchSpace, resolution: int, seed: int = 0) -> list[Arch]:
+    """Three detectors per block family x head type: narrowest-shallowest, a random one, widest-deepest."""
+    rng = random.Random(seed)
+    archs: list[Arch] = []
+    for block in space.blocks:
+        for head in space.heads:
+            one = replace(space, resolutions=(resolution,), blocks=(block,), heads=(head,))
+            for variant in ("narrow", "random", "wide"):
+                if variant == "random":
+                    arch = one.sample(rng.randrange(2**31))
+                else:
+                    pick = (lambda c: c[0]) if variant == "narrow" else (lambda c: c[-1])
+                    fixed = replace(one, widths=(pick(space.widths),), neck_widths=(pick(space.neck_widths),),
+                                    head_depths=(pick(space.head_depths),), head_widths=(pick(space.head_widths),),
+                                    rcnn_depths=(pick(space.rcnn_depths),), rcnn_widths=(pick(space.rcnn_widths),),
+                                    proposals=(pick(space.proposals),))
+                    arch = fixed.sample(rng.randrange(2**31))
+                    arch = replace(arch, stages=_stages(space, variant == "wide", rng))
+                archs.append(arch)
+    assert len({str(a) for a in archs}) == len(archs), "two truth-set detectors coincide"
+    return archs
+
+
+def _stages(space: SearchSpace, deep: bool, rng: random.Random) -> tuple[str, ...]:
+    """Every stage at one block (the first a plain one, the others the stride-2 one), or at its most
+    blocks with the stride-2 block at a random place."""
+    out = []
+    for i, most in enumerate(space.max_blocks):
+        n = most if deep else 1
+        if i == 0:
+            out.append("1" * n)
+        else:
+            pos = rng.randrange(n)
+            out.append("1" * pos + "2" + "1" * (n - pos - 1))
+    return tuple(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--space", default="small")
+    ap.add_argument("--resolution", type=int, default=128)
+    ap.add_argument("--seeds", default="0,1", help="training seeds, comma-separated")
+    ap.add_argument("--epochs", type=int, default=12)
+    ap.add_argument("--table", default="latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json",
+                    help="latency table whose predictions are stored beside each detector's mAP")
+    ap.add_argument("--limit", type=int, default=0, help="train only the first N detectors (0: all)")
+    ap.add_argument("--work", type=Path, default=Path("runs/bench/truth"))
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/truth-small-128"))
+    args = ap.parse_args()
+    from hwnas.latency.table import LatencyTable
+
+    space = get_space(args.space)
+    archs = truth_archs(space, args.resolution)
+    if args.limit:
+        archs = archs[: args.limit]
+    seeds = [int(s) for s in args.seeds.split(",") if s]
+    data = args.work / "data"
+    if not (data / "val.json").exists():
+        run([*HWNAS, *DATA_CMD, "--out", str(data)])
+    table = LatencyTable.load(Path(args.table))
+    rows = []
+    for i, arch in enumerate(archs):
+        row = {"arch": str(arch), "block": arch.block, "head": arch.head.kind,
+               "predicted_latency_ms": table.predict(arch).latency_ms, "seeds": {}}
+        for seed in seeds:
+            out = args.work / f"e{args.epochs}-s{seed}" / slug(str(arch))
+            if not (out / "metrics.json").exists():
+                print(f"[{i + 1}/{len(archs)}] seed {seed} {arch}", flush=True)
+                run([*HWNAS, "train", "--arch", str(arch), "--data", str(data), "--epochs", str(args.epochs),
+                     "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--out", str(out)])
+            m = json.loads((out / "metrics.json").read_text())
+            row["seeds"][str(seed)] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
+        maps = [s["map"] for s in row["seeds"].values()]
+        row["map"] = sum(maps) / len(maps)
+        rows.append(row)
+    result = {"space": args.space, "resolution": args.resolution, "epochs": args.epochs, "seeds": seeds,
+              "data": "hwnas " + " ".join(DATA_CMD), "train": "hwnas train --arch A --data DATA --epochs "
+              f"{args.epochs} --batch-size 16 --lr 2e-3 --seed S", "table": args.table, "rows": rows}
+    write_results(args.results, result, table_md(result))
+
+
+def table_md(result: dict) -> str:
+    seeds = result["seeds"]
+    lines = [f"Truth set: {len(result['rows'])} detectors of space `{result['space']}` at {result['resolution']} px, "
+             f"{result['epochs']} epochs, seeds {', '.join(map(str, seeds))} (mAP 0.5:0.95 on 200 val images).", "",
+             "| # | arch | " + " | ".join(f"mAP s{s}" for s in seeds) + " | mean | latency (ms, table) | train (s) |",
+             "|---|---|" + "---|" * (len(seeds) + 3)]
+    for i, r in enumerate(sorted(result["rows"], key=lambda r: -r["map"])):
+        lines.append(f"| {i + 1} | `{r['arch']}` | " + " | ".join(f"{r['seeds'][str(s)]['map']:.4f}" for s in seeds)
+                     + f" | {r['map']:.4f} | {r['predicted_latency_ms']:.2f} | "
+                     + f"{sum(v['train_s'] for v in r['seeds'].values()) / len(r['seeds']):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
