@@ -92,12 +92,12 @@ class Detector(nn.Module):
         so such a detector computes exactly what it did."""
         state_dict = dict(state_dict)
         mine = self.state_dict()
-        for k in mine:
-            old = _LEVEL_KEY.sub("blocks.head_", k)
-            if k not in state_dict and old != k and old in state_dict:
+        shared = {k: _LEVEL_KEY.sub("blocks.head_", k) for k in mine}  # per-level key -> the old shared one
+        for k, old in shared.items():
+            if k not in state_dict and old in state_dict:
                 state_dict[k] = state_dict[old]
-        for k in [k for k in state_dict if k not in mine and any(_LEVEL_KEY.sub("blocks.head_", m) == k for m in mine)]:
-            del state_dict[k]
+        for old in set(shared.values()) - mine.keys():
+            state_dict.pop(old, None)
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     _m = module_for
