@@ -3,8 +3,9 @@ search evaluator's ranking is compared with (benchmarks/rank_fidelity.py).
 
 Which detectors: for every block family x head type of the space, three at one resolution: the
 narrowest and shallowest (smallest base, neck and head widths, one block per stage, shallowest
-head), the widest and deepest (the largest of each, every stage at its most blocks), and one drawn
-at random; neck, pyramid levels and where each stage's stride-2 block sits are drawn (seeded).
+head), the widest and deepest (the largest of each, every stage at its most blocks; stages as the
+structural stage encodes them, ``stage_encoding``), and one drawn at random (there the stride-2
+block sits anywhere in its stage); neck and pyramid levels are drawn (seeded).
 For the ``small`` space that is 4 x 3 x 3 = 36 detectors.
 
 Each is trained through the CLI, as a user would (``hwnas train --epochs E --seed S``), with the
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from common import HWNAS, run, write_results
 
+from hwnas.search.proposals import stage_encoding
 from hwnas.search.runner import slug
 from hwnas.spec.arch import Arch
 from hwnas.spec.space import SearchSpace, get_space
@@ -47,25 +49,11 @@ def truth_archs(space: SearchSpace, resolution: int, seed: int = 0) -> list[Arch
                                     head_depths=(pick(space.head_depths),), head_widths=(pick(space.head_widths),),
                                     rcnn_depths=(pick(space.rcnn_depths),), rcnn_widths=(pick(space.rcnn_widths),),
                                     proposals=(pick(space.proposals),))
-                    arch = fixed.sample(rng.randrange(2**31))
-                    arch = replace(arch, stages=_stages(space, variant == "wide", rng))
+                    arch = replace(fixed.sample(rng.randrange(2**31)),
+                                   stages=stage_encoding(space, "deep" if variant == "wide" else "shallow"))
                 archs.append(arch)
     assert len({str(a) for a in archs}) == len(archs), "two truth-set detectors coincide"
     return archs
-
-
-def _stages(space: SearchSpace, deep: bool, rng: random.Random) -> tuple[str, ...]:
-    """Every stage at one block (the first a plain one, the others the stride-2 one), or at its most
-    blocks with the stride-2 block at a random place."""
-    out = []
-    for i, most in enumerate(space.max_blocks):
-        n = most if deep else 1
-        if i == 0:
-            out.append("1" * n)
-        else:
-            pos = rng.randrange(n)
-            out.append("1" * pos + "2" + "1" * (n - pos - 1))
-    return tuple(out)
 
 
 def main() -> None:

@@ -45,6 +45,7 @@ class CopyPaste:
         if not 0.0 <= self.p <= 1.0:
             raise HwnasError(f"--copy-paste {self.p}: give the share of samples that get pasted objects, in [0, 1]")
         self.pool = list(range(len(self.dataset))) if self.pool is None else list(self.pool)
+        self._at = {j: k for k, j in enumerate(self.pool)}  # where each index sits in the pool
 
     def __len__(self) -> int:
         return len(self.dataset)
@@ -52,10 +53,12 @@ class CopyPaste:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict]:
         image, target = self.dataset[index]
         rng = sample_rng(self.seed ^ _STREAM, self.dataset.epoch, index)
-        partners = [j for j in self.pool if j != index]
+        at = self._at.get(index)
+        partners = len(self.pool) - (at is not None)  # the pool without this sample
         if rng.random() >= self.p or not partners:
             return image, target
-        src_image, src = self.dataset[partners[rng.randrange(len(partners))]]
+        k = rng.randrange(partners)
+        src_image, src = self.dataset[self.pool[k + (at is not None and k >= at)]]
         chosen = [k for k in range(len(src["boxes"])) if not bool(src["crowd"][k]) and rng.random() < 0.5]
         if not chosen:
             return image, target
@@ -71,9 +74,8 @@ def paste(image: torch.Tensor, target: dict, src_image: torch.Tensor, src: dict)
     h, w = image.shape[-2:]
     covered = torch.zeros((h, w), dtype=torch.bool)
     image = image.clone()
-    for x1, y1, x2, y2 in src["boxes"].tolist():
-        # whole pixels the box overlaps at least half of: the rounding puts the edge where the pixels change
-        c1, r1, c2, r2 = (min(max(round(v), 0), lim) for v, lim in ((x1, w), (y1, h), (x2, w), (y2, h)))
+    for box in src["boxes"].tolist():
+        c1, r1, c2, r2 = _pixels(box, h, w)
         image[:, r1:r2, c1:c2] = src_image[:, r1:r2, c1:c2]
         covered[r1:r2, c1:c2] = True
     keep = torch.tensor([_visible(b, covered) >= MIN_VISIBLE for b in target["boxes"].tolist()], dtype=torch.bool)
@@ -83,9 +85,14 @@ def paste(image: torch.Tensor, target: dict, src_image: torch.Tensor, src: dict)
     return image, out
 
 
+def _pixels(box: Sequence[float], h: int, w: int) -> tuple[int, ...]:
+    """The pixel columns and rows ``c1, r1, c2, r2`` of ``box`` inside an ``h`` x ``w`` image: the
+    whole pixels it overlaps at least half of (rounding puts the edge where the pixels change)."""
+    return tuple(min(max(round(v), 0), lim) for v, lim in zip(box, (w, h, w, h)))
+
+
 def _visible(box: Sequence[float], covered: torch.Tensor) -> float:
-    """Share of ``box``'s pixels (rounded as :func:`paste` rounds) left uncovered; 1 for a box of no pixels."""
-    h, w = covered.shape
-    c1, r1, c2, r2 = (min(max(round(v), 0), lim) for v, lim in zip(box, (w, h, w, h)))
+    """Share of ``box``'s pixels left uncovered; 1 for a box of no pixels."""
+    c1, r1, c2, r2 = _pixels(box, *covered.shape)
     region = covered[r1:r2, c1:c2]
     return 1.0 if region.numel() == 0 else 1.0 - region.float().mean().item()
