@@ -5,7 +5,10 @@ Evaluators (each through hwnas's own code, as the search calls it):
 * ``trainE``: every detector trained from scratch for E epochs (``train`` with ``--epochs-per-trial
   E``; train3 is the search's default and the baseline);
 * ``halving``: successive halving over epochs (hwnas.search.halving), rungs up to the truth set's
-  epochs / 1, eta 3, promotion by non-dominated rank on (mAP, table latency).
+  epochs / 1, eta 3, promotion by non-dominated rank on (mAP, table latency);
+* ``supernet:E:STRATEGY``: the ``supernet`` evaluator, one supernet per neighbourhood (resolution,
+  block family, head kind, norm: 12 for the small space's truth set) trained E epochs with
+  STRATEGY (uniform | sandwich), every detector scored with inherited weights.
 
 Figures per evaluator: Kendall tau and Spearman rho between its ranking and the truth (mean mAP of
 the truth set's seeds), how many of the truth's 5 best it puts in its own 5 best, the hypervolume of
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from scipy.stats import kendalltau, spearmanr
@@ -37,6 +41,10 @@ from hwnas.spec.arch import Arch
 def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
     """Per arch a ranking key (higher: better) and the evaluator's raw scores; the wall time spent."""
     cfg = SearchConfig(data=data, table=Path(truth["table"]), out=work, batch_size=16, lr=2e-3, seed=0)
+    if name.startswith("supernet:"):
+        _, epochs, strategy = name.split(":")
+        cfg = replace(cfg, out=work / name.replace(":", "-"), evaluator="supernet", space=truth["space"],
+                      resolutions=(truth["resolution"],), supernet_epochs=int(epochs), supernet_strategy=strategy)
     train = make_evaluator(cfg)
     archs = [r["arch"] for r in truth["rows"]]
     latency = {r["arch"]: r["predicted_latency_ms"] for r in truth["rows"]}
@@ -46,7 +54,7 @@ def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
         nonlocal spent
         t0 = time.perf_counter()
         print(f"{name}: {arch} to {epochs} epoch(s)", flush=True)
-        ev = train(Arch.parse(arch), Budget(epochs=epochs), folder)
+        ev = train(Arch.parse(arch), Budget(epochs=max(1, epochs)), folder)
         spent += time.perf_counter() - t0
         return ev.score
 
@@ -60,8 +68,15 @@ def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
         detail = successive_halving(archs, latency.get, lambda a, e: score(a, e, work / name / slug(a)), rungs, eta)
         order = sorted(archs, key=lambda a: halving_rank_key(detail[a]))
         keys = {a: float(i) for i, a in enumerate(order)}  # the rank position: only the order matters
+    elif name.startswith("supernet:"):
+        scores = {a: score(a, 0, cfg.out / "trials" / slug(a)) for a in archs}
+        keys = {a: (-1.0 if s is None else s) for a, s in scores.items()}
+        detail = {a: {"proxy": s} for a, s in scores.items()}
+        nets = [json.loads(p.read_text()) for p in sorted((cfg.out / "supernets").glob("*/supernet.json"))]
+        return {"keys": keys, "detail": detail, "cost_s": spent, "supernets": len(nets),
+                "supernet_train_s": sum(n["train_s"] for n in nets)}
     else:
-        raise SystemExit(f"unknown evaluator {name!r}: trainE (E epochs) or halving")
+        raise SystemExit(f"unknown evaluator {name!r}: trainE (E epochs), halving or supernet:E:STRATEGY")
     return {"keys": keys, "detail": {a: {str(k): v for k, v in d.items()} for a, d in detail.items()}, "cost_s": spent}
 
 
@@ -81,6 +96,23 @@ def fidelity(truth: dict, keys: dict[str, float]) -> dict:
             "front_hv_share": hv_picked / hv_true if hv_true else None}
 
 
+def truth_or_plan(path: Path) -> dict:
+    """The truth set; while it is still training, its plan (archs and table latency, no mAP yet), so
+    evaluators can be scored meanwhile and compared once it is done (``--report-only``)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    from truth_set import truth_archs
+
+    from hwnas.latency.table import LatencyTable
+    from hwnas.spec.space import get_space
+
+    table = "latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json"
+    lat = LatencyTable.load(Path(table))
+    return {"space": "small", "resolution": 128, "epochs": 12, "table": table, "rows": [
+        {"arch": str(a), "predicted_latency_ms": lat.predict(a).latency_ms, "map": None}
+        for a in truth_archs(get_space("small"), 128)]}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--truth", type=Path, default=Path("benchmarks/results/truth-small-128.json"))
@@ -89,23 +121,38 @@ def main() -> None:
     ap.add_argument("--eta", type=int, default=3)
     ap.add_argument("--work", type=Path, default=Path("runs/bench/fidelity"))
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/rank_fidelity"))
+    ap.add_argument("--report-only", action="store_true", help="recompute the figures of the stored scores")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
-    truth = json.loads(args.truth.read_text())
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    truth = truth_or_plan(args.truth)
     path = args.results.with_suffix(".json")
     result = json.loads(path.read_text()) if path.exists() else {"truth": str(args.truth), "evaluators": {}}
-    for name in [e for e in args.evaluators.split(",") if e]:
+    for name in [] if args.report_only else [e for e in args.evaluators.split(",") if e]:
         ev = evaluate(name, truth, args.data, args.work, args.eta)
-        result["evaluators"][name] = {**fidelity(truth, ev["keys"]), "cost_s": ev["cost_s"], "scores": ev["detail"]}
-        write_results(args.results, result, table(result, len(truth["rows"])))
+        result["evaluators"][name] = {**{k: v for k, v in ev.items() if k not in ("keys", "detail")},
+                                      "keys": ev["keys"], "scores": ev["detail"]}
+        write_results(args.results, result, table(result, truth))
+    write_results(args.results, result, table(result, truth))
 
 
-def table(result: dict, n: int) -> str:
-    lines = [f"Rank fidelity on the truth set ({n} detectors, `{result['truth']}`).", "",
-             "| evaluator | Kendall tau | Spearman | truth's top 5 in its top 5 | front HV share | front size | cost (min) |",
-             "|---|---|---|---|---|---|---|"]
+def table(result: dict, truth: dict) -> str:
+    """The figures of every stored evaluator against the truth (once the truth set has its mAP)."""
+    n = len(truth["rows"])
+    if any(r["map"] is None for r in truth["rows"]):
+        return f"Scores stored for {', '.join(result['evaluators'])}; the truth set ({n} detectors) is not trained yet.\n"
+    lines = [f"Rank fidelity on the truth set ({n} detectors, `{result['truth']}`, seeds "
+             f"{', '.join(map(str, truth['seeds']))}).", "",
+             "| evaluator | Kendall tau | Spearman | truth's top 5 in its top 5 | front HV share | front size | cost (min) "
+             "| cost per detector (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, e in result["evaluators"].items():
+        e.update(fidelity(truth, e["keys"]))
         lines.append(f"| {name} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
-                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} |")
+                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} | {e['cost_s'] / n:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -79,25 +79,33 @@ def main() -> None:
     if not (data / "val.json").exists():
         run([*HWNAS, *DATA_CMD, "--out", str(data)])
     table = LatencyTable.load(Path(args.table))
-    rows = []
-    for i, arch in enumerate(archs):
-        row = {"arch": str(arch), "block": arch.block, "head": arch.head.kind,
-               "predicted_latency_ms": table.predict(arch).latency_ms, "seeds": {}}
-        for seed in seeds:
+    # seeds outer: after each seed the results file holds every detector at the seeds finished so far,
+    # so rank_fidelity.py can start on one seed while the next trains
+    for done in range(1, len(seeds) + 1):
+        seed = seeds[done - 1]
+        for i, arch in enumerate(archs):
             out = args.work / f"e{args.epochs}-s{seed}" / slug(str(arch))
             if not (out / "metrics.json").exists():
                 print(f"[{i + 1}/{len(archs)}] seed {seed} {arch}", flush=True)
                 run([*HWNAS, "train", "--arch", str(arch), "--data", str(data), "--epochs", str(args.epochs),
                      "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--out", str(out)])
-            m = json.loads((out / "metrics.json").read_text())
+        write_results(args.results, *results(args, archs, seeds[:done], table))
+
+
+def results(args, archs: list[Arch], seeds: list[int], table) -> tuple[dict, str]:
+    rows = []
+    for arch in archs:
+        row = {"arch": str(arch), "block": arch.block, "head": arch.head.kind,
+               "predicted_latency_ms": table.predict(arch).latency_ms, "seeds": {}}
+        for seed in seeds:
+            m = json.loads((args.work / f"e{args.epochs}-s{seed}" / slug(str(arch)) / "metrics.json").read_text())
             row["seeds"][str(seed)] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
-        maps = [s["map"] for s in row["seeds"].values()]
-        row["map"] = sum(maps) / len(maps)
+        row["map"] = sum(s["map"] for s in row["seeds"].values()) / len(seeds)
         rows.append(row)
     result = {"space": args.space, "resolution": args.resolution, "epochs": args.epochs, "seeds": seeds,
               "data": "hwnas " + " ".join(DATA_CMD), "train": "hwnas train --arch A --data DATA --epochs "
               f"{args.epochs} --batch-size 16 --lr 2e-3 --seed S", "table": args.table, "rows": rows}
-    write_results(args.results, result, table_md(result))
+    return result, table_md(result)
 
 
 def table_md(result: dict) -> str:

@@ -378,7 +378,8 @@ def search(
     preset: Optional[str] = typer.Option(None, help="face: search the face space with the face-s training recipe (box loss, data-anchor-sampling)"),
     resolutions: Optional[str] = typer.Option(None, help="input sizes to search, e.g. 192,256 (default: the table's)"),
     stage: str = typer.Option("both", help="structural | modular | both | random (the random-search baseline)"),
-    trials: int = typer.Option(16, help="trained candidates (with --stage both: split by --structural-share)"),
+    trials: Optional[int] = typer.Option(None, help="evaluated candidates (with --stage both: split by --structural-share); default 16, with --budget-min as many as the time allows"),
+    budget_min: float = typer.Option(0.0, "--budget-min", help="wall-clock minutes for the candidate stages (the structural stage gets --structural-share of it); 0: --trials decides"),
     structural_share: float = typer.Option(0.5, "--structural-share", help="share of --trials for the structural stage"),
     population: int = typer.Option(0, help="NSGA-II population per generation (0: max(4, trials/4))"),
     epochs_per_trial: int = typer.Option(3, "--epochs-per-trial", help="training epochs of every candidate"),
@@ -395,7 +396,11 @@ def search(
     measure: bool = typer.Option(True, "--measure/--no-measure", help="re-measure the final front on the table's backend"),
     force: bool = typer.Option(False, help="re-measure even if this machine differs from the table's target"),
     max_failures: int = typer.Option(5, "--max-failures", help="failed candidates in a row before the search stops"),
-    evaluator: str = typer.Option("train", help="how candidates are scored (hwnas.search.evaluators): train = from scratch for --epochs-per-trial"),
+    evaluator: str = typer.Option("train", help="how candidates are scored (hwnas.search.evaluators): train = from scratch for "
+                                  "--epochs-per-trial; supernet = inherited weights of a weight-sharing supernet per "
+                                  "structure, the final front then trained standalone"),
+    supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet: epochs each supernet trains"),
+    supernet_strategy: str = typer.Option("uniform", "--supernet-strategy", help="--evaluator supernet: uniform (one path a step) or sandwich (largest, smallest and two drawn)"),
 ) -> None:
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
     from hwnas.search import Search, SearchConfig
@@ -403,16 +408,20 @@ def search(
 
     res = _sizes(resolutions, "--resolutions") if resolutions else ()
     space, rec = search_preset(preset, space)
+    if trials is None:  # with a budget, the clock ends the stages
+        trials = 100_000 if budget_min else 16
     cfg = SearchConfig(recipe=rec, data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
                        structural_share=structural_share, population=population, epochs=epochs_per_trial,
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
-                       max_failures=max_failures, evaluator=evaluator)
+                       max_failures=max_failures, evaluator=evaluator, supernet_epochs=supernet_epochs, budget_s=budget_min * 60,
+                       supernet_strategy=supernet_strategy)
     _run_folder(out, "search folder", _data(data) + [table],
                 {"pareto.json": "JSON file", "search.json": "JSON file", "report.md": "file", "pareto.png": "image",
                  "search.db": "file"})
-    header = f"searching {stage} over space {space!r} ({trials} trained candidates) -> {out}"
+    header = (f"searching {stage} over space {space!r} ("
+              + (f"{budget_min:g} min" if budget_min else f"{trials} evaluated candidates") + f") -> {out}")
     keeps(f"finished candidates are kept in {out}; rerun the same command to resume")
     with progress("search", header) as update:
         s = Search(cfg, progress=update, say=say)
@@ -428,6 +437,44 @@ def search(
         meas = "-" if r.measured_latency_ms is None else f"{r.measured_latency_ms:.2f}"
         typer.echo(f"  mAP {accuracy_text(r)}  predicted {r.predicted_latency_ms:7.2f} ms  measured {meas:>7} ms  {r.arch}")
     typer.echo(f"wrote {out / 'pareto.json'}, {out / 'pareto.png'} and {o.report}")
+
+
+@app.command()
+def supernet(
+    data: Path = typer.Option(..., help="dataset folder (as for search)", parser=path_arg),
+    arch: str = typer.Option(..., help="any detector of the neighbourhood (arch string or preset): its resolution, block family, head kind and norm pick the supernet"),
+    out: Path = typer.Option(..., help="the search folder: writes RUN/supernets/KEY/, which search --evaluator supernet --out RUN then reads", parser=path_arg),
+    space: str = typer.Option("small", help="search space whose choices the supernet spans"),
+    epochs: int = typer.Option(12, help="supernet epochs (as search --supernet-epochs)"),
+    strategy: str = typer.Option("uniform", help="uniform (one path a step) or sandwich (as search --supernet-strategy)"),
+    batch_size: int = typer.Option(16, "--batch-size", help="global batch, split over torchrun's processes"),
+    lr: float = typer.Option(2e-3),
+    max_train_images: int = typer.Option(0, "--max-train-images", help="train on the first N images only (0: all)"),
+    seed: int = typer.Option(0),
+    device: str = typer.Option("cpu", help="cpu or cuda (under torchrun each process takes cuda:LOCAL_RANK)"),
+) -> None:
+    """Train one weight-sharing supernet ahead of a search, on one process or across several
+    (torchrun --nproc-per-node N -m hwnas.cli.app supernet ...): the same settings as the search's
+    make the search read it instead of training it."""
+    from hwnas.search.supernet import Neighbourhood, SupernetConfig, distributed, train_supernet
+    from hwnas.spec.presets import resolve_arch
+    from hwnas.spec.space import get_space
+    from hwnas.train.recipes import recipe_config
+
+    hood = Neighbourhood.of(get_space(space), resolve_arch(arch))
+    net_cfg = SupernetConfig(epochs=epochs, strategy=strategy)
+    cfg = recipe_config("", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
+                        max_train_images=max_train_images)
+    folder = out / "supernets" / hood.key
+    _run_folder(folder, "supernet folder", _data(data), {"supernet.pt": "checkpoint", "supernet.json": "JSON file"})
+    rank, world = distributed(device)
+    keeps(f"finished epochs are kept in {folder / 'supernet.pt'}; rerun the same command to resume")
+    with progress("supernet", f"training the supernet {hood.key} for {epochs} epochs on {world} process(es) -> "
+                              f"{folder}") as bar:
+        _, info = train_supernet(hood, data, folder, cfg, net_cfg, progress=bar if rank == 0 else None)
+    if rank == 0:
+        typer.echo(f"supernet {hood.key}: {len(info['history'])} epochs, final loss {info['history'][-1]['loss']:.3f}, "
+                   f"{info['train_s']:.0f} s; wrote {folder}")
 
 
 # ----------------------------------------------------------------------------- export / bench / infer

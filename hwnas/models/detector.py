@@ -20,6 +20,18 @@ def _shared_role(role: str) -> str:
     return _LEVEL.sub("head.", role)
 
 
+_LEVEL_CONV = re.compile(r"^blocks\.head_p\d+_(\w+?)\.0\.")  # the conv of a per-level head module
+
+
+def level_free_key(key: str) -> str:
+    """A state-dict key named as it is shared across pyramid levels: a head unit's conv is one
+    module for all levels (``blocks.head_p3_cls_0.0.weight`` and ``blocks.head_p4_cls_0.0.weight``
+    are one tensor, ``blocks.head_cls_0.0.weight``) while its BatchNorm is per level and keeps the
+    level. The same key then names the same tensor in a detector with one level or with five
+    (the weight-sharing supernet relies on it: :mod:`hwnas.search.supernet`)."""
+    return _LEVEL_CONV.sub(r"blocks.head_\1.0.", key)
+
+
 def _same_but_size(a: Unit, b: Unit) -> bool:
     return a.kind == b.kind and a.cin == b.cin and a.cout == b.cout and a.kernel == b.kernel \
         and a.stride == b.stride and a.norm == b.norm and a.act == b.act

@@ -3,7 +3,8 @@
 Optuna keeps the trials; the search writes, per trial, the user attributes ``hwnas`` (what was
 proposed: arch, stage, predicted latency, parent ...), ``evaluation`` (``Evaluation.to_dict()``)
 and ``reason`` (why it was pruned or failed), and on one study per search ``measured_ms`` (the
-end-to-end re-measurements of the front). This module is the only reader of those attributes;
+end-to-end re-measurements of the front) and ``standalone`` (by arch, the ``Evaluation`` of a
+proxy-scored front member trained standalone). This module is the only reader of those attributes;
 everything else reads records, from a live study, a reopened storage, or the JSON files.
 """
 from __future__ import annotations
@@ -35,11 +36,12 @@ class TrialRecord:
     predicted_latency_ms: float
     map: float | None = None
     proxy_map: float | None = None
-    map50: float | None = None
+    map50: float | None = None  # of ``map``: None while there is only a proxy
     measured_latency_ms: float | None = None  # end to end on the table's backend, for the front and baselines
     evaluator: str = "train"
     checkpoint: Path | None = None
     cost_s: float | None = None  # what the evaluation cost (a training's wall time for ``train``)
+    standalone_s: float | None = None  # a proxy-scored front member: what training it standalone cost
     reason: str | None = None  # why it was pruned or failed
     parent: str | None = None  # modular children: the parent's arch, and the other parent of a crossover
     crossed_with: str | None = None
@@ -92,22 +94,26 @@ class TrialRecord:
         return cls(**kw)
 
 
-def record_of(stage: str, trial, measured_ms: dict[str, float]) -> TrialRecord | None:
+def record_of(stage: str, trial, measured_ms: dict[str, float], standalone: dict[str, dict] | None = None) -> TrialRecord | None:
     """The record of one Optuna ``FrozenTrial`` of ``stage``'s study; None for a trial that never
     got a candidate (a combination the grammar refused)."""
     h = trial.user_attrs.get("hwnas")
     if not h:
         return None
     ev = _evaluation(trial)
+    # a proxy-scored candidate of the final front, trained standalone afterwards (Search._train_front)
+    alone = (standalone or {}).get(h["arch"])
+    alone = Evaluation.from_dict(alone) if alone and ev is not None and ev.is_proxy else None
     gen = trial.system_attrs.get(GENERATION_KEY, 0) if stage == "structural" else h.get("generation", 0)
     score = trial.values[0] if trial.values else None
     proxy = ev is not None and ev.is_proxy
     return TrialRecord(
         trial=f"{stage}#{trial.number}", stage=stage, generation=int(gen), state=trial.state.name.lower(),
         arch=Arch.parse(h["arch"]), predicted_latency_ms=h["predicted_latency_ms"],
-        map=None if proxy else score, proxy_map=score if proxy else None,
-        map50=None if ev is None else ev.map50, measured_latency_ms=measured_ms.get(h["arch"]),
-        evaluator=h.get("evaluator", "train"), checkpoint=None if ev is None else ev.checkpoint,
+        map=(alone.score if alone else None) if proxy else score, proxy_map=score if proxy else None,
+        map50=alone.map50 if alone else None if ev is None or proxy else ev.map50, measured_latency_ms=measured_ms.get(h["arch"]),
+        evaluator=h.get("evaluator", "train"), checkpoint=alone.checkpoint if alone else None if ev is None else ev.checkpoint,
+        standalone_s=alone.cost_s if alone else None,
         cost_s=None if ev is None else ev.cost_s, reason=trial.user_attrs.get("reason"), parent=h.get("parent"),
         crossed_with=h.get("crossed_with"), estimated_map=h.get("estimated_map"), worker=h.get("worker"))
 
@@ -130,12 +136,15 @@ def records_of(studies: Iterable) -> list[TrialRecord]:
     """Every record of these Optuna studies (named ``SEARCH/stage``), in study then trial order."""
     studies = list(studies)
     measured: dict[str, float] = {}
-    for s in studies:  # the front's re-measurements are kept on one of the search's studies
+    standalone: dict[str, dict] = {}
+    for s in studies:  # the front's re-measurements and standalone trainings are kept on one of the search's studies
         measured.update(s.user_attrs.get("measured_ms", {}))
+        standalone.update(s.user_attrs.get("standalone", {}))
     out = []
     for s in studies:
         stage = s.study_name.rsplit("/", 1)[1]
-        out += [r for t in s.get_trials(deepcopy=False) if (r := record_of(stage, t, measured)) is not None]
+        out += [r for t in s.get_trials(deepcopy=False)
+                if (r := record_of(stage, t, measured, standalone)) is not None]
     return out
 
 

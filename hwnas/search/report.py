@@ -104,7 +104,8 @@ def baseline_matches(b: TrialRecord, done: Sequence[TrialRecord]) -> dict[str, M
     return out
 
 
-def bookkeeping(run_dir: Path) -> dict:
+def bookkeeping_rows(run_dir: Path) -> list[dict]:
+    """The lines of ``RUN/bookkeeping.jsonl``: one per evaluated trial, of every worker."""
     rows = []
     path = run_dir / "bookkeeping.jsonl"
     if path.exists():
@@ -113,6 +114,11 @@ def bookkeeping(run_dir: Path) -> dict:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:  # the line a kill -9 cut short
                 pass
+    return rows
+
+
+def bookkeeping(run_dir: Path) -> dict:
+    rows = bookkeeping_rows(run_dir)
     if not rows:
         return {"n": 0}
     over = sum(r["overhead_s"] for r in rows)
@@ -134,6 +140,7 @@ class Summary:
     baselines: tuple[tuple[TrialRecord, dict[str, Match]], ...]
     reference_ms: float
     bookkeeping: dict
+    supernets_s: float = 0.0  # training time of the supernets in RUN/supernets/ (part of scoring_s)
 
     @property
     def hypervolume(self) -> float:
@@ -141,11 +148,27 @@ class Summary:
 
     @property
     def counts(self) -> dict[str, int]:
+        """Trials by state; ``scored``: candidates the evaluator scored (failures included: they cost
+        compute); ``trained_standalone``: of those, trained on their own (every one for ``train``,
+        the final front for a proxy evaluator)."""
         states: dict[str, int] = {}
         for r in self.records:
             if r.stage != "baseline":
                 states[r.state] = states.get(r.state, 0) + 1
-        return states
+        cands = [r for r in self.records if r.stage != "baseline"]
+        return {**states, "scored": sum(r.state in ("complete", "fail") for r in cands),
+                "trained_standalone": sum(r.map is not None for r in cands)}
+
+    @property
+    def time_s(self) -> dict[str, float]:
+        """Where the compute went: scoring candidates (for ``supernet`` including the supernets'
+        training, which the first candidate of each neighbourhood pays), training the proxy front
+        standalone, and the search's own bookkeeping."""
+        cands = [r for r in self.records if r.stage != "baseline"]
+        return {"scoring_s": sum(r.cost_s or 0.0 for r in cands),
+                "supernets_s": self.supernets_s,
+                "standalone_s": sum(r.standalone_s or 0.0 for r in cands),
+                "bookkeeping_s": self.bookkeeping.get("overhead_s_mean", 0.0) * self.bookkeeping["n"]}
 
     def to_dict(self) -> dict:
         baselines = []
@@ -158,7 +181,7 @@ class Summary:
         return {"config": self.config, "table_target": self.table_target, "counts": self.counts,
                 "front": [r.to_dict() for r in self.front], "fronts": [f.to_dict() for f in self.fronts],
                 "baselines": baselines, "hypervolume_reference": {"map": 0.0, "latency_ms": self.reference_ms},
-                "hypervolume": self.hypervolume, "bookkeeping": self.bookkeeping,
+                "hypervolume": self.hypervolume, "bookkeeping": self.bookkeeping, "time_s": self.time_s,
                 "trials": [r.to_dict() for r in self.records]}
 
 
@@ -175,8 +198,9 @@ def summarize(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "Targ
 
     config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, "storage": storage,
               "recipe_version": RECIPE_VERSION}
+    supernets = sum(json.loads(p.read_text())["train_s"] for p in Path(cfg.out).glob("supernets/*/supernet.json"))
     return Summary(config, target.to_dict(), tuple(records), tuple(front), tuple(stage_fronts(done, ref)), baselines,
-                   ref, bookkeeping(Path(cfg.out)))
+                   ref, bookkeeping(Path(cfg.out)), supernets)
 
 
 def write_report(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "Target", storage: str) -> Path:
@@ -185,6 +209,7 @@ def write_report(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "T
     s = summarize(records, cfg, target, storage)
     write_json(out / "pareto.json", [r.to_dict() for r in s.front])
     write_json(out / "search.json", s.to_dict())
+    write_candidates(out / "candidates.csv", s.records)
     plot(s, out / "pareto.png")
     write_atomic(out / "report.md", markdown(s))
     return out / "report.md"
@@ -236,13 +261,35 @@ def plot(s: Summary, path: Path) -> None:
     write_atomic(path, buf.getvalue())
 
 
+CANDIDATE_COLUMNS = ("trial", "stage", "generation", "state", "arch", "evaluator", "proxy_map", "map", "map50",
+                     "predicted_latency_ms", "measured_latency_ms", "cost_s", "standalone_s", "checkpoint", "reason")
+
+
+def write_candidates(path: Path, records: Sequence[TrialRecord]) -> None:
+    """``RUN/candidates.csv``: every scored candidate (and baseline), one row each; ``map`` only where
+    the detector was trained standalone, ``proxy_map`` where a proxy evaluator scored it."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(CANDIDATE_COLUMNS)
+    for r in records:
+        if r.state in ("complete", "fail"):
+            d = r.to_dict()
+            w.writerow(["" if d[c] is None else d[c] for c in CANDIDATE_COLUMNS])
+    write_atomic(path, buf.getvalue())
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
 def accuracy_text(r: TrialRecord) -> str:
     """The mAP, or the proxy score marked as one: a reader must never take a proxy for an mAP."""
-    return f"{r.map:.4f}" if r.map is not None else f"{r.proxy_map:.4f} (proxy)"
+    if r.map is None:
+        return f"{r.proxy_map:.4f} (proxy)"
+    return f"{r.map:.4f}" + (f" (proxy {r.proxy_map:.4f})" if r.proxy_map is not None else "")
 
 
 def markdown(s: Summary) -> str:
@@ -254,7 +301,8 @@ def markdown(s: Summary) -> str:
              f"({c['epochs']} epoch(s) each), seed {c['seed']}"
              + (f", latency budget {c['latency_max_ms']} ms (predicted)" if c["latency_max_ms"] else ""),
              f"- storage `{c['storage']}`",
-             "- trials: " + ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items())), ""]
+             "- trials: " + ", ".join(f"{v} {k}" for k, v in sorted(s.counts.items())
+                                      if k not in ("scored", "trained_standalone")), ""]
     lines += ["## Final front (predicted latency), re-measured end to end", "",
               "| trial | arch | mAP | mAP@0.5 | predicted ms | measured ms | error % | on measured front |",
               "|---|---|---|---|---|---|---|---|"]
@@ -279,10 +327,17 @@ def markdown(s: Summary) -> str:
     failed = [r for r in s.records if r.state == "fail"]
     if failed:
         lines += ["", "## Failed candidates", ""] + [f"- {r.trial} `{r.arch}`: {r.reason}" for r in failed]
+    t = s.time_s
+    lines += ["", f"Time: scoring {t['scoring_s'] / 60:.1f} min"
+              + (f" (of which training supernets {t['supernets_s'] / 60:.1f} min)" if t["supernets_s"] else "")
+              + (f", training the front standalone {t['standalone_s'] / 60:.1f} min" if t["standalone_s"] else "")
+              + f", bookkeeping {t['bookkeeping_s']:.1f} s; {s.counts['scored']} candidates scored, "
+              f"{s.counts['trained_standalone']} trained standalone."]
     bk = s.bookkeeping
     if bk["n"]:
         lines += ["", f"Bookkeeping (this worker, {bk['n']} trials): {bk['overhead_s_mean'] * 1e3:.0f} ms a trial, "
                   f"{100 * bk['overhead_fraction']:.3f} % of trial time (worst trial {100 * bk['overhead_fraction_max']:.3f} %)."]
-    lines += ["", "Files: `pareto.json` (front), `search.json` (every trial), `pareto.png`, `trials/<id>/` "
+    lines += ["", "Files: `pareto.json` (front), `search.json` (every trial), `candidates.csv` (every scored candidate), "
+              "`pareto.png`, `trials/<id>/` "
               "(what the evaluator kept: `last.pt` for `train`).", ""]
     return "\n".join(lines)

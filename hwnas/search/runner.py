@@ -74,6 +74,9 @@ class SearchConfig:
     max_failures: int = 5  # failed candidates in a row before the search stops (a systematic cause)
     recipe: str = ""  # a preset whose training recipe (hwnas.train.recipes.RECIPES) the candidates train with
     evaluator: str = "train"  # how a candidate's accuracy is scored: a name in hwnas.search.evaluators.EVALUATORS
+    budget_s: float = 0.0  # wall-clock budget of the candidate stages (0: none; then --trials alone decides)
+    supernet_epochs: int = 12  # evaluator supernet: epochs each neighbourhood's supernet trains
+    supernet_strategy: str = "uniform"  # evaluator supernet: paths per step (hwnas.search.supernet.STRATEGIES)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -100,6 +103,11 @@ class SearchConfig:
         if not self.study or "/" in self.study:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
         check_evaluator(self.evaluator)
+        check_count("--supernet-epochs", self.supernet_epochs)
+        check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
+        from hwnas.search.supernet import SupernetConfig
+
+        SupernetConfig(epochs=self.supernet_epochs, strategy=self.supernet_strategy)  # checks the strategy
 
     def stage_trials(self) -> dict[str, int]:
         if self.stage == "both":
@@ -112,7 +120,10 @@ class SearchConfig:
         return Budget(epochs=self.epochs, max_train_images=self.max_train_images)
 
     def population_for(self, n: int) -> int:
-        return self.population or min(50, max(4, n // 4))
+        if self.population:
+            return self.population
+        # under a budget the number of candidates is unknown: a population that a few dozen fill
+        return 8 if self.budget_s else min(50, max(4, n // 4))
 
     def identity(self) -> dict:
         """What must be equal for workers (or a rerun) to join a study: anything that changes
@@ -124,6 +135,8 @@ class SearchConfig:
                 "latency_max_ms": self.latency_max_ms, "seed": self.seed, **({"recipe": self.recipe} if self.recipe else {}),
                 # Only when not the default, so studies started before evaluators existed still match.
                 **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
+                **({"supernet_epochs": self.supernet_epochs, "supernet_strategy": self.supernet_strategy}
+                   if self.evaluator == "supernet" else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
 
@@ -201,7 +214,7 @@ class Search:
         self.outcome = Outcome()
         self.studies: dict[str, optuna.Study] = {}
         self.slot = -1
-        self._done, self._front, self.total = 0, "front: -", 0
+        self._done, self._front, self.total, self._spent = 0, "front: -", 0, 0.0
         self._failures_in_a_row, self._last_reason = 0, ""
 
     # ------------------------------------------------------------------ checks
@@ -281,6 +294,7 @@ class Search:
                                      f"{self._last_reason}; the search stopped (failures are listed in "
                                      f"{self.outcome.report}); fix the cause and rerun the same command to go on")
             if self._reporter():
+                self._train_front()
                 self._measure_front()
             self.outcome.report = self.write_report()
             return self.outcome
@@ -306,12 +320,32 @@ class Search:
             self._resume_stale(stage, study)
             if len(self.coord.claimed(study.study_name)) >= n or self._failures_in_a_row >= self.cfg.max_failures:
                 break
+            if self._out_of_time(stage):
+                self.outcome.notes.append(f"{stage}: its share of --budget-min was spent after "
+                                          f"{len(self.coord.claimed(study.study_name))} candidate(s)")
+                break
             if not self._one(stage, study, n, propose):
                 self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or over "
                                           f"the latency budget; the stage ended with "
                                           f"{len(self.coord.claimed(study.study_name))} of {n} trials")
                 break
         self._wait_for_others(stage, study)
+
+    def spent_s(self) -> float:
+        """Seconds this search's workers have spent on candidates (evaluations and bookkeeping),
+        read back from ``bookkeeping.jsonl``, so a resumed search goes on with the budget it had left."""
+        from hwnas.search.report import bookkeeping_rows
+
+        return sum(r["train_s"] + r["overhead_s"] for r in bookkeeping_rows(Path(self.cfg.out)))
+
+    def _out_of_time(self, stage: str) -> bool:
+        """With ``budget_s``: the structural stage may spend ``structural_share`` of it, the modular
+        stage the rest (a stage run alone, all of it). Checked before each candidate: one that starts
+        in time finishes, so a search overruns by at most one evaluation."""
+        if not self.cfg.budget_s:
+            return False
+        share = self.cfg.structural_share if stage == "structural" and self.cfg.stage == "both" else 1.0
+        return self.spent_s() >= share * self.cfg.budget_s
 
     def _one(self, stage: str, study, n: int, propose) -> bool:
         """Propose until one candidate is trainable, then train and tell it. False: nothing trainable."""
@@ -430,7 +464,7 @@ class Search:
 
         def note(item: str) -> None:
             if self.progress:
-                self.progress(self._done, self.total, f"{self._front} | {label} {arch} {item}")
+                self._show(f"{label} {arch} {item}")
 
         t0 = time.perf_counter()
         ev: Evaluation = self.evaluator(arch, self.cfg.budget(), Path(self.cfg.out) / "trials" / slug(str(arch)), note)
@@ -466,8 +500,17 @@ class Search:
             return
         records = self.records()
         self._done = min(self.total, sum(r.stage != "baseline" and r.state in ("complete", "fail") for r in records))
+        self._spent = self.spent_s() if self.cfg.budget_s else 0.0
         self._front = _front_text(records)
-        self.progress(self._done, self.total, f"{self._front} | {item}")
+        self._show(item)
+
+    def _show(self, item: str) -> None:
+        """One progress line: candidates done of the trials, or under a budget seconds of it."""
+        if self.cfg.budget_s:
+            b = int(self.cfg.budget_s)
+            self.progress(min(b, int(self._spent)), b, f"{self._done} scored | {self._front} | {item}")
+        else:
+            self.progress(self._done, self.total, f"{self._front} | {item}")
 
     # ------------------------------------------------------------------ resumption
     def _resume_stale(self, stage: str, study) -> None:
@@ -529,6 +572,31 @@ class Search:
                 continue
             self._evaluate(study, trial.number, arch, meta, 0.0)
         self._wait_for_others("baseline", study)
+
+    def _train_front(self) -> None:
+        """A proxy evaluator's front, trained standalone (``train``, ``--epochs-per-trial`` epochs) so
+        that the mAP of every front member a user reads is a trained detector's. Kept by arch in the
+        search's ``standalone`` attribute: a rerun trains only what is missing (and resumes a killed training)."""
+        from hwnas.search.evaluators.train import TrainEvaluator
+        from hwnas.search.report import final_front
+
+        todo = [r for r in final_front(self.records()) if r.is_proxy and r.map is None]
+        if not todo:
+            return
+        self.say(f"training the {len(todo)} proxy-scored front member(s) standalone ({self.cfg.epochs} epoch(s) each)")
+        trainer = TrainEvaluator(self.cfg)
+        store = self._measure_store()
+        for i, r in enumerate(todo):
+            label = f"standalone {i + 1}/{len(todo)} {r.trial} {r.arch}"
+
+            def note(item: str) -> None:
+                if self.progress:
+                    self._show(f"{label} {item}")
+
+            ev = trainer(r.arch, self.cfg.budget(), Path(self.cfg.out) / "trials" / slug(str(r.arch)), note)
+            store.set_user_attr("standalone", {**store.user_attrs.get("standalone", {}), str(r.arch): ev.to_dict()})
+            if ev.failure:
+                self.say(f"standalone training of {r.trial} failed: {ev.failure}")
 
     def _measure_front(self) -> None:
         """Re-measure every front member (and every baseline) end to end on the table's backend;

@@ -644,10 +644,16 @@ def test_a_registered_evaluator_scores_a_real_search(toy_search, setup, capfd) -
     done = [r for r in recs if r.complete and r.stage != "baseline"]
     assert len(done) == 8 and {r.stage for r in done} == {"structural", "modular"}
     assert sorted(toy_search["made"][0].seen) == sorted(str(r.arch) for r in recs if r.complete)  # baseline too
+    front_archs = {str(r.arch) for r in final_front(recs)}
     for r in recs:
         if r.complete:
-            assert (r.evaluator, r.is_proxy, r.map, r.cost_s, r.checkpoint) == ("toy", True, None, 0.0, None)
+            assert (r.evaluator, r.is_proxy, r.cost_s) == ("toy", True, 0.0)
             assert r.proxy_map == _toy_score(r.arch)
+            if str(r.arch) in front_archs and r.stage != "baseline":  # trained standalone after the stages
+                assert r.map is not None and r.checkpoint.name == "last.pt" and r.checkpoint.exists()
+                assert r.standalone_s > 0 and r.map50 is not None
+            else:  # a proxy only: never shown as an mAP
+                assert (r.map, r.map50, r.checkpoint) == (None, None, None)
     for r in done:
         if r.stage == "modular":
             assert r.parent in {str(x.arch) for x in done} and r.generation >= 1
@@ -657,10 +663,12 @@ def test_a_registered_evaluator_scores_a_real_search(toy_search, setup, capfd) -
     assert front and all(not any(dominates(p, f.objectives) for p in pts) for f in front)
     assert all(any(dominates(f.objectives, r.objectives) or f.objectives == r.objectives for f in front) for r in done)
     stored = read_front(out / "pareto.json")
-    assert [(r.trial, r.proxy_map, r.map) for r in stored] == [(r.trial, r.proxy_map, None) for r in front]
-    assert not (out / "trials").exists()  # nothing was trained
+    assert [(r.trial, r.proxy_map, r.map) for r in stored] == [(r.trial, r.proxy_map, r.map) for r in front]
+    assert all(r.map is not None for r in stored)
+    # only the front was trained, each member once
+    assert {p.name for p in (out / "trials").iterdir()} == {slug(str(r.arch)) for r in front}
     report = (out / "report.md").read_text()
-    assert "evaluator `toy`" in report and "(proxy)" in report
+    assert "evaluator `toy`" in report and f"(proxy {front[0].proxy_map:.4f})" in report
     # the score means something else under another evaluator: the study refuses to mix them
     capfd.readouterr()
     assert main(args(setup, out, "--trials", 8, "--population", 2, "--no-measure")) == 1

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from hwnas.errors import HwnasError
 from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
+from hwnas.search.evaluators.supernet import SupernetEvaluator
 from hwnas.search.evaluators.train import TrainEvaluator
 
 if TYPE_CHECKING:
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
 
 EVALUATORS: dict[str, EvaluatorFactory] = {
     "train": TrainEvaluator,
+    "supernet": SupernetEvaluator,
+    "bn": lambda cfg: SupernetEvaluator(cfg, bn_nas=True),
 }
 
 
