@@ -397,8 +397,11 @@ def search(
     force: bool = typer.Option(False, help="re-measure even if this machine differs from the table's target"),
     max_failures: int = typer.Option(5, "--max-failures", help="failed candidates in a row before the search stops"),
     evaluator: str = typer.Option("train", help="how candidates are scored (hwnas.search.evaluators): train = from scratch for "
+                                  "--epochs-per-trial; halving = successive halving (ASHA) over epochs up to "
                                   "--epochs-per-trial; supernet = inherited weights of a weight-sharing supernet per "
-                                  "structure, the final front then trained standalone"),
+                                  "structure; bn = BN-NAS scale factors; with a proxy the final front is then trained "
+                                  "standalone"),
+    eta: int = typer.Option(3, "--eta", help="--evaluator halving: the best 1/ETA of a rung go on to ETA times the epochs"),
     supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet: epochs each supernet trains"),
     supernet_strategy: str = typer.Option("uniform", "--supernet-strategy", help="--evaluator supernet: uniform (one path a step) or sandwich (largest, smallest and two drawn)"),
 ) -> None:
@@ -415,7 +418,7 @@ def search(
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
-                       max_failures=max_failures, evaluator=evaluator, supernet_epochs=supernet_epochs, budget_s=budget_min * 60,
+                       max_failures=max_failures, evaluator=evaluator, supernet_epochs=supernet_epochs, budget_s=budget_min * 60, eta=eta,
                        supernet_strategy=supernet_strategy)
     _run_folder(out, "search folder", _data(data) + [table],
                 {"pareto.json": "JSON file", "search.json": "JSON file", "report.md": "file", "pareto.png": "image",

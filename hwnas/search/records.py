@@ -4,7 +4,8 @@ Optuna keeps the trials; the search writes, per trial, the user attributes ``hwn
 proposed: arch, stage, predicted latency, parent ...), ``evaluation`` (``Evaluation.to_dict()``)
 and ``reason`` (why it was pruned or failed), and on one study per search ``measured_ms`` (the
 end-to-end re-measurements of the front) and ``standalone`` (by arch, the ``Evaluation`` of a
-proxy-scored front member trained standalone). This module is the only reader of those attributes;
+proxy-scored front member trained standalone); with successive halving each study also keeps its
+promotions (``rung<epochs>:<arch>``: the ``Evaluation`` at that rung). This module is the only reader of those attributes;
 everything else reads records, from a live study, a reopened storage, or the JSON files.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class TrialRecord:
     estimated_map: float | None = None  # what the modular stage expected of it before evaluating it
     worker: int | None = None
     on_measured_front: bool | None = None  # final front only: still on it with measured latency (None: not all measured)
+    rungs: dict[str, float | None] | None = None  # successive halving: the score at each rung reached, by epochs
 
     @property
     def is_proxy(self) -> bool:
@@ -94,19 +96,31 @@ class TrialRecord:
         return cls(**kw)
 
 
-def record_of(stage: str, trial, measured_ms: dict[str, float], standalone: dict[str, dict] | None = None) -> TrialRecord | None:
+def record_of(stage: str, trial, measured_ms: dict[str, float], standalone: dict[str, dict] | None = None,
+              promotions: dict[str, dict[int, Evaluation]] | None = None) -> TrialRecord | None:
     """The record of one Optuna ``FrozenTrial`` of ``stage``'s study; None for a trial that never
     got a candidate (a combination the grammar refused)."""
     h = trial.user_attrs.get("hwnas")
     if not h:
         return None
     ev = _evaluation(trial)
-    # a proxy-scored candidate of the final front, trained standalone afterwards (Search._train_front)
-    alone = (standalone or {}).get(h["arch"])
-    alone = Evaluation.from_dict(alone) if alone and ev is not None and ev.is_proxy else None
     gen = trial.system_attrs.get(GENERATION_KEY, 0) if stage == "structural" else h.get("generation", 0)
     score = trial.values[0] if trial.values else None
+    rungs, cost = None, None if ev is None else ev.cost_s
+    if h.get("evaluator") == "halving" and ev is not None:
+        # the first rung is 1 epoch (hwnas.search.halving.rung_epochs); a candidate counts at the
+        # highest rung it reached, and promotions that failed leave it where it was
+        reached = {1: ev, **(promotions or {}).get(h["arch"], {})}
+        rungs = {str(e): x.score for e, x in sorted(reached.items())}
+        ok = [e for e, x in reached.items() if x.score is not None]
+        if ok:
+            ev = reached[max(ok)]
+            score = ev.score
+        cost = sum(x.cost_s for x in reached.values())
     proxy = ev is not None and ev.is_proxy
+    # a proxy-scored candidate of the final front, trained standalone afterwards (Search._train_front)
+    alone = (standalone or {}).get(h["arch"])
+    alone = Evaluation.from_dict(alone) if alone and proxy else None
     return TrialRecord(
         trial=f"{stage}#{trial.number}", stage=stage, generation=int(gen), state=trial.state.name.lower(),
         arch=Arch.parse(h["arch"]), predicted_latency_ms=h["predicted_latency_ms"],
@@ -114,7 +128,7 @@ def record_of(stage: str, trial, measured_ms: dict[str, float], standalone: dict
         map50=alone.map50 if alone else None if ev is None or proxy else ev.map50, measured_latency_ms=measured_ms.get(h["arch"]),
         evaluator=h.get("evaluator", "train"), checkpoint=alone.checkpoint if alone else None if ev is None else ev.checkpoint,
         standalone_s=alone.cost_s if alone else None,
-        cost_s=None if ev is None else ev.cost_s, reason=trial.user_attrs.get("reason"), parent=h.get("parent"),
+        cost_s=cost, rungs=rungs, reason=trial.user_attrs.get("reason"), parent=h.get("parent"),
         crossed_with=h.get("crossed_with"), estimated_map=h.get("estimated_map"), worker=h.get("worker"))
 
 
@@ -143,8 +157,19 @@ def records_of(studies: Iterable) -> list[TrialRecord]:
     out = []
     for s in studies:
         stage = s.study_name.rsplit("/", 1)[1]
+        promotions = promotions_of(s)
         out += [r for t in s.get_trials(deepcopy=False)
-                if (r := record_of(stage, t, measured, standalone)) is not None]
+                if (r := record_of(stage, t, measured, standalone, promotions)) is not None]
+    return out
+
+
+def promotions_of(study) -> dict[str, dict[int, Evaluation]]:
+    """Successive halving's promotions kept on a study (``rung<epochs>:<arch>``): by arch, by epochs."""
+    out: dict[str, dict[int, Evaluation]] = {}
+    for key, value in study.user_attrs.items():
+        if key.startswith("rung") and ":" in key:
+            epochs, arch = key[len("rung"):].split(":", 1)
+            out.setdefault(arch, {})[int(epochs)] = Evaluation.from_dict(value)
     return out
 
 

@@ -140,7 +140,7 @@ class Summary:
     baselines: tuple[tuple[TrialRecord, dict[str, Match]], ...]
     reference_ms: float
     bookkeeping: dict
-    supernets_s: float = 0.0  # training time of the supernets in RUN/supernets/ (part of scoring_s)
+    supernets_s: float = 0.0  # training time of the supernets in RUN/supernets/, RUN/bn-supernets/ (part of scoring_s)
 
     @property
     def hypervolume(self) -> float:
@@ -198,7 +198,7 @@ def summarize(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "Targ
 
     config = {**{k: (str(v) if isinstance(v, Path) else v) for k, v in cfg.__dict__.items()}, "storage": storage,
               "recipe_version": RECIPE_VERSION}
-    supernets = sum(json.loads(p.read_text())["train_s"] for p in Path(cfg.out).glob("supernets/*/supernet.json"))
+    supernets = sum(json.loads(p.read_text())["train_s"] for p in Path(cfg.out).glob("*supernets/*/supernet.json"))
     return Summary(config, target.to_dict(), tuple(records), tuple(front), tuple(stage_fronts(done, ref)), baselines,
                    ref, bookkeeping(Path(cfg.out)), supernets)
 

@@ -75,6 +75,7 @@ class SearchConfig:
     recipe: str = ""  # a preset whose training recipe (hwnas.train.recipes.RECIPES) the candidates train with
     evaluator: str = "train"  # how a candidate's accuracy is scored: a name in hwnas.search.evaluators.EVALUATORS
     budget_s: float = 0.0  # wall-clock budget of the candidate stages (0: none; then --trials alone decides)
+    eta: int = 3  # evaluator halving: the best 1/eta of a rung go on, each rung eta times the epochs of the last
     supernet_epochs: int = 12  # evaluator supernet: epochs each neighbourhood's supernet trains
     supernet_strategy: str = "uniform"  # evaluator supernet: paths per step (hwnas.search.supernet.STRATEGIES)
 
@@ -104,6 +105,7 @@ class SearchConfig:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
         check_evaluator(self.evaluator)
         check_count("--supernet-epochs", self.supernet_epochs)
+        check_int("--eta", self.eta, 2, 100)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
         from hwnas.search.supernet import SupernetConfig
 
@@ -136,7 +138,8 @@ class SearchConfig:
                 # Only when not the default, so studies started before evaluators existed still match.
                 **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
                 **({"supernet_epochs": self.supernet_epochs, "supernet_strategy": self.supernet_strategy}
-                   if self.evaluator == "supernet" else {}),
+                   if self.evaluator in ("supernet", "bn") else {}),
+                **({"eta": self.eta} if self.evaluator == "halving" else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
 
@@ -318,11 +321,15 @@ class Search:
                    "random": self._propose_random}[stage]
         while True:
             self._resume_stale(stage, study)
-            if len(self.coord.claimed(study.study_name)) >= n or self._failures_in_a_row >= self.cfg.max_failures:
+            if self._failures_in_a_row >= self.cfg.max_failures:
                 break
             if self._out_of_time(stage):
                 self.outcome.notes.append(f"{stage}: its share of --budget-min was spent after "
                                           f"{len(self.coord.claimed(study.study_name))} candidate(s)")
+                break
+            if self._promote(study):  # due promotions first, also once the stage's candidates are all scored
+                continue
+            if len(self.coord.claimed(study.study_name)) >= n:
                 break
             if not self._one(stage, study, n, propose):
                 self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or over "
@@ -455,6 +462,49 @@ class Search:
         if not exists or not self._parents():
             raise HwnasError(f"--stage modular needs a finished structural stage in study {self.cfg.study!r} of "
                              f"{self.url}; run --stage structural first (same --out/--storage/--study)")
+
+    # ------------------------------------------------------------------ successive halving
+    def _promote(self, study) -> bool:
+        """``--evaluator halving``: continue one candidate of ``study`` that stands in the best
+        ``1/eta`` of its rung (``len // eta`` of them) to the next rung (the highest rungs first, so
+        that some candidates reach the full budget early), or finish a promotion a killed worker
+        left. False when none is due. A promotion's score is kept in the study (``rung<E>:<arch>``) and read by the records."""
+        from hwnas.search.halving import promoted
+
+        if self.cfg.evaluator != "halving":
+            return False
+        rungs = self.evaluator.rungs
+        done = [r for r in records_of([study]) if r.complete]
+        scores = {str(r.arch): {int(e): v for e, v in (r.rungs or {}).items()} for r in done}
+        latency = {str(r.arch): r.predicted_latency_ms for r in done}
+        book = study.study_name + "#promotions"
+        for i in range(len(rungs) - 2, -1, -1):
+            at = [a for a, by in scores.items() if by.get(rungs[i]) is not None]
+            if len(at) < self.cfg.eta:  # the best 1/eta of fewer than eta candidates: none yet (ASHA)
+                continue
+            for j in promoted([(scores[a][rungs[i]], latency[a]) for a in at], self.cfg.eta):
+                arch, nxt = at[j], rungs[i + 1]
+                if nxt in scores[arch]:
+                    continue
+                key = f"promote:{nxt}:{arch}"
+                claim = next((c for c in self.coord.claimed(book) if c.arch == key), None)
+                mine = claim is None and self.coord.claim(key, book, -1)
+                if not mine and claim is not None and claim.slot in (self.coord.dead_slots() | {self.slot}):
+                    mine = claim.slot == self.slot or self.coord.adopt(claim)  # a killed worker's promotion
+                if mine:
+                    self._run_promotion(study, Arch.parse(arch), nxt, f"promote to {nxt} epochs")
+                    return True
+        return False
+
+    def _run_promotion(self, study, arch: Arch, epochs: int, label: str) -> None:
+        t0 = time.perf_counter()
+        ev = self.evaluator.to_rung(arch, epochs, self.cfg.budget(), Path(self.cfg.out) / "trials" / slug(str(arch)),
+                                    lambda item: self._show(f"{label} {arch} {item}") if self.progress else None)
+        study.set_user_attr(f"rung{epochs}:{arch}", ev.to_dict())
+        self._log_bookkeeping({"study": study.study_name, "trial": -1, "arch": str(arch), "train_s":
+                               time.perf_counter() - t0, "overhead_s": 0.0, "worker": self.slot,
+                               "ok": ev.failure is None, "promotion": epochs})
+        self._tick(f"{label} done")
 
     # ------------------------------------------------------------------ evaluating one candidate
     def _evaluate(self, study, number: int, arch: Arch, meta: dict, overhead_s: float) -> None:

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from hwnas.errors import HwnasError
 from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
+from hwnas.search.evaluators.halving import HalvingEvaluator
 from hwnas.search.evaluators.supernet import SupernetEvaluator
 from hwnas.search.evaluators.train import TrainEvaluator
 
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
 EVALUATORS: dict[str, EvaluatorFactory] = {
     "train": TrainEvaluator,
+    "halving": HalvingEvaluator,
     "supernet": SupernetEvaluator,
     "bn": lambda cfg: SupernetEvaluator(cfg, bn_nas=True),
 }
