@@ -81,7 +81,8 @@ def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
 
 
 def fidelity(truth: dict, keys: dict[str, float]) -> dict:
-    rows = truth["rows"]
+    """Rank agreement with the truth over the detectors that have both a truth mAP and a score."""
+    rows = [r for r in truth["rows"] if r["map"] is not None and r["arch"] in keys]
     true = [r["map"] for r in rows]
     proxy = [keys[r["arch"]] for r in rows]
     lat = [r["predicted_latency_ms"] for r in rows]
@@ -91,14 +92,15 @@ def fidelity(truth: dict, keys: dict[str, float]) -> dict:
     hv_true = hypervolume([(true[i], lat[i]) for i in pareto_indices(list(zip(true, lat)))], 0.0, ref)
     picked = pareto_indices(list(zip(proxy, lat)))
     hv_picked = hypervolume([(true[i], lat[i]) for i in picked], 0.0, ref)
-    return {"kendall_tau": kendalltau(proxy, true).statistic, "spearman": spearmanr(proxy, true).statistic,
+    return {"n": len(rows), "kendall_tau": kendalltau(proxy, true).statistic, "spearman": spearmanr(proxy, true).statistic,
             "top5_in_top5": len(top_true & top_proxy), "front_size": len(picked),
             "front_hv_share": hv_picked / hv_true if hv_true else None}
 
 
-def truth_or_plan(path: Path) -> dict:
-    """The truth set; while it is still training, its plan (archs and table latency, no mAP yet), so
-    evaluators can be scored meanwhile and compared once it is done (``--report-only``)."""
+def truth_or_plan(path: Path, work: Path = Path("runs/bench/truth")) -> dict:
+    """The truth set; while it is still training, its plan (archs and table latency) with the mAP of
+    the detectors finished so far (mean over the seeds finished), so evaluators can be scored
+    meanwhile and compared on the finished part (the table says how many)."""
     if path.exists():
         return json.loads(path.read_text())
     from truth_set import truth_archs
@@ -108,9 +110,16 @@ def truth_or_plan(path: Path) -> dict:
 
     table = "latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json"
     lat = LatencyTable.load(Path(table))
-    return {"space": "small", "resolution": 128, "epochs": 12, "table": table, "rows": [
-        {"arch": str(a), "predicted_latency_ms": lat.predict(a).latency_ms, "map": None}
-        for a in truth_archs(get_space("small"), 128)]}
+    rows, seeds = [], set()
+    for a in truth_archs(get_space("small"), 128):
+        maps = {}
+        for run in sorted(work.glob(f"e12-s*/{slug(str(a))}/metrics.json")):
+            maps[run.parts[-3].removeprefix("e12-s")] = json.loads(run.read_text())["map"]
+        seeds |= set(maps)
+        rows.append({"arch": str(a), "predicted_latency_ms": lat.predict(a).latency_ms,
+                     "map": sum(maps.values()) / len(maps) if maps else None, "seeds_done": sorted(maps)})
+    return {"space": "small", "resolution": 128, "epochs": 12, "table": table, "seeds": sorted(seeds),
+            "partial": True, "rows": rows}
 
 
 def main() -> None:
@@ -123,6 +132,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/rank_fidelity"))
     ap.add_argument("--report-only", action="store_true", help="recompute the figures of the stored scores")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--merge", type=Path, nargs="*", default=[], help="results files of other runs to add")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -131,6 +141,8 @@ def main() -> None:
     truth = truth_or_plan(args.truth)
     path = args.results.with_suffix(".json")
     result = json.loads(path.read_text()) if path.exists() else {"truth": str(args.truth), "evaluators": {}}
+    for extra in args.merge:  # scores another run of this script stored elsewhere
+        result["evaluators"].update(json.loads(extra.read_text())["evaluators"])
     for name in [] if args.report_only else [e for e in args.evaluators.split(",") if e]:
         ev = evaluate(name, truth, args.data, args.work, args.eta)
         result["evaluators"][name] = {**{k: v for k, v in ev.items() if k not in ("keys", "detail")},
@@ -140,19 +152,20 @@ def main() -> None:
 
 
 def table(result: dict, truth: dict) -> str:
-    """The figures of every stored evaluator against the truth (once the truth set has its mAP)."""
-    n = len(truth["rows"])
-    if any(r["map"] is None for r in truth["rows"]):
-        return f"Scores stored for {', '.join(result['evaluators'])}; the truth set ({n} detectors) is not trained yet.\n"
-    lines = [f"Rank fidelity on the truth set ({n} detectors, `{result['truth']}`, seeds "
-             f"{', '.join(map(str, truth['seeds']))}).", "",
-             "| evaluator | Kendall tau | Spearman | truth's top 5 in its top 5 | front HV share | front size | cost (min) "
-             "| cost per detector (s) |",
+    """The figures of every stored evaluator against the truth, over the detectors both have."""
+    done = sum(r["map"] is not None for r in truth["rows"])
+    if done < 5:
+        return f"Scores stored for {', '.join(result['evaluators'])}; the truth set has {done} trained detectors.\n"
+    part = f"{done} of {len(truth['rows'])} detectors trained so far" if truth.get("partial") else \
+        f"{len(truth['rows'])} detectors"
+    lines = [f"Rank fidelity on the truth set ({part}, seeds {', '.join(map(str, truth['seeds']))}).", "",
+             "| evaluator | detectors compared | Kendall tau | Spearman | truth's top 5 in its top 5 | front HV share "
+             "| front size | wall time here (min) |",
              "|---|---|---|---|---|---|---|---|"]
     for name, e in result["evaluators"].items():
         e.update(fidelity(truth, e["keys"]))
-        lines.append(f"| {name} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
-                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} | {e['cost_s'] / n:.1f} |")
+        lines.append(f"| {name} | {e['n']} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
+                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -252,6 +252,9 @@ def train(
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA of the weights, decay per iteration (e.g. 0.999; 0: off); the averaged weights are scored and saved (default: the recipe's, else 0)"),
     copy_paste: Optional[float] = typer.Option(None, "--copy-paste", help="share of training samples that get the boxes of another sample pasted in (0: off; default: the recipe's, else 0)"),
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, results.csv, detections.json (resumed if present)", parser=path_arg),
+    search: Optional[Path] = typer.Option(None, help="instead of --arch: a finished search's --out folder; train the front member --pick or --latency-max-ms names, with the search's recipe, batch size and lr", parser=path_arg),
+    pick: Optional[str] = typer.Option(None, help="with --search: best | fastest | a trial of the front, e.g. modular#4"),
+    latency_max_ms: Optional[float] = typer.Option(None, "--latency-max-ms", help="with --search: the most accurate front member within X ms"),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json and RUN/results.csv."""
     from dataclasses import replace
@@ -262,8 +265,23 @@ def train(
     from hwnas.train.loop import train as run_train
     from hwnas.train.recipes import recipe_config
 
+    recipe = preset or ""
+    if search is not None:  # the front member, trained from scratch with the search's recipe
+        from hwnas.search.records import pick_from_front
+
+        if arch is not None or preset is not None:
+            raise HwnasError("--search picks the arch: drop --arch and --preset")
+        r = pick_from_front(search, pick, latency_max_ms)
+        conf = json.loads((search / "search.json").read_text())["config"]
+        recipe, arch = conf.get("recipe", ""), str(r.arch)
+        batch_size = conf["batch_size"] if batch_size is None else batch_size
+        lr = conf["lr"] if lr is None else lr
+        say(f"picked {r.trial} from {search / 'pareto.json'}: {r.arch} (recipe {recipe or 'default'}, batch {batch_size}, "
+            f"lr {lr})")
+    elif pick is not None or latency_max_ms is not None:
+        raise HwnasError("--pick and --latency-max-ms choose from a search's front: give --search RUN")
     if (arch is None) == (preset is None):
-        raise HwnasError("give exactly one of --arch or --preset")
+        raise HwnasError("give exactly one of --arch, --preset or --search")
     a = resolve_arch(arch or preset)
     if img_size is not None:
         from hwnas.limits import check_side
@@ -274,7 +292,7 @@ def train(
         raise HwnasError(f"--budget-min {budget_min}: give the minutes to train, a number > 0 (e.g. 10)")
     if budget_min is not None and epochs is None:
         epochs = BUDGET_MAX_EPOCHS  # the clock decides, not the recipe's epochs
-    cfg = recipe_config(preset or "", epochs=epochs, budget_s=budget_min and budget_min * 60, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
+    cfg = recipe_config(recipe, epochs=epochs, budget_s=budget_min and budget_min * 60, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
                         box_loss=box_loss, das_p=das_p, ema=ema, assigner=assigner, copy_paste=copy_paste,
                         scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
                         step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
@@ -481,6 +499,19 @@ def supernet(
 
 
 # ----------------------------------------------------------------------------- export / bench / infer
+def _picked(search: Path, pick: Optional[str], latency_max_ms: Optional[float], *others) -> Path:
+    """The checkpoint of the front member ``--pick`` / ``--latency-max-ms`` names, said on stderr."""
+    from hwnas.search.records import pick_from_front
+    from hwnas.search.report import accuracy_text
+
+    if any(o is not None for o in others):
+        raise HwnasError("--search picks the checkpoint: drop --weights and --preset")
+    r = pick_from_front(search, pick, latency_max_ms)
+    say(f"picked {r.trial} from {search / 'pareto.json'}: {r.arch}, mAP {accuracy_text(r)}, "
+        f"{r.latency_ms:.2f} ms ({'measured' if r.measured_latency_ms is not None else 'predicted'})")
+    return Path(r.checkpoint)
+
+
 def _batch_triple(text: Optional[str]) -> Optional[tuple[int, int, int]]:
     if text is None:
         return None
@@ -518,6 +549,9 @@ def _export_multiscale(weights: Optional[Path], out: Path, test_scales: str, *, 
 def export(
     weights: Optional[Path] = typer.Option(None, help="checkpoint (RUN/last.pt, or a search's RUN/trials/<id>/last.pt)", parser=path_arg),
     preset: Optional[str] = typer.Option(None, help="instead of --weights: a preset or arch string, untrained (to build and time its engine before training)"),
+    search: Optional[Path] = typer.Option(None, help="instead of --weights: a finished search's --out folder; export the member of its front that --pick or --latency-max-ms names", parser=path_arg),
+    pick: Optional[str] = typer.Option(None, help="with --search: best (highest mAP) | fastest | a trial of the front, e.g. modular#4"),
+    latency_max_ms: Optional[float] = typer.Option(None, "--latency-max-ms", help="with --search: the most accurate front member within X ms (measured, else predicted)"),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="with --preset: classes of the untrained head (default 1 for a face head, else 80)"),
     out: Path = typer.Option(..., help="engines/NAME: writes NAME.onnx, NAME.json and (engine) NAME.engine", parser=path_arg),
     format: str = typer.Option("onnx", "--format", help="onnx | engine"),
@@ -540,6 +574,10 @@ def export(
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale graph: one fixed-size input per test pass, e.g. 0.5:64-,1,1f,2:-128 (fp32 ONNX; merged on the host by box voting)"),
 ) -> None:
     """Compile a trained detector into a deployable ONNX (decode + NMS inside) and optionally an engine."""
+    if search is not None:
+        weights = _picked(search, pick, latency_max_ms, weights, preset)
+    elif pick is not None or latency_max_ms is not None:
+        raise HwnasError("--pick and --latency-max-ms choose from a search's front: give --search RUN")
     if test_scales is not None:
         _export_multiscale(weights, out, test_scales, nms=nms, batch=batch,
                            others={"--format": format != "onnx", "--precision": precision != "fp32",

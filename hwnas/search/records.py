@@ -190,3 +190,47 @@ def read_front(path: Path) -> list[TrialRecord]:
 
     return [TrialRecord.from_dict(d) for d in json.loads(Path(path).read_text())]
 
+
+
+PICKS = ("best", "fastest")
+
+
+def pick_from_front(run: Path, pick: str | None = None, latency_max_ms: float | None = None) -> TrialRecord:
+    """One member of a finished search's front (``RUN/pareto.json``): ``best`` (the highest mAP),
+    ``fastest``, a trial id (``structural#3``), or with ``latency_max_ms`` the most accurate within
+    that latency (measured end to end where it was, else predicted). Its ``checkpoint`` exists."""
+    from hwnas.errors import HwnasError
+
+    path = Path(run) / "pareto.json"
+    if not path.is_file():
+        raise HwnasError(f"--search {run}: no pareto.json there; give the --out folder of a finished hwnas search")
+    front = read_front(path)
+    if not front:
+        raise HwnasError(f"{path} holds an empty front (no candidate finished); rerun the search")
+    if (pick is None) == (latency_max_ms is None):
+        raise HwnasError("with --search give one of --pick best|fastest|TRIAL or --latency-max-ms X")
+
+    def accuracy(r: TrialRecord) -> float:  # a trained mAP wherever there is one
+        return r.map if r.map is not None else r.score
+
+    if latency_max_ms is not None:
+        within = [r for r in front if r.latency_ms <= latency_max_ms]
+        if not within:
+            fastest = min(front, key=lambda r: r.latency_ms)
+            raise HwnasError(f"no member of the front runs within {latency_max_ms} ms; the fastest, {fastest.trial}, "
+                             f"takes {fastest.latency_ms:.2f} ms: raise --latency-max-ms")
+        chosen = max(within, key=accuracy)
+    elif pick == "best":
+        chosen = max(front, key=accuracy)
+    elif pick == "fastest":
+        chosen = min(front, key=lambda r: r.latency_ms)
+    else:
+        chosen = next((r for r in front if r.trial == pick), None)
+        if chosen is None:
+            raise HwnasError(f"--pick {pick!r}: give best, fastest or a trial of the front: "
+                             f"{', '.join(r.trial for r in front)}")
+    if chosen.checkpoint is None or not Path(chosen.checkpoint).is_file():
+        raise HwnasError(f"{chosen.trial} ({chosen.arch}) has no checkpoint"
+                         + (f" at {chosen.checkpoint}" if chosen.checkpoint else "")
+                         + "; rerun the search to train its front, or pick another member")
+    return chosen

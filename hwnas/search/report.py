@@ -215,6 +215,13 @@ def write_report(records: Sequence[TrialRecord], cfg: "SearchConfig", target: "T
     return out / "report.md"
 
 
+def baseline_names(given: Sequence[str]) -> dict[str, str]:
+    """Arch string -> the name a baseline was given by (a preset's name, else its arch string)."""
+    from hwnas.spec.presets import resolve_arch
+
+    return {str(resolve_arch(name)): name for name in given}
+
+
 def plot(s: Summary, path: Path) -> None:
     import io
 
@@ -242,15 +249,26 @@ def plot(s: Summary, path: Path) -> None:
         if meas:
             ax.scatter(*zip(*meas), facecolors="none", edgecolors="tab:red", s=60, zorder=3,
                        label="final front (measured)")
+        trained = [(r.predicted_latency_ms, r.map) for r in s.front if r.is_proxy and r.map is not None]
+        if trained:  # a proxy front, trained standalone: where the real mAP lies
+            ax.scatter(*zip(*trained), marker="D", color="tab:blue", s=26, zorder=3,
+                       label="final front, trained standalone (mAP)")
+        for r in s.front:  # the trial id a user passes to export/train --search RUN --pick
+            ax.annotate(r.trial, (r.predicted_latency_ms, r.score), fontsize=6, xytext=(3, -9),
+                        textcoords="offset points", color="tab:red")
+    names = baseline_names(s.config.get("baselines") or ())
     for b, _ in s.baselines:
         ax.scatter([b.predicted_latency_ms], [b.score], marker="*", color="black", s=120, zorder=4)
-        ax.annotate(str(b.arch).split("/")[1], (b.predicted_latency_ms, b.score), fontsize=7,
+        ax.annotate(names.get(str(b.arch), str(b.arch)), (b.predicted_latency_ms, b.score), fontsize=7,
                     xytext=(4, 4), textcoords="offset points")
     if s.baselines:
         ax.scatter([], [], marker="*", color="black", s=120, label="baselines")
     ax.set_xlabel("latency (ms, predicted from the table)")
     proxy = any(r.is_proxy for r in s.records)
     ax.set_ylabel(f"{'proxy for ' if proxy else ''}mAP (COCO 0.5:0.95, val), evaluator {s.config['evaluator']}")
+    c, t = s.config, s.table_target
+    ax.set_title(f"space {c['space']} at {','.join(map(str, c['resolutions']))} px, table {t['backend']} on "
+                 f"{t['device']}\ndata {c['data']}", fontsize=8)
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=7, loc="lower right")
@@ -318,11 +336,12 @@ def markdown(s: Summary) -> str:
         lines.append(f"| {f.stage} | {f.generation} | {f.n} | {len(f.front)} | {f.hypervolume:.4f} |")
     if s.baselines:
         lines += ["", "## Baselines (evaluated the same way)", "",
-                  "| arch | mAP | predicted ms | measured ms | matched by (predicted) | matched by (measured) |",
-                  "|---|---|---|---|---|---|"]
+                  "| baseline | arch | mAP | predicted ms | measured ms | matched by (predicted) | matched by (measured) |",
+                  "|---|---|---|---|---|---|---|"]
+        names = baseline_names(c.get("baselines") or ())
         for b, m in s.baselines:
             by_measured = m["measured"].trial if "measured" in m else None
-            lines.append(f"| `{b.arch}` | {accuracy_text(b)} | {b.predicted_latency_ms:.2f} | {_ms(b.measured_latency_ms)} "
+            lines.append(f"| {names.get(str(b.arch), '-')} | `{b.arch}` | {accuracy_text(b)} | {b.predicted_latency_ms:.2f} | {_ms(b.measured_latency_ms)} "
                          f"| {m['predicted'].trial or 'none'} | {by_measured or '-'} |")
     failed = [r for r in s.records if r.state == "fail"]
     if failed:

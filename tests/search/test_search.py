@@ -748,3 +748,43 @@ def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path,
         assert n.measured_latency_ms == t["measured_latency_ms"]  # kept in the study, not measured again
     assert [r["arch"] for r in after["front"]] == [r["arch"] for r in before["front"]]
     assert after["hypervolume"] == pytest.approx(before["hypervolume"])
+
+
+def test_a_front_member_is_exported_and_trained_by_its_place_on_the_front(toy_search, setup, tmp_path, capfd) -> None:
+    """``--search RUN --pick best|fastest|TRIAL`` and ``--latency-max-ms``: from the front to a file."""
+    from hwnas.search.records import read_front
+
+    out = toy_search["out"]
+    front = read_front(out / "pareto.json")
+    best = max(front, key=lambda r: r.map)
+    fastest = min(front, key=lambda r: r.latency_ms)
+    assert main(["export", "--search", str(out), "--pick", "best", "--out", str(tmp_path / "best" / "m")]) == 0
+    assert json.loads((tmp_path / "best" / "m.json").read_text())["arch"] == str(best.arch)
+    assert f"picked {best.trial}" in capfd.readouterr().err
+    # within a latency: the most accurate of the members that fit (here: only the fastest fits)
+    limit = fastest.latency_ms + 1e-9
+    within = max((r for r in front if r.latency_ms <= limit), key=lambda r: r.map)
+    assert main(["export", "--search", str(out), "--latency-max-ms", str(limit), "--out", str(tmp_path / "lim" / "m")]) == 0
+    assert json.loads((tmp_path / "lim" / "m.json").read_text())["arch"] == str(within.arch)
+    # a trial id; trained again, longer, with the search's batch size and lr
+    other = front[len(front) // 2]
+    assert main(["train", "--search", str(out), "--pick", other.trial, "--data", str(setup["data"]), "--epochs", "2",
+                 "--out", str(tmp_path / "again")]) == 0
+    m = json.loads((tmp_path / "again" / "metrics.json").read_text())
+    assert m["arch"] == str(other.arch) and m["epochs"] == 2
+    assert (m["config"]["batch_size"], m["config"]["lr"]) == (8, 2e-3)
+    capfd.readouterr()
+    # refusals name the fix
+    for argv, expect in [
+        (["export", "--search", str(out), "--pick", "nope#1", "--out", str(tmp_path / "x" / "m")], "a trial of the front"),
+        (["export", "--search", str(out), "--latency-max-ms", "0.000001", "--out", str(tmp_path / "x" / "m")],
+         f"the fastest, {fastest.trial}"),
+        (["export", "--search", str(tmp_path), "--pick", "best", "--out", str(tmp_path / "x" / "m")], "no pareto.json"),
+        (["export", "--pick", "best", "--out", str(tmp_path / "x" / "m")], "give --search RUN"),
+        (["train", "--search", str(out), "--pick", "best", "--arch", str(best.arch), "--data", str(setup["data"]),
+          "--out", str(tmp_path / "x")], "drop --arch"),
+    ]:
+        assert main(argv) != 0
+        err = capfd.readouterr().err
+        assert expect in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
