@@ -421,6 +421,7 @@ def search(
                                   "standalone"),
     eta: int = typer.Option(3, "--eta", help="--evaluator halving: the best 1/ETA of a rung go on to ETA times the epochs"),
     supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet: epochs each supernet trains"),
+    as_json: bool = typer.Option(False, "--json", help="print the final front as JSON on stdout (the rows of pareto.json), nothing else"),
     supernet_strategy: str = typer.Option("uniform", "--supernet-strategy", help="--evaluator supernet: uniform (one path a step) or sandwich (largest, smallest and two drawn)"),
 ) -> None:
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
@@ -447,10 +448,15 @@ def search(
     with progress("search", header) as update:
         s = Search(cfg, progress=update, say=say)
         o = s.run()
-    typer.echo(f"worker {s.slot}: trained {o.trained}, failed {o.failed}, resumed {o.adopted}, pruned "
-               f"{o.pruned_duplicate} duplicate(s) and {o.pruned_budget} over budget")
+    done = (f"worker {s.slot}: trained {o.trained}, failed {o.failed}, resumed {o.adopted}, pruned "
+            f"{o.pruned_duplicate} duplicate(s) and {o.pruned_budget} over budget")
     for note in o.notes:
         say(f"note: {note}")
+    if as_json:  # for scripts: the front alone on stdout, what the worker did on stderr
+        say(done)
+        typer.echo((out / "pareto.json").read_text().rstrip())
+        return
+    typer.echo(done)
     from hwnas.search.records import read_front
     from hwnas.search.report import accuracy_text
 

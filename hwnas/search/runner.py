@@ -251,6 +251,12 @@ class Search:
             name = f"{self.cfg.study}/{stage}"
             study = optuna.create_study(storage=self.storage, study_name=name, sampler=sampler, load_if_exists=True,
                                         directions=["maximize", "minimize"])
+            if study.metric_names is None:  # named for optuna-dashboard and study.trials_dataframe()
+                import warnings
+
+                with warnings.catch_warnings():  # "experimental" since Optuna 3.2; not news to a user
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    study.set_metric_names(["mAP", "latency_ms"])
             ident = {**self.cfg.identity(), "table": self.table.target.to_dict(), "table_created": self.table.created,
                      "classes": self.class_names}
             ident = json.loads(json.dumps(ident))

@@ -424,6 +424,16 @@ def test_rerun_of_a_finished_search_trains_nothing(both_stages, setup, capfd) ->
     assert "trained 0, failed 0" in capfd.readouterr().out
     after = json.loads((out / "search.json").read_text())
     assert [t["map"] for t in after["trials"]] == [t["map"] for t in before["trials"]]
+    # --json: the front on stdout and nothing else, for scripts
+    assert main(args(setup, out, "--trials", 6, "--population", 2, "--json",
+                     "--baselines", "i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn")) == 0
+    printed = capfd.readouterr()
+    assert json.loads(printed.out) == json.loads((out / "pareto.json").read_text()) and "trained 0" in printed.err
+    # the studies name their objectives, for optuna-dashboard
+    import optuna
+
+    study = optuna.load_study(study_name="search/structural", storage=f"sqlite:///{out / 'search.db'}")
+    assert study.metric_names == ["mAP", "latency_ms"]
     # other settings on the same study are refused, not mixed in
     assert main(args(setup, out, "--trials", 6, "--lr", "0.001")) == 1
     assert "was started with other settings (lr differ)" in capfd.readouterr().err
