@@ -320,6 +320,7 @@ def eval_(
     format: str = typer.Option("coco", "--format", help="coco (pycocotools mAP) | wider (WIDER FACE easy/medium/hard AP, official protocol, plus COCO mAP)"),
     predictions: Optional[Path] = typer.Option(None, help="wider: folder of official per-image prediction files, written (with a model) or scored (with --gt)", parser=path_arg),
     gt: Optional[Path] = typer.Option(None, help="wider, without a model: ground truth for --predictions (wider_face_val_bbx_gt.txt, wider_face_val.mat or a COCO json)", parser=path_arg),
+    triton: Optional[Path] = typer.Option(None, help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or model.plan), DIR/NAME/labels.txt", parser=path_arg),
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale testing of a checkpoint, e.g. 0.5:64-,1,1f,2:-128 (SCALE[f][:MIN-MAX], f flips)"),
     out: Path = typer.Option(Path("metrics.json"), help="metrics json", parser=path_arg),
     detections: Optional[Path] = typer.Option(None, help="COCO results json (default: beside --out)", parser=path_arg),
@@ -577,6 +578,7 @@ def export(
     hardware_compatible: bool = typer.Option(False, "--hardware-compatible", help="full TensorRT: engine runs on Ampere and newer"),
     check: Optional[Path] = typer.Option(None, help="dataset: score the export against the checkpoint on its val images", parser=path_arg),
     threads: int = typer.Option(1, help="onnxruntime threads for --check"),
+    triton: Optional[Path] = typer.Option(None, help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or model.plan), DIR/NAME/labels.txt", parser=path_arg),
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale graph: one fixed-size input per test pass, e.g. 0.5:64-,1,1f,2:-128 (fp32 ONNX; merged on the host by box voting)"),
 ) -> None:
     """Compile a trained detector into a deployable ONNX (decode + NMS inside) and optionally an engine."""
@@ -587,7 +589,8 @@ def export(
     if test_scales is not None:
         _export_multiscale(weights, out, test_scales, nms=nms, batch=batch,
                            others={"--format": format != "onnx", "--precision": precision != "fp32",
-                                   "--check": check is not None, "--dynamic-batch": dynamic_batch is not None})
+                                   "--check": check is not None, "--dynamic-batch": dynamic_batch is not None,
+                                   "--triton": triton is not None})
         return
     from hwnas.export.pipeline import ExportConfig
     from hwnas.export.pipeline import export as run_export
@@ -596,7 +599,7 @@ def export(
                        batch=batch, dynamic_batch=_batch_triple(dynamic_batch), calib_data=calib_data,
                        calib_images=calib_images, int8_target=int8_target, workspace_mb=workspace_mb,
                        opt_level=opt_level, timing_cache=timing_cache, version_compatible=version_compatible,
-                       hardware_compatible=hardware_compatible, check=check, threads=threads)
+                       hardware_compatible=hardware_compatible, check=check, threads=threads, triton=triton)
     keeps("nothing was written (an export replaces its files only once all of them are built)")
     res = run_export(cfg, progress=lambda msg: say(f"{PROGRESS_PREFIX}export | {msg}"))
     m = res.manifest

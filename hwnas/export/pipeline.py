@@ -53,6 +53,7 @@ class ExportConfig:
     threads: int = 1
     preset: str | None = None  # instead of weights: a preset or arch, untrained (latency, engine builds)
     num_classes: int | None = None  # with preset: None means 1 for a face head, else 80
+    triton: Path | None = None  # also write a Triton model repository there (hwnas.export.triton)
 
     def __post_init__(self) -> None:
         if (self.weights is None) == (self.preset is None):
@@ -73,6 +74,10 @@ class ExportConfig:
             raise HwnasError("--sm, --version-compatible and --hardware-compatible are engine options; add --format engine")
         if self.dynamic_batch is not None and self.batch != 1:
             raise HwnasError("give --batch or --dynamic-batch, not both")
+        if self.triton is not None:
+            from hwnas.export.triton import check_flavour
+
+            check_flavour("onnx" if self.format == "onnx" else self.backend)
         from hwnas.limits import MAX_THREADS, check_batch, check_count, check_int, check_num_classes
 
         check_batch(self.batch, "--batch")
@@ -148,13 +153,16 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     from hwnas.export.deploy import export_deploy_onnx
     from hwnas.export.engine import prepare_engine
     from hwnas.export.manifest import manifest_json
+    from hwnas.export.triton import triton_files, triton_writes
     from hwnas.fileio import check_outputs, write_together
     from hwnas.train.checkpoint import load_model
 
     files = export_files(cfg)
+    base = _out_base(cfg.out)
+    triton = [] if cfg.triton is None else triton_files(cfg.triton, base.name, "onnx" if cfg.format == "onnx" else cfg.backend)
     inputs = [cfg.weights, cfg.timing_cache] + [p for d in (cfg.calib_data, cfg.check) if d for p in dataset_inputs(d)]
     # the timing cache is read and rewritten by the build (any bytes: no kind to check), never an export file
-    check_outputs(files + ([(cfg.timing_cache, None, "timing cache")] if cfg.timing_cache else []),
+    check_outputs(files + triton + ([(cfg.timing_cache, None, "timing cache")] if cfg.timing_cache else []),
                   inputs=[i for i in inputs if i is not None and i is not cfg.timing_cache])
     for path, _, what in files:
         if cfg.timing_cache is not None and os.path.realpath(cfg.timing_cache) == os.path.realpath(path):
@@ -218,6 +226,8 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
             res.int8_flag = (f"int8 LOST {-res.parity['delta_map_points']:.2f} mAP points (more than "
                              f"{100 * INT8_LOSS_FLAG:.1f}) against the checkpoint")
             res.sensitivity = sensitivity(fp32, graph, calib[:8])
+    if triton:  # the served copy of the model file, its labels and configuration
+        writes += triton_writes(cfg.triton, base.name, res.manifest, writes[-1][1], cfg.dynamic_batch)
     # the manifest last: a reader that finds it finds the files it describes
     write_together(writes + [(files[-1][0], manifest_json(res.manifest))])
     res.files = [p for p, _ in writes] + [files[-1][0]] + ([cfg.timing_cache] if cfg.timing_cache else [])

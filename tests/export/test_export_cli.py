@@ -502,3 +502,46 @@ def test_bench_damaged_engine(damage, expect, engine, tmp_path, capfd):
         extra = ["--batch", "4"]
     argv = ["bench", "--model", str(eng), "--min-time", "0.05", "--repeats", "3", *extra]
     assert_one_error(capfd, argv, expect, pair, tmp_path / "out")
+
+
+# ----------------------------------------------------------------------------- Triton model repository
+@pytest.mark.parametrize("batch", ["static", "dynamic"])
+def test_triton_repository_parses_with_tritons_model_config_and_matches_the_graph(batch, world, tmp_path, capfd):
+    """``--triton DIR``: the configuration is parsed by Triton's own ``ModelConfig`` protobuf, and
+    every name, type and shape it declares is the ONNX graph's as onnxruntime loads it; the
+    served model file is the exported graph; the labels are the checkpoint's classes in order."""
+    import onnxruntime as ort
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    extra = ["--dynamic-batch", "1:2:4"] if batch == "dynamic" else []
+    rc, _, err = _run(capfd, "export", "--weights", world["ckpt"]["retina"], "--out", tmp_path / "e" / "det",
+                      "--triton", tmp_path / "repo", *extra)
+    assert rc == 0, err
+    folder = tmp_path / "repo" / "det"
+    cfg = text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
+    assert cfg.name == "det" and cfg.platform == "onnxruntime_onnx"
+    assert (folder / "1" / "model.onnx").read_bytes() == (tmp_path / "e" / "det.onnx").read_bytes()
+    names = _manifest(tmp_path / "e" / "det")["class_names"]
+    assert (folder / "labels.txt").read_text().splitlines() == names
+    sess = ort.InferenceSession(str(folder / "1" / "model.onnx"), providers=["CPUExecutionProvider"])
+    types = {"tensor(float)": model_config_pb2.TYPE_FP32, "tensor(int64)": model_config_pb2.TYPE_INT64,
+             "tensor(int32)": model_config_pb2.TYPE_INT32, "tensor(float16)": model_config_pb2.TYPE_FP16}
+
+    def dims(shape) -> list[int]:
+        d = [v if isinstance(v, int) else -1 for v in shape]
+        return d[1:] if batch == "dynamic" else d
+
+    assert cfg.max_batch_size == (4 if batch == "dynamic" else 0)
+    assert bool(cfg.HasField("dynamic_batching")) == (batch == "dynamic")
+    for declared, real in ((cfg.input, sess.get_inputs()), (cfg.output, sess.get_outputs())):
+        assert [t.name for t in declared] == [t.name for t in real]
+        for t, r in zip(declared, real):
+            assert t.data_type == types[r.type] and list(t.dims) == dims(r.shape), (t, r)
+    assert [o.label_filename for o in cfg.output if o.name == "classes"] == ["labels.txt"]
+    if batch == "dynamic":  # the batch axis Triton adds in front is the graph's dynamic one
+        assert not isinstance(sess.get_inputs()[0].shape[0], int)
+    # Triton has no TensorRT-RTX backend: refused before anything is built
+    rc, _, err = _run(capfd, "export", "--weights", world["ckpt"]["retina"], "--out", tmp_path / "x" / "det",
+                      "--format", "engine", "--backend", "tensorrt-rtx", "--triton", tmp_path / "repo2")
+    assert rc != 0 and "Triton has no backend for tensorrt-rtx" in err and not (tmp_path / "repo2").exists()
