@@ -250,6 +250,7 @@ def train(
     eval_every: int = typer.Option(0, "--eval-every", help="score the val split every N epochs and keep RUN/best.pt by val mAP (0: only at the end)"),
     assigner: Optional[str] = typer.Option(None, "--assigner", help="label assignment of the anchor heads: iou (fixed thresholds) | atss (adaptive, Zhang et al. 2020) (default: the recipe's, else iou)"),
     ema: Optional[float] = typer.Option(None, "--ema", help="EMA of the weights, decay per iteration (e.g. 0.999; 0: off); the averaged weights are scored and saved (default: the recipe's, else 0)"),
+    workers: int = typer.Option(0, "--workers", help="processes that assemble batches while the model trains (same batches as 0)"),
     copy_paste: Optional[float] = typer.Option(None, "--copy-paste", help="share of training samples that get the boxes of another sample pasted in (0: off; default: the recipe's, else 0)"),
     out: Path = typer.Option(..., help="run folder: last.pt, metrics.json, results.csv, detections.json (resumed if present)", parser=path_arg),
     search: Optional[Path] = typer.Option(None, help="instead of --arch: a finished search's --out folder; train the front member --pick or --latency-max-ms names, with the search's recipe, batch size and lr", parser=path_arg),
@@ -297,7 +298,7 @@ def train(
                         scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
                         step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
                         step2_iou=step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5"),
-                        device=device, seed=seed, on_error=on_error)
+                        device=device, seed=seed, on_error=on_error, workers=workers)
     _run_folder(out, "run folder", _data(data), {"last.pt": "checkpoint", "best.pt": "checkpoint",
                                                  "metrics.json": "metrics", "detections.json": "detections",
                                                  "results.csv": "file"})
@@ -320,6 +321,9 @@ def eval_(
     format: str = typer.Option("coco", "--format", help="coco (pycocotools mAP) | wider (WIDER FACE easy/medium/hard AP, official protocol, plus COCO mAP)"),
     predictions: Optional[Path] = typer.Option(None, help="wider: folder of official per-image prediction files, written (with a model) or scored (with --gt)", parser=path_arg),
     gt: Optional[Path] = typer.Option(None, help="wider, without a model: ground truth for --predictions (wider_face_val_bbx_gt.txt, wider_face_val.mat or a COCO json)", parser=path_arg),
+    score_thresh: float = typer.Option(0.05, "--score-thresh", help="detections below this score are dropped in the graph"),
+    iou_thresh: float = typer.Option(0.5, "--iou-thresh", help="NMS IoU threshold in the graph"),
+    max_dets: int = typer.Option(100, "--max-dets", help="detections per image the graph returns at most"),
     triton: Optional[Path] = typer.Option(None, help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or model.plan), DIR/NAME/labels.txt", parser=path_arg),
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale testing of a checkpoint, e.g. 0.5:64-,1,1f,2:-128 (SCALE[f][:MIN-MAX], f flips)"),
     out: Path = typer.Option(Path("metrics.json"), help="metrics json", parser=path_arg),
@@ -578,6 +582,9 @@ def export(
     hardware_compatible: bool = typer.Option(False, "--hardware-compatible", help="full TensorRT: engine runs on Ampere and newer"),
     check: Optional[Path] = typer.Option(None, help="dataset: score the export against the checkpoint on its val images", parser=path_arg),
     threads: int = typer.Option(1, help="onnxruntime threads for --check"),
+    score_thresh: float = typer.Option(0.05, "--score-thresh", help="detections below this score are dropped in the graph"),
+    iou_thresh: float = typer.Option(0.5, "--iou-thresh", help="NMS IoU threshold in the graph"),
+    max_dets: int = typer.Option(100, "--max-dets", help="detections per image the graph returns at most"),
     triton: Optional[Path] = typer.Option(None, help="also write a Triton model repository: DIR/NAME/config.pbtxt, DIR/NAME/1/model.onnx (or model.plan), DIR/NAME/labels.txt", parser=path_arg),
     test_scales: Optional[str] = typer.Option(None, "--test-scales", help="multi-scale graph: one fixed-size input per test pass, e.g. 0.5:64-,1,1f,2:-128 (fp32 ONNX; merged on the host by box voting)"),
 ) -> None:
@@ -599,7 +606,8 @@ def export(
                        batch=batch, dynamic_batch=_batch_triple(dynamic_batch), calib_data=calib_data,
                        calib_images=calib_images, int8_target=int8_target, workspace_mb=workspace_mb,
                        opt_level=opt_level, timing_cache=timing_cache, version_compatible=version_compatible,
-                       hardware_compatible=hardware_compatible, check=check, threads=threads, triton=triton)
+                       hardware_compatible=hardware_compatible, check=check, threads=threads, triton=triton,
+                       score_thresh=score_thresh, iou_thresh=iou_thresh, max_dets=max_dets)
     keeps("nothing was written (an export replaces its files only once all of them are built)")
     res = run_export(cfg, progress=lambda msg: say(f"{PROGRESS_PREFIX}export | {msg}"))
     m = res.manifest

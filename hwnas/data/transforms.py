@@ -219,6 +219,17 @@ class EpochSampler(torch.utils.data.Sampler[int]):
         return iter(order)
 
 
+def epoch_batches(samples, order: Sequence[int], batch_size: int, workers: int = 0,
+                  pin_memory: bool = False) -> torch.utils.data.DataLoader:
+    """The collated batches of one epoch over ``samples`` in ``order``: whole batches only (one
+    short batch when there are fewer samples than a batch). With ``workers`` > 0 they are
+    assembled in that many processes while the model trains; the batches are the same as with 0,
+    since every sample's augmentation is seeded by (seed, epoch, index), not by who draws it."""
+    chunks = [list(order[i:i + batch_size]) for i in range(0, len(order) - batch_size + 1, batch_size)]
+    return torch.utils.data.DataLoader(samples, batch_sampler=chunks or [list(order)], collate_fn=collate,
+                                       num_workers=workers, pin_memory=pin_memory)
+
+
 def build_loader(data_dir: Path, split: str, input_hw: int | Sequence[int], batch_size: int, train: bool,
                  seed: int = 0, workers: int = 0, on_error: str = "raise") -> torch.utils.data.DataLoader:
     """A DataLoader over ``data_dir``'s ``split`` yielding ``collate`` batches.

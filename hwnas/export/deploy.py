@@ -286,18 +286,20 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
                        score_thresh: float = 0.05, nms_thresh: float = 0.5, max_dets: int = 100,
                        pre_nms_topk: int | None = None, ops_iters: int = DEFAULT_OPS_ITERS,
                        precision: str = "fp32", roi_impl: str | None = None,
-                       simplify_graph: bool = True) -> bytes:
+                       simplify_graph: bool = True, class_names: list[str] | None = None) -> bytes:
     """Serialized, checked (and simplified) ONNX of :class:`DeployModel` around ``detector``.
 
     batch: static batch; dynamic_batch (min, opt, max): the batch axis is named ``batch`` instead
     (the triple is stored in the metadata for engine profiles). precision fp16: ``net`` in half,
     ``pre``/``post`` in fp32. roi_impl: RoIAlign form of a two-stage head (default: the head's
     choice for the NMS form and batch, :func:`hwnas.heads.rcnn.choose_roi_impl`).
-    ``detector`` itself is not modified. The ONNX metadata holds arch, classes and DeployConfig.
+    ``detector`` itself is not modified. The ONNX metadata holds arch, classes, DeployConfig and the
+    deployment contract (:mod:`hwnas.export.contract`; with ``class_names``, the names too).
     """
     import onnx
 
     from hwnas.backends.onnx_export import to_onnx
+    from hwnas.export.contract import contract
 
     config = DeployConfig(nms=nms, score_thresh=score_thresh, nms_thresh=nms_thresh, max_dets=max_dets,
                           pre_nms_topk=pre_nms_topk, ops_iters=ops_iters)
@@ -322,7 +324,9 @@ def export_deploy_onnx(detector: nn.Module, *, nms: str = "onnx", batch: int = 1
             "batch": "dynamic" if dynamic_batch else trace_batch,
             "dynamic_batch": list(dynamic_batch) if dynamic_batch else None,
             "input": f"{INPUT_NAME} float32 [B, 3, {arch.input_hw[0]}, {arch.input_hw[1]}] RGB in [0, 1]",
-            "simplified_with": tool}
+            "simplified_with": tool,
+            **contract(arch.input_hw, config.score_thresh, config.nms_thresh, config.max_dets, names, class_names,
+                       nms_in_graph=config.nms != "host")}
     declare_outputs(proto, output_shapes(arch, detector.num_classes, config,
                                           "batch" if dynamic_batch else trace_batch))
     del proto.metadata_props[:]

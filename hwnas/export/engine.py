@@ -64,14 +64,20 @@ def _gpu_sm(device: str | None = None) -> str | None:
 
 
 # ------------------------------------------------------------------ build
-def _onnx_io(onnx_bytes: bytes) -> tuple[TensorSpec, tuple[TensorSpec, ...]]:
-    """The graph's one input and its outputs as the ONNX file declares them (dynamic axes by name)."""
+def _onnx_io(onnx_bytes: bytes) -> tuple[TensorSpec, tuple[TensorSpec, ...], dict]:
+    """The graph's one input and its outputs as the ONNX file declares them (dynamic axes by name),
+    and its deployment contract (``hwnas.preprocess``/``hwnas.postprocess`` metadata; empty if none)."""
     import onnx
 
+    from hwnas.export.deploy import read_metadata
+
     try:
-        graph = onnx.load_from_string(bytes(onnx_bytes)).graph
+        proto = onnx.load_from_string(bytes(onnx_bytes))
     except Exception as e:  # protobuf raises its own DecodeError type
         raise HwnasError(f"build_engine_file needs serialized ONNX bytes ({e.__class__.__name__}: {e})") from None
+    graph = proto.graph
+    meta = read_metadata({p.key: p.value for p in proto.metadata_props})
+    terms = {k: meta[k] for k in ("preprocess", "postprocess") if k in meta}
 
     def dtype(elem_type: int) -> str:
         try:
@@ -89,7 +95,7 @@ def _onnx_io(onnx_bytes: bytes) -> tuple[TensorSpec, tuple[TensorSpec, ...]]:
     if len(inputs) != 1:
         raise HwnasError(f"an engine takes one image input; the ONNX model has {len(inputs)}: "
                          f"{', '.join(i.name for i in inputs) or 'none'}")
-    return inputs[0], tuple(spec(v) for v in graph.output)
+    return inputs[0], tuple(spec(v) for v in graph.output), terms
 
 
 def _input_spec(given: Any, onnx_input: TensorSpec) -> InputSpec:
@@ -199,7 +205,7 @@ def prepare_engine(
     _check_fields(manifest_fields)
     check_writable(out, "engine")
     check_writable(manifest_path(out), "engine manifest")
-    onnx_input, onnx_outputs = _onnx_io(onnx_bytes)
+    onnx_input, onnx_outputs, terms = _onnx_io(onnx_bytes)
     batch_profile = _check_batch(onnx_input, batch_profile)
     fields = dict(manifest_fields)
     given_outputs = fields.pop("outputs", None)
@@ -238,6 +244,8 @@ def prepare_engine(
         build_s=0.0,
         created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         hwnas_version=hwnas.__version__,
+        preprocess=terms.get("preprocess"),
+        postprocess=terms.get("postprocess"),
     )
 
     t0 = time.perf_counter()

@@ -280,6 +280,10 @@ class EngineManifest:
     build_s: float
     created: str
     hwnas_version: str
+    # the deployment contract (hwnas.export.contract), as the graph's metadata holds it; None in
+    # manifests written before it existed
+    preprocess: dict | None = None
+    postprocess: dict | None = None
     format: str = field(default=FORMAT)
 
     def __post_init__(self) -> None:
@@ -322,6 +326,8 @@ class EngineManifest:
             "build_s": self.build_s,
             "created": self.created,
             "hwnas_version": self.hwnas_version,
+            "preprocess": self.preprocess,
+            "postprocess": self.postprocess,
         }
 
     @classmethod
@@ -361,8 +367,18 @@ class EngineManifest:
             build_s=float(build_s),
             created=_str(d, "created", w),
             hwnas_version=_str(d, "hwnas_version", w),
+            preprocess=_contract_part(d, "preprocess"),
+            postprocess=_contract_part(d, "postprocess"),
             format=fmt,
         )
+
+
+def _contract_part(d: dict, key: str) -> dict | None:
+    """An optional part of the deployment contract: absent or null in manifests written before it."""
+    v = d.get(key)
+    if v is not None and not isinstance(v, dict):
+        raise _Bad(f"has a bad {key} (expected an object or null)")
+    return v
 
 
 # ------------------------------------------------------------------ files

@@ -54,6 +54,10 @@ class ExportConfig:
     preset: str | None = None  # instead of weights: a preset or arch, untrained (latency, engine builds)
     num_classes: int | None = None  # with preset: None means 1 for a face head, else 80
     triton: Path | None = None  # also write a Triton model repository there (hwnas.export.triton)
+    # fixed in the graph, recorded in its contract (hwnas.export.contract)
+    score_thresh: float = 0.05
+    iou_thresh: float = 0.5
+    max_dets: int = 100
 
     def __post_init__(self) -> None:
         if (self.weights is None) == (self.preset is None):
@@ -81,6 +85,11 @@ class ExportConfig:
         from hwnas.limits import MAX_THREADS, check_batch, check_count, check_int, check_num_classes
 
         check_batch(self.batch, "--batch")
+        from hwnas.limits import check_float
+
+        check_float("--score-thresh", self.score_thresh, 0.0, 1.0)
+        check_float("--iou-thresh", self.iou_thresh, 0.0, 1.0, open_lo=True)
+        check_int("--max-dets", self.max_dets, 1, 10_000)
         if self.dynamic_batch is not None:
             check_batch(self.dynamic_batch[2], "--dynamic-batch MAX")
         check_count("--calib-images", self.calib_images)
@@ -188,7 +197,9 @@ def export(cfg: ExportConfig, progress: Callable[[str], None] = print) -> Export
     roi = arch.head.roi_impl(nms=cfg.form, backend=cfg.backend if cfg.format == "engine" else None,
                              dynamic=cfg.dynamic_batch is not None)
     progress(f"exporting {arch} ({cfg.form} NMS form) to ONNX")
-    fp32 = export_deploy_onnx(model, nms=cfg.form, batch=cfg.batch, dynamic_batch=cfg.dynamic_batch, roi_impl=roi)
+    fp32 = export_deploy_onnx(model, nms=cfg.form, batch=cfg.batch, dynamic_batch=cfg.dynamic_batch, roi_impl=roi,
+                              score_thresh=cfg.score_thresh, nms_thresh=cfg.iou_thresh, max_dets=cfg.max_dets,
+                              class_names=list(names))
     graph = fp32
     if cfg.precision == "fp16":
         from hwnas.export.precision import to_fp16

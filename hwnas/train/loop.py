@@ -23,7 +23,7 @@ from torch.nn.utils import parametrize
 
 from hwnas.errors import HwnasError
 from hwnas.fileio import write_atomic, write_json
-from hwnas.limits import check_batch, check_count, check_float, check_seed
+from hwnas.limits import check_batch, check_count, check_float, check_int, check_seed
 from hwnas.spec.arch import Arch
 from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
 
@@ -68,6 +68,7 @@ class TrainConfig:
     ema: float = 0.0
     assigner: str = "iou"  # label assignment of the anchor heads: "iou" (thresholds) or "atss" (adaptive)
     copy_paste: float = 0.0  # share of samples that get another sample's boxes pasted in (hwnas.data.copy_paste)
+    workers: int = 0  # processes that assemble batches while the model trains (0: in the training process)
     recipe_version: int = RECIPE_VERSION
 
     def __post_init__(self) -> None:
@@ -92,6 +93,7 @@ class TrainConfig:
         check_batch(self.batch_size)
         check_seed(self.seed)  # numpy refuses seeds outside 0..2**32-1 only once training starts
         check_count("--eval-every", self.eval_every, 0)
+        check_int("--workers", self.workers, 0, 64)
         check_count("--max-train-images", self.max_train_images, 0)
         check_count("warmup_iters", self.warmup_iters, 0)
         if not (0 < self.lr < 1):
@@ -282,7 +284,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     and ``detections.json``. ``progress(done, total, item)`` follows the iterations; ``log(line)``
     gets one line per finished epoch (:func:`epoch_line`).
     """
-    from hwnas.data.transforms import EvalTransform, collate, normalize
+    from hwnas.data.transforms import EvalTransform, epoch_batches, normalize
     from hwnas.data.wider import open_dataset
     from hwnas.evaluate.coco import evaluate
     from hwnas.fileio import check_writable
@@ -413,12 +415,11 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         losses, parts = [], []
         t_epoch = time.time()
         its = 0
-        for it in range(iters_per_epoch):
+        loader = epoch_batches(samples, order, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
+        for it, (images, targets) in enumerate(loader):
             if schedule.finished(done):
                 break
-            batch = [samples[i] for i in order[it * cfg.batch_size:(it + 1) * cfg.batch_size]]
-            images, targets = collate(batch)
-            images = normalize(images.to(device))
+            images = normalize(images.to(device, non_blocking=True))
             targets = [{kk: (v.to(device) if torch.is_tensor(v) else v) for kk, v in t.items()} for t in targets]
             with torch.autocast(device.type, enabled=use_amp):
                 # Two-stage heads see the ground truth among their proposals while training, so

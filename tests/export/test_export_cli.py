@@ -9,6 +9,8 @@ import io
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import onnx
@@ -545,3 +547,53 @@ def test_triton_repository_parses_with_tritons_model_config_and_matches_the_grap
     rc, _, err = _run(capfd, "export", "--weights", world["ckpt"]["retina"], "--out", tmp_path / "x" / "det",
                       "--format", "engine", "--backend", "tensorrt-rtx", "--triton", tmp_path / "repo2")
     assert rc != 0 and "Triton has no backend for tensorrt-rtx" in err and not (tmp_path / "repo2").exists()
+
+
+def _contract_client() -> str:
+    """The client code block of docs/export.md, as the docs show it."""
+    text = (Path(__file__).parents[2] / "docs" / "export.md").read_text()
+    block = text.split("<!-- contract-client -->", 1)[1]
+    return block.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_docs_client_reads_the_contract_and_matches_hwnas_infer(world, tmp_path, capfd):
+    """docs/export.md's standalone client (onnxruntime, numpy, PIL: nothing of hwnas) run on images
+    of several shapes against ``hwnas infer`` of the same ONNX: the same detections, boxes within
+    0.5 px; the contract is in the graph's metadata and in the manifest alike."""
+    from PIL import Image
+
+    rc, _, err = _run(capfd, "export", "--weights", world["ckpt"]["fcos"], "--out", tmp_path / "e" / "det",
+                      "--score-thresh", "0.1", "--iou-thresh", "0.6", "--max-dets", "50")
+    assert rc == 0, err
+    model = tmp_path / "e" / "det.onnx"
+    man = _manifest(tmp_path / "e" / "det")
+    assert man["postprocess"]["score_thresh"] == 0.1 and man["postprocess"]["iou_thresh"] == 0.6
+    assert man["postprocess"]["max_dets"] == 50 and man["preprocess"]["pad"] == {"position": "bottom_right", "value": 0.0}
+    import onnx
+
+    meta = {p.key: p.value for p in onnx.load(str(model)).metadata_props}
+    assert json.loads(meta["hwnas.class_names"]) == man["class_names"]
+    assert json.loads(meta["hwnas.preprocess"]) == man["preprocess"]
+    # images of other shapes than the square input: wide, tall, smaller and larger than it
+    src = sorted((world["data"] / "images").glob("val_*"))[:3]
+    paths = []
+    for i, (size, p) in enumerate(zip([(240, 150), (90, 200), (40, 30)], src)):
+        dst = tmp_path / "img" / f"im{i}.png"
+        dst.parent.mkdir(exist_ok=True)
+        Image.open(p).convert("RGB").resize(size, Image.BICUBIC).save(dst)
+        paths.append(dst)
+    client = tmp_path / "client.py"
+    client.write_text(_contract_client())
+    r = subprocess.run([sys.executable, str(client), str(model), *map(str, paths)], capture_output=True, text=True,
+                       timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    mine = json.loads(r.stdout)
+    rc, _, err = _run(capfd, "infer", "--model", model, *paths, "--out", tmp_path / "inf")
+    assert rc == 0, err
+    theirs = json.loads((tmp_path / "inf" / "detections.json").read_text())
+    assert len(mine) == len(theirs) == 3 and sum(len(m["detections"]) for m in mine) > 0
+    for m, t in zip(mine, theirs):
+        assert len(m["detections"]) == len(t["detections"]), (m, t)
+        for a, b in zip(m["detections"], t["detections"]):
+            assert a["class"] == b["class"] and abs(a["score"] - b["score"]) < 1e-3
+            assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 0.5, (a, b)
