@@ -678,13 +678,14 @@ def bench(
 @app.command()
 def infer(
     model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)", parser=path_arg),
-    images: list[Path] = typer.Argument(..., help="image files", parser=path_arg),
+    images: list[Path] = typer.Argument(..., help="image files or folders of them", parser=path_arg),
     out: Path = typer.Option(..., help="folder: detections.json and the images with boxes drawn", parser=path_arg),
     threads: int = typer.Option(1),
     device: str = typer.Option("cpu"),
     score_thresh: float = typer.Option(0.3, "--score-thresh", help="boxes drawn from this score"),
+    batch_size: int = typer.Option(8, "--batch-size", help="images read and run together (a static ONNX runs them one graph batch at a time)"),
 ) -> None:
-    """Detect objects in image files; write detections.json and the images with boxes drawn."""
+    """Detect objects in image files or folders; write detections.json and the images with boxes drawn."""
     from hwnas.export.pipeline import infer as run_infer
     from hwnas.export.pipeline import open_model
     from hwnas.fileio import check_outputs
@@ -692,11 +693,12 @@ def infer(
 
     check_float("--score-thresh", score_thresh, 0.0, 1.0)
     check_int("--threads", threads, 1, MAX_THREADS)
+    check_int("--batch-size", batch_size, 1, 1024)
     # the drawn images are checked against the input images by name in run_infer
     check_outputs([(out / "detections.json", "detections", "detections file")],
                   inputs=[model, model.with_suffix(".json")], folders=[(out, "output folder")])
     m = open_model(model, threads=threads, device=device)
-    recs = run_infer(m, list(images), out, score_thresh=score_thresh)
+    recs = run_infer(m, list(images), out, score_thresh=score_thresh, batch_size=batch_size)
     for r in recs:
         n = sum(d["score"] >= score_thresh for d in r["detections"])
         typer.echo(f"{r['image']}: {n} detection(s) >= {score_thresh}")

@@ -470,17 +470,40 @@ class _Recording:
         return ms
 
 
-def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 0.3) -> list[dict]:
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def image_files(paths: list[Path]) -> list[Path]:
+    """Image files and folders -> the image files, a folder's in name order (not recursive)."""
+    files = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            inside = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                raise HwnasError(f"folder {p} holds no image files ({', '.join(IMAGE_SUFFIXES)}); give image files "
+                                 f"or a folder of them")
+            files += inside
+        else:
+            files.append(p)
+    return files
+
+
+def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 0.3, batch_size: int = 8) -> list[dict]:
     """Detections of each image (original pixels) as ``out/detections.json`` and ``out/<name>.jpg`` with
-    the boxes drawn."""
+    the boxes drawn. Images are read, run and drawn ``batch_size`` at a time (a folder of any size
+    fits in memory); every file's header is checked first, so a bad image stops the run before
+    anything is written."""
     import io
 
     from PIL import Image, ImageDraw
 
+    from hwnas.data.images import image_size
     from hwnas.fileio import check_writable, write_atomic, write_json
     from hwnas.heads.postprocess import clip_boxes
 
-    images, info = load_images(paths, model.arch.input_hw)  # every image readable before anything is written
+    paths = image_files(paths)
+    for p in paths:  # every image readable (its header: nothing decoded) before anything is written
+        image_size(p)
     inputs = {Path(p).resolve() for p in paths}
     drawn: dict[Path, Path] = {}
     for p in paths:
@@ -493,21 +516,23 @@ def infer(model: Opened, paths: list[Path], out: Path, *, score_thresh: float = 
                              "distinct names")
         drawn[dst] = Path(p)
     check_writable(out / "detections.json", "output folder")
-    dets = model.detect(images)
     records = []
-    for det, meta in zip(dets, info):
-        boxes = clip_boxes(det["boxes"] / meta["scale"], meta["orig_hw"])
-        rows = [{"box": [round(v, 1) for v in b], "score": round(float(s), 4), "class": model.class_names[int(c)]}
-                for b, s, c in zip(boxes.tolist(), det["scores"], det["labels"])]
-        records.append({"image": str(meta["path"]), "detections": rows})
-        canvas = Image.fromarray(meta["pixels"])  # the pixels load_images read: each file is read once
-        draw = ImageDraw.Draw(canvas)
-        for r in rows:
-            if r["score"] >= score_thresh:
-                draw.rectangle(r["box"], outline=(255, 40, 40), width=2)
-                draw.text((r["box"][0] + 2, r["box"][1] + 1), f"{r['class']} {r['score']:.2f}", fill=(255, 255, 0))
-        buf = io.BytesIO()  # written whole or not at all: a killed run leaves no half image
-        canvas.save(buf, format="JPEG", quality=92)
-        write_atomic(out / (Path(meta["path"]).stem + ".jpg"), buf.getvalue())
+    for first in range(0, len(paths), batch_size):
+        images, info = load_images(paths[first:first + batch_size], model.arch.input_hw)
+        dets = model.detect(images)
+        for det, meta in zip(dets, info):
+            boxes = clip_boxes(det["boxes"] / meta["scale"], meta["orig_hw"])
+            rows = [{"box": [round(v, 1) for v in b], "score": round(float(s), 4), "class": model.class_names[int(c)]}
+                    for b, s, c in zip(boxes.tolist(), det["scores"], det["labels"])]
+            records.append({"image": str(meta["path"]), "detections": rows})
+            canvas = Image.fromarray(meta["pixels"])  # the pixels load_images read: each file is read once
+            draw = ImageDraw.Draw(canvas)
+            for r in rows:
+                if r["score"] >= score_thresh:
+                    draw.rectangle(r["box"], outline=(255, 40, 40), width=2)
+                    draw.text((r["box"][0] + 2, r["box"][1] + 1), f"{r['class']} {r['score']:.2f}", fill=(255, 255, 0))
+            buf = io.BytesIO()  # written whole or not at all: a killed run leaves no half image
+            canvas.save(buf, format="JPEG", quality=92)
+            write_atomic(out / (Path(meta["path"]).stem + ".jpg"), buf.getvalue())
     write_json(out / "detections.json", records)
     return records

@@ -597,3 +597,26 @@ def test_the_docs_client_reads_the_contract_and_matches_hwnas_infer(world, tmp_p
         for a, b in zip(m["detections"], t["detections"]):
             assert a["class"] == b["class"] and abs(a["score"] - b["score"]) < 1e-3
             assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) <= 0.5, (a, b)
+
+
+def test_infer_reads_folders_and_streams_in_batches(world, exported, tmp_path, capfd):
+    """A folder is its images in name order; batches of 2 give what one batch of all gives; a bad
+    image anywhere stops the run before any file is written."""
+    model = _onnx(exported, "rcnn")
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i, p in enumerate(sorted((world["data"] / "images").glob("val_*"))[:5]):
+        Image.open(p).convert("RGB").resize((80 + 10 * i, 64)).save(folder / f"{i}.png")
+    (folder / "notes.txt").write_text("not an image")  # skipped: not an image suffix
+    rc, _, err = _run(capfd, "infer", "--model", model, folder, "--out", tmp_path / "b2", "--batch-size", "2")
+    assert rc == 0, err
+    rc, _, err = _run(capfd, "infer", "--model", model, *sorted(folder.glob("*.png")), "--out", tmp_path / "all",
+                      "--batch-size", "8")
+    assert rc == 0, err
+    two = json.loads((tmp_path / "b2" / "detections.json").read_text())
+    one = json.loads((tmp_path / "all" / "detections.json").read_text())
+    assert [r["image"] for r in two] == [str(folder / f"{i}.png") for i in range(5)]
+    assert two == one and sum(len(r["detections"]) for r in two) > 0
+    (folder / "5.png").write_bytes(b"\x89PNG broken")
+    rc, _, err = _run(capfd, "infer", "--model", model, folder, "--out", tmp_path / "bad", "--batch-size", "2")
+    assert rc != 0 and "5.png" in err and not (tmp_path / "bad").exists()
