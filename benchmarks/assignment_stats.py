@@ -57,7 +57,7 @@ class Target:
 
 def resolve(spec: str, recipe: str | None) -> Target:
     """``PRESET[@SIZE]``, ``ARCH[@SIZE]``, ``space:SPACE:KIND[@SIZE]`` or ``PATH.pt``."""
-    from hwnas.spec.presets import PRESETS, SEARCH_PRESETS, resolve_arch
+    from hwnas.spec.presets import PRESETS, SPACE_RECIPES, resolve_arch
     from hwnas.spec.space import get_space
 
     if spec.endswith(".pt"):
@@ -75,7 +75,7 @@ def resolve(spec: str, recipe: str | None) -> Target:
                 break
         else:
             raise HwnasError(f"space {space_name} sampled no {kind} head in 2000 seeds")
-        guess = next((r for s, r in SEARCH_PRESETS.values() if s == space_name), "")
+        guess = SPACE_RECIPES.get(space_name, "")
         name = f"{space_name}:{kind}#{seed}"
     else:
         arch = resolve_arch(text)

@@ -99,7 +99,7 @@ def main() -> None:
             trained[train_key(v)] = run_dir
         tag = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
         out = args.work / f"eval-{tag}.json"
-        cmd = [*HWNAS, "eval", "--weights", str(run_dir / "last.pt"), "--data", args.data, "--format", "wider",
+        cmd = [*HWNAS, "eval", "--weights", str(run_dir / "last.pt"), "--data", args.data, "--protocol", "wider",
                "--out", str(out), "--batch-size", "8"]
         if v["mst"]:
             cmd += ["--test-scales", args.test_scales]

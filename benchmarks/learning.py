@@ -63,7 +63,7 @@ def main() -> None:
                "map_small": m["map_small"], "map_medium": m["map_medium"], "map_large": m["map_large"]}
         if wider:
             w = out / "wider.json"
-            run([*HWNAS, "eval", "--weights", str(out / "last.pt"), "--data", str(data), "--format", "wider",
+            run([*HWNAS, "eval", "--weights", str(out / "last.pt"), "--data", str(data), "--protocol", "wider",
                  "--out", str(w), "--batch-size", "8"])
             row.update({k: json.loads(w.read_text())[k] for k in ("hard", "medium", "easy")})
         rows.append(row)

@@ -256,6 +256,7 @@ def train(
     search: Optional[Path] = typer.Option(None, help="instead of --arch: a finished search's --out folder; train the front member --pick or --latency-max-ms names, with the search's recipe, batch size and lr", parser=path_arg),
     pick: Optional[str] = typer.Option(None, help="with --search: best | fastest | a trial of the front, e.g. modular#4"),
     latency_max_ms: Optional[float] = typer.Option(None, "--latency-max-ms", help="with --search: the most accurate front member within X ms"),
+    recipe: Optional[str] = typer.Option(None, help="the training recipe of a preset (face-s, face-m), e.g. for an --arch; default: --preset's own, else none"),
 ) -> None:
     """Train a detector from scratch; resumes from RUN/last.pt; writes RUN/metrics.json and RUN/results.csv."""
     from dataclasses import replace
@@ -266,7 +267,12 @@ def train(
     from hwnas.train.loop import train as run_train
     from hwnas.train.recipes import recipe_config
 
-    recipe = preset or ""
+    if recipe is not None:
+        from hwnas.train.recipes import RECIPES
+
+        if recipe not in RECIPES:
+            raise HwnasError(f"--recipe {recipe!r}: presets with a training recipe are {', '.join(RECIPES)}")
+    recipe = recipe if recipe is not None else (preset or "")  # a preset trains with its own recipe
     if search is not None:  # the front member, trained from scratch with the search's recipe
         from hwnas.search.records import pick_from_front
 
@@ -318,7 +324,7 @@ def eval_(
     model: Optional[Path] = typer.Option(None, help="instead of --weights: a deployable ONNX (.onnx) or engine (.engine)", parser=path_arg),
     data: Optional[Path] = typer.Option(None, help="dataset folder (hwnas data synth, COCO or WIDER FACE layout)", parser=path_arg),
     split: str = typer.Option("val", help="val or train"),
-    format: str = typer.Option("coco", "--format", help="coco (pycocotools mAP) | wider (WIDER FACE easy/medium/hard AP, official protocol, plus COCO mAP)"),
+    protocol: str = typer.Option("coco", "--protocol", help="coco (pycocotools mAP) | wider (WIDER FACE easy/medium/hard AP, official protocol, plus COCO mAP)"),
     predictions: Optional[Path] = typer.Option(None, help="wider: folder of official per-image prediction files, written (with a model) or scored (with --gt)", parser=path_arg),
     gt: Optional[Path] = typer.Option(None, help="wider, without a model: ground truth for --predictions (wider_face_val_bbx_gt.txt, wider_face_val.mat or a COCO json)", parser=path_arg),
     score_thresh: float = typer.Option(0.05, "--score-thresh", help="detections below this score are dropped in the graph"),
@@ -342,25 +348,25 @@ def eval_(
     from hwnas.limits import MAX_THREADS, check_batch, check_int
     from hwnas.train.loop import resolve_device
 
-    if format not in FORMATS:
-        raise HwnasError(f"--format {format!r}: give coco or wider")
+    if protocol not in FORMATS:
+        raise HwnasError(f"--protocol {protocol!r}: give coco or wider")
     check_batch(batch_size)
     check_int("--threads", threads, 1, MAX_THREADS)
     if gt is not None:
-        if format != "wider" or predictions is None or weights or model or data:
-            raise HwnasError("--gt scores existing prediction files: give --format wider --predictions DIR --gt FILE "
+        if protocol != "wider" or predictions is None or weights or model or data:
+            raise HwnasError("--gt scores existing prediction files: give --protocol wider --predictions DIR --gt FILE "
                              "and no --weights, --model or --data")
         typer.echo(wider_summary(score_prediction_files(predictions, gt, out)))
         typer.echo(f"wrote {out}")
         return
     if (weights is None) == (model is None):
         raise HwnasError("give exactly one of --weights (a checkpoint) or --model (ONNX or engine), or "
-                         "--format wider --predictions DIR --gt FILE")
+                         "--protocol wider --predictions DIR --gt FILE")
     if data is None:
         raise HwnasError("--data is missing: the dataset folder to evaluate on")
     data_parts = _data(data)
-    if predictions is not None and format != "wider":
-        raise HwnasError("--predictions writes WIDER prediction files: add --format wider")
+    if predictions is not None and protocol != "wider":
+        raise HwnasError("--predictions writes WIDER prediction files: add --protocol wider")
     if test_scales is not None and weights is None:
         raise HwnasError("--test-scales runs a checkpoint at several input sizes: give --weights (a graph exported "
                          "with `hwnas export --test-scales` carries its scales)")
@@ -373,22 +379,22 @@ def eval_(
     detections = detections or out.with_name(out.stem + ".detections.json")
     if os.path.realpath(detections) == os.path.realpath(out):
         raise HwnasError(f"--detections and --out are both {out}; give two files")
-    if format == "wider":
+    if protocol == "wider":
         predictions = predictions or out.with_name(out.stem + ".predictions")
     source = weights or model
     check_outputs([(out, "metrics", "metrics file"), (detections, "detections", "detections file")],
                   inputs=data_parts + [source, source.with_suffix(".json")],  # a graph's manifest is read too
-                  folders=[(predictions, "predictions folder")] if format == "wider" else [])
+                  folders=[(predictions, "predictions folder")] if protocol == "wider" else [])
     opened = open_eval(EvalConfig(model=source, data=data, out=out, detections=detections, checkpoint=weights is not None,
-                                  split=split, format=format, predictions=predictions, scales=scales, device=device,
+                                  split=split, format=protocol, predictions=predictions, scales=scales, device=device,
                                   threads=threads, batch_size=batch_size, on_error=on_error), say=say)
     keeps("nothing was written; rerun the same command")
     with progress("eval") as update:  # a failed write (a full disk) takes the bar with it
         metrics = run_eval(opened, progress=update)
-    if format == "wider":
+    if protocol == "wider":
         typer.echo(wider_summary(metrics))
     typer.echo(summarize(metrics))
-    typer.echo(f"wrote {out} and {detections}" + (f" and {predictions}/" if format == "wider" else ""))
+    typer.echo(f"wrote {out} and {detections}" + (f" and {predictions}/" if protocol == "wider" else ""))
 
 
 # ----------------------------------------------------------------------------- search
@@ -397,8 +403,8 @@ def search(
     data: Path = typer.Option(..., help="dataset folder the candidates train on (hwnas data synth, or COCO layout)", parser=path_arg),
     table: Path = typer.Option(..., help="latency table of the target (profiled for this data's class count)", parser=path_arg),
     out: Path = typer.Option(..., help="run folder: pareto.json, pareto.png, report.md, search.db, trials/", parser=path_arg),
-    space: Optional[str] = typer.Option(None, help="search space: default | small | face | tiny (default: default)"),
-    preset: Optional[str] = typer.Option(None, help="face: search the face space with the face-s training recipe (box loss, data-anchor-sampling)"),
+    space: str = typer.Option("default", help="search space: default | small | face | tiny"),
+    recipe: Optional[str] = typer.Option(None, help="training recipe of the candidates, a preset's (face-s, face-m); default: the space's (face-s for the face space), else none"),
     resolutions: Optional[str] = typer.Option(None, help="input sizes to search, e.g. 192,256 (default: the table's)"),
     stage: str = typer.Option("both", help="structural | modular | both | random (the random-search baseline)"),
     trials: Optional[int] = typer.Option(None, help="evaluated candidates (with --stage both: split by --structural-share); default 16, with --budget-min as many as the time allows"),
@@ -431,10 +437,10 @@ def search(
 ) -> None:
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
     from hwnas.search import Search, SearchConfig
-    from hwnas.spec.presets import search_preset
+    from hwnas.spec.presets import search_recipe
 
     res = _sizes(resolutions, "--resolutions") if resolutions else ()
-    space, rec = search_preset(preset, space)
+    rec = search_recipe(space, recipe)
     if trials is None:  # with a budget, the clock ends the stages
         trials = 100_000 if budget_min else 16
     cfg = SearchConfig(recipe=rec, data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
@@ -549,11 +555,11 @@ def _export_multiscale(weights: Optional[Path], out: Path, test_scales: str, *, 
     if nms not in ("auto", "onnx", "ops"):
         raise HwnasError(f"--nms {nms}: a multi-scale graph takes onnx (onnxruntime, TensorRT) or ops (TensorRT-RTX)")
     scales = parse_scales(test_scales)
-    check_batch(batch, "--batch")
+    check_batch(batch, "--batch-size")
     res = export_multiscale(weights, out, scales, nms="onnx" if nms == "auto" else nms, batch=batch)
     sizes = ", ".join(f"{h}x{w}" for h, w in (scaled_hw(res.arch.input_hw, s.scale) for s in res.scales))
     typer.echo(f"{res.arch}: multi-scale graph, passes {describe(res.scales)} at {sizes}")
-    typer.echo(f"wrote {res.path} (score it with `hwnas eval --model {res.path} --data DIR --format wider`)")
+    typer.echo(f"wrote {res.path} (score it with `hwnas eval --model {res.path} --data DIR --protocol wider`)")
 
 
 @app.command()
@@ -573,7 +579,7 @@ def export(
     int8_target: Optional[str] = typer.Option(None, "--int8-target", help="cpu (uint8 activations, fastest in onnxruntime) | tensorrt (symmetric int8); default: tensorrt for engines, cpu for ONNX"),
     backend: str = typer.Option("tensorrt-rtx", help="engine builder: tensorrt | tensorrt-rtx"),
     sm: Optional[str] = typer.Option(None, help="compute capability to build for ahead of time (tensorrt-rtx): 75, 80, 86, 89, 120"),
-    batch: int = typer.Option(1, help="static batch size"),
+    batch: int = typer.Option(1, "--batch-size", help="static batch size of the graph"),
     dynamic_batch: Optional[str] = typer.Option(None, "--dynamic-batch", help="MIN:OPT:MAX batch profile instead of --batch"),
     workspace_mb: Optional[int] = typer.Option(None, "--workspace-mb", help="builder workspace limit (MiB)"),
     opt_level: Optional[int] = typer.Option(None, "--opt-level", help="builder optimisation level 0..5"),
@@ -632,7 +638,7 @@ def export(
 def bench(
     model: Path = typer.Option(..., help="checkpoint (.pt), deployable ONNX (.onnx) or engine (.engine)", parser=path_arg),
     images: list[Path] = typer.Argument(None, help="image files to run on (default: random pixels)", parser=path_arg),
-    batch: int = typer.Option(1, help="images per run"),
+    batch: int = typer.Option(1, "--batch-size", help="images per run"),
     threads: int = typer.Option(1, help="CPU threads (torch and onnxruntime alike)"),
     device: str = typer.Option("cpu", help="cpu, or cuda for checkpoints and engines"),
     min_time: float = typer.Option(2.0, "--min-time", help="seconds of timing per figure"),
@@ -648,7 +654,7 @@ def bench(
     from hwnas.fileio import check_outputs
     from hwnas.limits import MAX_THREADS, check_batch, check_int
 
-    check_batch(batch, "--batch")
+    check_batch(batch, "--batch-size")
     check_int("--threads", threads, 1, MAX_THREADS)
     if out is not None:
         check_outputs([(out, "benchmark", "bench file")], inputs=[model, model.with_suffix(".json"), *(images or [])])

@@ -42,7 +42,6 @@ class Plan:
     profile_repeats: int = 5
     bench_min_time: float = 2.0
     calib_images: int = 32
-    search_preset: str | None = None  # hwnas search --preset (the face space and recipe)
     recipe: str | None = None  # the preset whose training tricks the final training uses
 
 
@@ -50,7 +49,7 @@ PLANS: dict[tuple[str, bool], Plan] = {
     ("shapes", False): Plan("shapes", 128, 800, 200, "small", 128, 3, trials=8, population=4, epochs_per_trial=2,
                             max_train_images=400, train_epochs=12),
     ("faces", False): Plan("faces", 128, 800, 200, "face", 128, 1, trials=8, population=4, epochs_per_trial=2,
-                           max_train_images=400, train_epochs=12, search_preset="face", recipe="face-s"),
+                           max_train_images=400, train_epochs=12, recipe="face-s"),
     # --fast: the same pipeline at toy sizes, for tests and a first look (about a minute). The final
     # detector trains 3 epochs (12 iterations): the heads' BatchNorms are per level, one statistics
     # update an iteration each, and after 4 the face detector's int8 calibration met a tensor of
@@ -60,7 +59,7 @@ PLANS: dict[tuple[str, bool], Plan] = {
                            profile_repeats=3, bench_min_time=0.1, calib_images=4),
     ("faces", True): Plan("faces", 64, 32, 8, "face", 64, 1, trials=2, population=2, epochs_per_trial=1,
                           max_train_images=0, train_epochs=3, batch_size=8, profile_min_time=0.005, profile_repeats=3,
-                          bench_min_time=0.1, calib_images=4, search_preset="face", recipe="face-s"),
+                          bench_min_time=0.1, calib_images=4, recipe="face-s"),
 }
 PRESETS = {None: "shapes", "face": "faces"}
 
@@ -135,10 +134,9 @@ class Quickstart:
                         ["profile", "--backend", "ort-cpu", "--threads", "1", "--space", p.space, "--resolutions",
                          str(p.resolution), "--num-classes", str(p.num_classes), "--min-time", str(p.profile_min_time),
                          "--repeats", str(p.profile_repeats), "--out", str(table)])
-        space = ["--preset", p.search_preset] if p.search_preset else ["--space", p.space]
         search = out / "search"
         self._hwnas("search: structural then modular stage, front re-measured",
-                    ["search", "--data", str(self.data), "--table", str(table), *space, "--resolutions",
+                    ["search", "--data", str(self.data), "--table", str(table), "--space", p.space, "--resolutions",
                      str(p.resolution), "--trials", str(p.trials), "--population", str(p.population),
                      "--epochs-per-trial", str(p.epochs_per_trial), "--max-train-images", str(p.max_train_images),
                      "--batch-size", str(p.batch_size), "--threads", "2", "--out", str(search)])
@@ -150,7 +148,7 @@ class Quickstart:
                     ["train", "--arch", str(chosen.arch), "--data", str(self.data), "--epochs", str(p.train_epochs),
                      "--batch-size", str(p.batch_size), *self._recipe_flags(), "--out", str(run)])
         engines = out / "engines"
-        fmt = ["--format", "wider"] if p.kind == "faces" else []
+        fmt = ["--protocol", "wider"] if p.kind == "faces" else []
         self._hwnas("export to ONNX (fp32)", ["export", "--weights", str(run / "last.pt"), "--out",
                                              str(engines / "best")], done=engines / "best.json")
         self._hwnas("export to ONNX (int8, calibrated on training images)",

@@ -77,14 +77,14 @@ class ExportConfig:
         if self.format == "onnx" and (self.sm or self.version_compatible or self.hardware_compatible):
             raise HwnasError("--sm, --version-compatible and --hardware-compatible are engine options; add --format engine")
         if self.dynamic_batch is not None and self.batch != 1:
-            raise HwnasError("give --batch or --dynamic-batch, not both")
+            raise HwnasError("give --batch-size or --dynamic-batch, not both")
         if self.triton is not None:
             from hwnas.export.triton import check_flavour
 
             check_flavour("onnx" if self.format == "onnx" else self.backend)
         from hwnas.limits import MAX_THREADS, check_batch, check_count, check_int, check_num_classes
 
-        check_batch(self.batch, "--batch")
+        check_batch(self.batch, "--batch-size")
         from hwnas.limits import check_float
 
         check_float("--score-thresh", self.score_thresh, 0.0, 1.0)

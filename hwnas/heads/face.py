@@ -72,7 +72,7 @@ class FaceHead(TowerHead):
     ANCHORS: ClassVar[int] = FACE_ANCHORS
     ASSIGNERS: ClassVar[tuple[str, ...]] = ("iou", "atss")  # DetectionLoss(assigner=...), both steps
     NEEDS_NECK: ClassVar[bool] = True
-    GENERAL_PURPOSE: ClassVar[bool] = False  # searched in the face space (hwnas search --preset face)
+    GENERAL_PURPOSE: ClassVar[bool] = False  # searched in the face space (hwnas search --space face)
     DEFAULT_CLASS_NAMES: ClassVar[tuple[str, ...]] = ("face",)
 
     # ------------------------------------------------------------------ grammar

@@ -27,20 +27,20 @@ PRESETS: dict[str, str] = {
     "face-m": "i640/basic_c64_11-21-21-21/fpn_p2-7_c128/face_d3_c128_stc3_str3_mo3/bn",
 }
 
-# hwnas search --preset NAME: (search space, preset whose recipe the candidates train with)
-SEARCH_PRESETS: dict[str, tuple[str, str]] = {"face": ("face", "face-s")}
+# The training recipe a space's candidates train with unless ``hwnas search --recipe`` names another:
+# the face space's detectors need the face recipe (box loss, data-anchor-sampling, scale jitter).
+SPACE_RECIPES: dict[str, str] = {"face": "face-s"}
 
 
-def search_preset(preset: str | None, space: str | None) -> tuple[str, str]:
-    """(search space, recipe) of ``hwnas search [--preset P] [--space S]``; without a preset, no recipe."""
-    if preset is None:
-        return space or "default", ""
-    if preset not in SEARCH_PRESETS:
-        raise HwnasError(f"--preset {preset!r}: valid search presets are {', '.join(SEARCH_PRESETS)}")
-    preset_space, recipe = SEARCH_PRESETS[preset]
-    if space not in (None, preset_space):
-        raise HwnasError(f"--preset {preset} searches space {preset_space!r}; drop --space {space}")
-    return preset_space, recipe
+def search_recipe(space: str, recipe: str | None) -> str:
+    """The recipe of ``hwnas search --space S [--recipe R]``: R, else the space's, else none ("")."""
+    from hwnas.train.recipes import RECIPES
+
+    if recipe is None:
+        return SPACE_RECIPES.get(space, "")
+    if recipe not in RECIPES:
+        raise HwnasError(f"--recipe {recipe!r}: presets with a training recipe are {', '.join(RECIPES)}")
+    return recipe
 
 
 def resolve_arch(text: str) -> Arch:

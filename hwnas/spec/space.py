@@ -200,7 +200,7 @@ SPACES: dict[str, SearchSpace] = {
                          head_widths=(32, 48, 64), rcnn_depths=(1, 2), rcnn_widths=(128, 256), proposals=(64, 128),
                          norms=("bn",), name="small"),
     # A small space for tests and quick demos: two block types, narrow widths, small inputs.
-    # Face detectors (hwnas search --preset face): the face head on 5- or 6-level pyramids from P2,
+    # Face detectors (hwnas search --space face): the face head on 5- or 6-level pyramids from P2,
     # where the small faces are, around the face presets of hwnas.spec.presets.
     "face": SearchSpace(resolutions=(256, 320, 384), blocks=("mbconv", "basic", "shuffle"), widths=(16, 24, 32),
                         max_blocks=(2, 3, 3, 2), necks=("fpn", "pafpn"), level_ranges=((2, 6), (2, 7)),

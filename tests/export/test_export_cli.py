@@ -352,7 +352,7 @@ def test_rtx_engine_dynamic_batch(world, tmp_path, capfd):
     dim0 = onnx.load(str(name.with_suffix(".onnx"))).graph.input[0].type.tensor_type.shape.dim[0]
     assert dim0.dim_param == "batch"
     # bench checks the batch against the profile before it needs a GPU
-    assert_one_error(capfd, ["bench", "--model", str(name.with_suffix(".engine")), "--batch", "8"],
+    assert_one_error(capfd, ["bench", "--model", str(name.with_suffix(".engine")), "--batch-size", "8"],
                "batch 8 is outside the batch profile 1..4", tmp_path, tmp_path / "out")
 
 
@@ -374,7 +374,7 @@ def _images(world, tmp_path) -> list[Path]:
 def test_bench_json(kind, with_images, world, exported, tmp_path, capfd):
     model = world["ckpt"]["fcos"] if kind == "checkpoint" else _onnx(exported, "fcos")
     files = _images(world, tmp_path) if with_images else []
-    batch = ["--batch", "2"] if kind == "checkpoint" and with_images else []  # batch > images: they repeat
+    batch = ["--batch-size", "2"] if kind == "checkpoint" and with_images else []  # batch > images: they repeat
     rc, out, err = _run(capfd, "bench", "--model", model, *files, *batch, "--json", "--min-time", "0.05",
                         "--repeats", "3")
     assert rc == 0, err
@@ -455,7 +455,7 @@ BAD = {
     "missing weights": (["export", "--weights", "{d}/nope.pt", "--out", "{o}/m"], "does not exist"),
     "corrupt weights": (["export", "--weights", "{d}/corrupt.pt", "--out", "{o}/m"], "is corrupt"),
     "bench a .txt": (["bench", "--model", "{d}/notes.txt"], "give a checkpoint (.pt), a deployable ONNX"),
-    "bench static onnx at batch 2": (["bench", "--model", "{onnx}", "--batch", "2"],
+    "bench static onnx at batch 2": (["bench", "--model", "{onnx}", "--batch-size", "2"],
                                      "was exported for batch 1, not 2"),
     "infer a non-image": (["infer", "--model", "{onnx}", "{d}/notes.jpg", "--out", "{o}"], "cannot read image"),
     "eval weights and model": (["eval", "--weights", "{ck}", "--model", "{onnx}", "--data", "{data}",
@@ -501,7 +501,7 @@ def test_bench_damaged_engine(damage, expect, engine, tmp_path, capfd):
     elif damage == "no manifest":
         (pair / "retina.json").unlink()
     else:
-        extra = ["--batch", "4"]
+        extra = ["--batch-size", "4"]
     argv = ["bench", "--model", str(eng), "--min-time", "0.05", "--repeats", "3", *extra]
     assert_one_error(capfd, argv, expect, pair, tmp_path / "out")
 

@@ -218,11 +218,11 @@ def _eval(data: str) -> list[str]:
 
 
 def _wider_eval(data: str) -> list[str]:
-    return ["eval", "--format", "wider", "--weights", "{w}/face.pt", "--data", data, "--out", "{o}/m.json"]
+    return ["eval", "--protocol", "wider", "--weights", "{w}/face.pt", "--data", data, "--out", "{o}/m.json"]
 
 
 def _wider_files(gt: str, pred: str = "pred") -> list[str]:
-    return ["eval", "--format", "wider", "--predictions", f"{{w}}/wider/{pred}", "--gt", f"{{w}}/wider/gt/{gt}",
+    return ["eval", "--protocol", "wider", "--predictions", f"{{w}}/wider/{pred}", "--gt", f"{{w}}/wider/gt/{gt}",
             "--out", "{o}/m.json"]
 
 

@@ -249,7 +249,7 @@ RO = "{ro}"  # a folder nothing can be written into (see _read_only)
 def _wider_gt(gt: str, pred: str = "pred_good", out: str = "{w}/old/wider.json") -> list[str]:
     """Score prediction folder ``pred`` against gt file ``gt``. --out is new in an existing folder:
     the case checks the parse error; folders left behind are one case of their own."""
-    return ["eval", "--format", "wider", "--predictions", f"{{w}}/wider/{pred}", "--gt", f"{{w}}/wider/gt/{gt}",
+    return ["eval", "--protocol", "wider", "--predictions", f"{{w}}/wider/{pred}", "--gt", f"{{w}}/wider/gt/{gt}",
             "--out", out]
 
 
@@ -314,7 +314,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
                                   "image folder", "is missing"),
     "coco image file missing": (["eval", "--weights", "{w}/ck.pt", "--data", "{w}/coco/missingfile", "--out",
                                  "{o}/m.json", "--split", "train"], "nope.jpg does not exist", "on_error='skip'"),
-    # --- WIDER FACE gt and prediction files (scored without a model: hwnas eval --format wider --gt)
+    # --- WIDER FACE gt and prediction files (scored without a model: hwnas eval --protocol wider --gt)
     "wider count not an integer": (_wider_gt("count.txt"), "face count 'two' of 0--Parade/0_Parade_a_1.jpg",
                                    "fix the file"),
     "wider too few face lines": (_wider_gt("fewfaces.txt"), "ends after face 1 of 2",
@@ -324,7 +324,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "wider zero count with a face": (_wider_gt("zerocount.txt"), "has face count 0", "correct the count on line 6"),
     "wider gt not text": (_wider_gt("binary.txt"), "is not a WIDER gt file", "fix or replace it"),
     "wider gt missing": (_wider_gt("nope.txt"), "does not exist", "give wider_face_val_bbx_gt.txt"),
-    "wider missing image": (["eval", "--format", "wider", "--weights", "{w}/face.pt", "--data",
+    "wider missing image": (["eval", "--protocol", "wider", "--weights", "{w}/face.pt", "--data",
                              "{w}/wider/wider_missing", "--out", "{o}/m.json"], "1_Hand_b_2.jpg does not exist",
                             "restore it"),
     "wider missing image (train)": (["train", "--arch", TINY, "--data", "{w}/wider/wider_missing", "--out", "{o}/run"],
@@ -366,8 +366,10 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "engine random bytes": (["bench", "--model", "{w}/onnx/random.engine"], "random.json does not exist",
                             "rebuild the engine"),
     # --- wrong arguments
-    "args: unknown preset": (["search", "--preset", "bogus", "--data", "{w}/data", "--table", "{w}/tables/t3.json",
-                        "--out", "{o}/run"], "--preset 'bogus'", "valid search presets are"),
+    "args: unknown recipe": (["search", "--recipe", "bogus", "--data", "{w}/data", "--table", "{w}/tables/t3.json",
+                              "--out", "{o}/run"], "--recipe 'bogus'", "presets with a training recipe are"),
+    "args: unknown recipe (train)": (["train", "--arch", TINY, "--recipe", "bogus", "--data", "{w}/data", "--out",
+                                      "{o}/run"], "--recipe 'bogus'", "presets with a training recipe are"),
     "args: unknown preset (units)": (["units", "--arch", "resnet19"], "unknown preset 'resnet19'", "valid"),
     "args: unknown space": (["sample", "--space", "huge"], "unknown search space 'huge'", "valid"),
     "args: bad --test-scales": (["eval", "--weights", "{w}/ck.pt", "--data", "{w}/data", "--test-scales", "abc",
@@ -377,8 +379,8 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "args: --das-p 2": (["train", "--arch", TINY, "--data", "{w}/data", "--das-p", "2", "--out", "{o}/run"],
                         "--das-p 2",
                   "must be in [0, 1]"),
-    "args: --format xml": (["eval", "--weights", "{w}/ck.pt", "--data", "{w}/data", "--format", "xml", "--out",
-                      "{o}/m.json"], "--format 'xml'", "give coco or wider"),
+    "args: --protocol xml": (["eval", "--weights", "{w}/ck.pt", "--data", "{w}/data", "--protocol", "xml", "--out",
+                      "{o}/m.json"], "--protocol 'xml'", "give coco or wider"),
     "args: --step1-iou 0.3,0.5": (["train", "--arch", TINY, "--data", "{w}/data", "--step1-iou", "0.3,0.5", "--out",
                              "{o}/run"], "--step1-iou", "POSITIVE,NEGATIVE"),
     "args: --scale-jitter 5,1": (["train", "--arch", TINY, "--data", "{w}/data", "--scale-jitter", "5,1", "--out",
@@ -388,12 +390,12 @@ BAD: dict[str, tuple[list[str], str, str]] = {
                          "--on-error", "raise, skip"),
     "args: --calib-images 0": (["export", "--weights", "{w}/ck.pt", "--out", "{o}/m", "--precision", "int8",
                           "--calib-data", "{w}/data", "--calib-images", "0"], "--calib-images 0", "must be in 1.."),
-    "args: --batch 0 (bench)": (["bench", "--model", "{w}/ck.pt", "--batch", "0"], "--batch 0", "must be in 1.."),
+    "args: --batch-size 0 (bench)": (["bench", "--model", "{w}/ck.pt", "--batch-size", "0"], "--batch-size 0", "must be in 1.."),
     "args: --stage sideways": (["search", "--data", "{w}/data", "--table", "{w}/tables/t3.json", "--space", "tiny",
                           "--stage", "sideways", "--out", "{o}/run"], "--stage 'sideways'", "valid stages are"),
     "args: --evaluator bogus": (["search", "--data", "{w}/data", "--table", "{w}/tables/t3.json", "--space", "tiny",
                                  "--evaluator", "bogus", "--out", "{o}/run"], "--evaluator 'bogus'",
-                                "valid evaluators are train, supernet, bn"),
+                                "valid evaluators are train, halving, supernet, bn"),
     "args: --supernet-strategy zigzag": (["search", "--data", "{w}/data", "--table", "{w}/tables/t3.json", "--space",
                                           "tiny", "--evaluator", "supernet", "--supernet-strategy", "zigzag", "--out",
                                           "{o}/run"], "--supernet-strategy 'zigzag'", "uniform, sandwich"),
@@ -402,7 +404,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
     "args: supernet of an arch outside the space": (["supernet", "--data", "{w}/data", "--arch", TINY, "--space", "face",
                                                      "--out", "{o}/run"], "is outside space 'face'", "another --space"),
     "args: synth --size 10": (["data", "synth", "--size", "10", "--out", "{o}/ds"], "--size", "64"),
-    "args: --gt with --weights": (["eval", "--format", "wider", "--weights", "{w}/ck.pt", "--predictions",
+    "args: --gt with --weights": (["eval", "--protocol", "wider", "--weights", "{w}/ck.pt", "--predictions",
                              "{w}/wider/pred_good", "--gt", "{w}/wider/gt/good.txt", "--out", "{o}/m.json"],
                             "--gt scores existing prediction files", "no --weights"),
     # --- outputs that cannot be written (a folder without write permission; for root, under a file)
@@ -422,13 +424,13 @@ BAD: dict[str, tuple[list[str], str, str]] = {
                                  "--out", RO + "/run"], "cannot", "another"),
     "read-only: supernet --out": (["supernet", "--data", "{w}/data", "--arch", TINY, "--space", "tiny", "--out",
                                    RO + "/run"], "cannot", "another"),
-    "read-only: wider eval --out": (["eval", "--format", "wider", "--predictions", "{w}/wider/pred_good", "--gt",
+    "read-only: wider eval --out": (["eval", "--protocol", "wider", "--predictions", "{w}/wider/pred_good", "--gt",
                                      "{w}/wider/gt/good.txt", "--out", RO + "/m.json"], "cannot",
                                     "choose another path"),
     "read-only: profile --out": (["profile", "--space", "tiny", "--resolutions", "64", "--out", RO + "/t.json"],
                                  "cannot", "choose another path"),
     # --- a full disk (/dev/full: every write fails with ENOSPC)
-    "full disk: wider eval --out": (["eval", "--format", "wider", "--predictions", "{w}/wider/pred_good", "--gt",
+    "full disk: wider eval --out": (["eval", "--protocol", "wider", "--predictions", "{w}/wider/pred_good", "--gt",
                                      "{w}/wider/gt/good.txt", "--out", "{full}"], "No space left on device",
                                     "check free space"),
     # --out in an existing folder: the disk fills only after the work, once --out's folder was made
@@ -505,7 +507,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
                                    "in 64..4096"),
     "limits: --img-size 100000": (["train", "--arch", TINY, "--data", "{w}/data", "--img-size", "100000", "--out",
                                    "{o}/run"], "--img-size 100000", "in 64..4096"),
-    "limits: bench --batch 100000": (["bench", "--model", "{w}/ck.pt", "--batch", "100000"], "--batch 100000",
+    "limits: bench --batch-size 100000": (["bench", "--model", "{w}/ck.pt", "--batch-size", "100000"], "--batch-size 100000",
                                      "must be in 1..256"),
     "limits: --num-classes 100000000": (["units", "--arch", TINY, "--num-classes", "100000000"],
                                         "--num-classes 100000000", "must be in 1..10000"),
@@ -680,7 +682,7 @@ def test_real_full_disk_keeps_the_old_files(world, tmp_path):
 mount -t tmpfs -o size=1m tmpfs {mnt} || exit 90
 cp {w}/old/metrics.json {w}/old/m.onnx {w}/old/m.json {mnt}/
 dd if=/dev/zero of={mnt}/fill bs=4k 2>/dev/null
-{py} eval --format wider --predictions {w}/wider/pred_good --gt {w}/wider/gt/good.txt --out {mnt}/metrics.json \
+{py} eval --protocol wider --predictions {w}/wider/pred_good --gt {w}/wider/gt/good.txt --out {mnt}/metrics.json \
     >{rep}/out1 2>{rep}/err1; echo $? >{rep}/rc1
 {py} export --weights {w}/ck.pt --out {mnt}/m >{rep}/out2 2>{rep}/err2; echo $? >{rep}/rc2
 for f in metrics.json m.onnx m.json; do cp {mnt}/$f {rep}/after-$f; done

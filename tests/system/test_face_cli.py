@@ -42,7 +42,7 @@ def test_train_with_the_preset_recipe_and_overrides(faces, tmp_path):
 
 def test_wider_eval_writes_official_files_that_rescore_identically(faces, capfd):
     d = faces["dir"]
-    assert main(["eval", "--weights", str(faces["ckpt"]), "--data", str(faces["data"]), "--format", "wider",
+    assert main(["eval", "--weights", str(faces["ckpt"]), "--data", str(faces["data"]), "--protocol", "wider",
                  "--out", str(d / "w.json")]) == 0
     m = json.loads((d / "w.json").read_text())
     assert {"easy", "medium", "hard", "map", "map50"} <= set(m) and "derived from face height" in m["subsets"]
@@ -54,7 +54,7 @@ def test_wider_eval_writes_official_files_that_rescore_identically(faces, capfd)
     assert all(len(ln.split()) == 5 for ln in lines[2:])
     capfd.readouterr()
     # the same files scored alone against the dataset's ground truth: the same APs
-    assert main(["eval", "--format", "wider", "--predictions", str(d / "w.predictions"), "--gt",
+    assert main(["eval", "--protocol", "wider", "--predictions", str(d / "w.predictions"), "--gt",
                  str(faces["data"] / "val.json"), "--out", str(d / "again.json")]) == 0
     again = json.loads((d / "again.json").read_text())
     for s in ("easy", "medium", "hard"):
@@ -71,7 +71,7 @@ def test_wider_eval_of_prediction_files_alone(faces, tmp_path):
     gt = coco_to_wider(faces["data"] / "val.json")
     perfect = {im.name: [[*b, 0.9] for b in im.boxes.tolist()] for im in gt}
     write_predictions(tmp_path / "perfect", perfect)
-    assert main(["eval", "--format", "wider", "--predictions", str(tmp_path / "perfect"), "--gt",
+    assert main(["eval", "--protocol", "wider", "--predictions", str(tmp_path / "perfect"), "--gt",
                  str(faces["data"] / "val.json"), "--out", str(tmp_path / "p.json")]) == 0
     m = json.loads((tmp_path / "p.json").read_text())
     for s in ("easy", "medium", "hard"):
@@ -96,7 +96,7 @@ def test_train_and_score_on_the_wider_face_layout(faces, tmp_path):
             shutil.copyfile(faces["data"] / "images" / im.name.split("/", 1)[1], dst)
     assert main(["train", "--arch", FACE, "--data", str(root), "--out", str(tmp_path / "run"), "--epochs", "1",
                  "--batch-size", "8", "--das-p", "0.5"]) == 0
-    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--data", str(root), "--format", "wider",
+    assert main(["eval", "--weights", str(tmp_path / "run" / "last.pt"), "--data", str(root), "--protocol", "wider",
                  "--out", str(tmp_path / "w.json")]) == 0
     m = json.loads((tmp_path / "w.json").read_text())
     assert m["n_images"] == 8 and "derived from face height" in m["subsets"]
@@ -104,10 +104,10 @@ def test_train_and_score_on_the_wider_face_layout(faces, tmp_path):
 
 
 def test_multiscale_checkpoint_and_graph_agree(faces, tmp_path):
-    assert main(["eval", "--weights", str(faces["ckpt"]), "--data", str(faces["data"]), "--format", "wider",
+    assert main(["eval", "--weights", str(faces["ckpt"]), "--data", str(faces["data"]), "--protocol", "wider",
                  "--test-scales", SCALES, "--out", str(tmp_path / "ms.json")]) == 0
     assert main(["export", "--weights", str(faces["ckpt"]), "--out", str(tmp_path / "ms"), "--test-scales", SCALES]) == 0
-    assert main(["eval", "--model", str(tmp_path / "ms.onnx"), "--data", str(faces["data"]), "--format", "wider",
+    assert main(["eval", "--model", str(tmp_path / "ms.onnx"), "--data", str(faces["data"]), "--protocol", "wider",
                  "--out", str(tmp_path / "graph.json")]) == 0
     eager = json.loads((tmp_path / "ms.json").read_text())
     graph = json.loads((tmp_path / "graph.json").read_text())
@@ -129,25 +129,26 @@ def test_export_an_untrained_preset(tmp_path, capfd):
     assert len(OnnxDetector(tmp_path / "f.onnx").detect(torch.rand(1, 3, 64, 64))) == 1
 
 
-def test_search_preset_face(faces, tmp_path, ort_cpu):
-    """``--preset face`` searches the face space with the face recipe (a real table of the face
-    space at 64 px, two candidates of one epoch)."""
+def test_search_of_the_face_space_trains_with_the_face_recipe(faces, tmp_path, ort_cpu):
+    """``--space face`` searches the face space with the face-s recipe unless ``--recipe`` says
+    otherwise (a real table of the face space at 64 px, two candidates of one epoch)."""
     from hwnas.latency.table import profile
 
     profile(ort_cpu, tmp_path / "t.json", space="face", resolutions=(64,), num_classes=1, timing=FAST)
-    assert main(["search", "--preset", "face", "--data", str(faces["data"]), "--table", str(tmp_path / "t.json"),
+    assert main(["search", "--space", "face", "--data", str(faces["data"]), "--table", str(tmp_path / "t.json"),
                  "--out", str(tmp_path / "s"), "--trials", "2", "--epochs-per-trial", "1", "--batch-size", "8",
                  "--threads", "1", "--no-measure"]) == 0
     s = json.loads((tmp_path / "s" / "search.json").read_text())
     archs = [t["arch"] for t in s["trials"] if t["state"] == "complete"]
     assert archs and all("/face_d" in a and "_stc3_str" in a and a.endswith("_mo3/bn") for a in archs)
+    assert s["config"]["recipe"] == "face-s"
 
 
 BAD = {
-    "unknown eval format": (["eval", "--weights", "{ckpt}", "--data", "{data}", "--format", "xml", "--out", "{o}"], "--format"),
-    "gt without predictions": (["eval", "--format", "wider", "--gt", "{data}/val.json", "--out", "{o}"], "--predictions DIR --gt FILE"),
-    "predictions without wider": (["eval", "--weights", "{ckpt}", "--data", "{data}", "--predictions", "{d}/p", "--out", "{o}"], "--format wider"),
-    "missing predictions folder": (["eval", "--format", "wider", "--predictions", "{d}/nope", "--gt", "{data}/val.json", "--out", "{o}"], "nope"),
+    "unknown eval protocol": (["eval", "--weights", "{ckpt}", "--data", "{data}", "--protocol", "xml", "--out", "{o}"], "--protocol"),
+    "gt without predictions": (["eval", "--protocol", "wider", "--gt", "{data}/val.json", "--out", "{o}"], "--predictions DIR --gt FILE"),
+    "predictions without wider": (["eval", "--weights", "{ckpt}", "--data", "{data}", "--predictions", "{d}/p", "--out", "{o}"], "--protocol wider"),
+    "missing predictions folder": (["eval", "--protocol", "wider", "--predictions", "{d}/nope", "--gt", "{data}/val.json", "--out", "{o}"], "nope"),
     "test scales on a graph": (["eval", "--model", "{d}/x.onnx", "--data", "{data}", "--test-scales", "1", "--out", "{o}"], "--weights"),
     "bad test scales": (["eval", "--weights", "{ckpt}", "--data", "{data}", "--test-scales", "1,zz", "--out", "{o}"], "zz"),
     "das on a retina head": (["train", "--arch", "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/bn", "--data", "{data}",
@@ -156,9 +157,8 @@ BAD = {
     "step thresholds reversed": (["train", "--arch", FACE, "--data", "{data}", "--step1-iou", "0.3,0.5", "--out", "{o}"], "--step1-iou"),
     "face head without tricks": (["train", "--arch", "i64/basic_c8_1-2-2-2/fpn_p2-6_c16/face_d1_c16/bn", "--data", "{data}",
                                   "--out", "{o}"], "names its tricks"),
-    "unknown search preset": (["search", "--preset", "cars", "--data", "{data}", "--table", "{d}/t.json", "--out", "{o}"], "cars"),
-    "preset and another space": (["search", "--preset", "face", "--space", "small", "--data", "{data}", "--table",
-                                  "{d}/t.json", "--out", "{o}"], "--space"),
+    "unknown search recipe": (["search", "--recipe", "cars", "--space", "face", "--data", "{data}", "--table",
+                               "{d}/t.json", "--out", "{o}"], "--recipe 'cars'"),
     "weights and preset": (["export", "--weights", "{ckpt}", "--preset", "face-s", "--out", "{o}"], "exactly one"),
     "preset with check": (["export", "--preset", "face-s", "--check", "{data}", "--out", "{o}"], "--check"),
     "num classes without preset": (["export", "--weights", "{ckpt}", "--num-classes", "2", "--out", "{o}"], "--num-classes"),
