@@ -133,6 +133,7 @@ def main() -> None:
     ap.add_argument("--report-only", action="store_true", help="recompute the figures of the stored scores")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--merge", type=Path, nargs="*", default=[], help="results files of other runs to add")
+    ap.add_argument("--collect", action="store_true", help="trainE: read the runs finished so far, train nothing")
     args = ap.parse_args()
     if args.threads:
         import torch
@@ -143,7 +144,17 @@ def main() -> None:
     result = json.loads(path.read_text()) if path.exists() else {"truth": str(args.truth), "evaluators": {}}
     for extra in args.merge:  # scores another run of this script stored elsewhere
         result["evaluators"].update(json.loads(extra.read_text())["evaluators"])
-    for name in [] if args.report_only else [e for e in args.evaluators.split(",") if e]:
+    if args.collect:  # trainE runs finished so far, read from their folders (nothing is trained)
+        for name in [e for e in args.evaluators.split(",") if e.startswith("train")]:
+            keys, cost = {}, 0.0
+            for r in truth["rows"]:
+                m = args.work / name / slug(r["arch"]) / "metrics.json"
+                if m.exists():
+                    d = json.loads(m.read_text())
+                    keys[r["arch"]], cost = d["map"], cost + d["train_seconds"]
+            result["evaluators"][name] = {"keys": keys, "scores": {a: {"map": v} for a, v in keys.items()},
+                                          "cost_s": cost, "partial": len(keys)}
+    for name in [] if args.report_only or args.collect else [e for e in args.evaluators.split(",") if e]:
         ev = evaluate(name, truth, args.data, args.work, args.eta)
         result["evaluators"][name] = {**{k: v for k, v in ev.items() if k not in ("keys", "detail")},
                                       "keys": ev["keys"], "scores": ev["detail"]}
