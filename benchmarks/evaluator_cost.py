@@ -48,13 +48,18 @@ def main() -> None:
                         batch_size=16, lr=2e-3, seed=0)
     archs = [Arch.parse(a) for a in ARCHS]
     out = {}
-    train = make_evaluator(replace(base, out=args.work / "train3"))
-    t = []
-    for a in archs:
-        t0 = time.perf_counter()
-        train(a, Budget(epochs=3), args.work / "train3" / slug(str(a)))
-        t.append(time.perf_counter() - t0)
-        print(f"train3 {a}: {t[-1]:.1f} s", flush=True)
+
+    def per_candidate(name: str, evaluator, out_dir: Path) -> list[float]:
+        """Seconds ``evaluator`` takes for each detector (a 3-epoch budget, as the search gives)."""
+        t = []
+        for a in archs:
+            t0 = time.perf_counter()
+            evaluator(a, Budget(epochs=3), out_dir / slug(str(a)))
+            t.append(time.perf_counter() - t0)
+            print(f"{name} {a}: {t[-1]:.2f} s", flush=True)
+        return t
+
+    t = per_candidate("train3", make_evaluator(replace(base, out=args.work / "train3")), args.work / "train3")
     out["train3"] = {"per_candidate_s": statistics.mean(t), "each_s": t}
     for name in ("supernet", "bn"):
         cfg = replace(base, out=args.work / name, evaluator=name, supernet_epochs=1)
@@ -62,12 +67,7 @@ def main() -> None:
         t0 = time.perf_counter()
         ev.supernet(archs[0])  # one epoch of the neighbourhood's supernet
         epoch_s = time.perf_counter() - t0
-        scores = []
-        for a in archs:
-            t0 = time.perf_counter()
-            ev(a, Budget(epochs=3), cfg.out / "trials" / slug(str(a)))
-            scores.append(time.perf_counter() - t0)
-            print(f"{name} score {a}: {scores[-1]:.2f} s", flush=True)
+        scores = per_candidate(f"{name} score", ev, cfg.out / "trials")
         out[name] = {"epoch_s": epoch_s, "score_s": statistics.mean(scores), "each_s": scores}
     e = args.supernet_epochs
     rows = []

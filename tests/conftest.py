@@ -90,6 +90,18 @@ def sigkill_when(cmd: list[str], log_path: Path, ready: Callable[[], bool], time
     return proc.returncode
 
 
+def search_world(tmp_path_factory, backend, name: str, n_train: int) -> dict:
+    """Generated shapes at 64 px (``n_train`` training, 8 val images) and a real table of the tiny
+    space for their 3 classes, for module fixtures of searches: ``{"data", "table", "dir"}``."""
+    from hwnas.data.synth import synth
+    from hwnas.latency.table import profile
+
+    d = tmp_path_factory.mktemp(name)
+    synth("shapes", n_train, 8, TINY_RES, 0, d / "data")
+    profile(backend, d / "table.json", space="tiny", resolutions=(TINY_RES,), num_classes=3, timing=FAST)
+    return {"data": d / "data", "table": d / "table.json", "dir": d}
+
+
 @pytest.fixture(scope="session")
 def tiny_shapes(tmp_path_factory) -> Path:
     """16 training and 8 validation images of circles, rectangles and triangles at 64 px (read only)."""

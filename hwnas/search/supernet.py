@@ -323,7 +323,7 @@ def train_supernet(hood: Neighbourhood, data: Path, out: Path, train_cfg, cfg: S
     here each step runs one to four different paths through a bank of tensors most of which a
     path leaves unused (``find_unused_parameters`` on every step); one all-reduce of the step's
     gradients is the same arithmetic. Process 0 writes the files."""
-    from hwnas.data.transforms import collate, normalize
+    from hwnas.data.transforms import epoch_batches, normalize
     from hwnas.data.wider import open_dataset
     from hwnas.heads.losses import DetectionLoss
     from hwnas.train.loop import RECIPE_VERSION, lr_factor, resolve_device, seed_everything, train_transform
@@ -378,12 +378,12 @@ def train_supernet(hood: Neighbourhood, data: Path, out: Path, train_cfg, cfg: S
         order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
         train_set.set_epoch(epoch)
         t0, losses = time.time(), []
-        for it in range(per_epoch):
+        # this process's share of each global batch, batched as the training loop batches
+        mine = [i for it in range(per_epoch) for i in order[it * train_cfg.batch_size + rank * share:][:share]]
+        loader = epoch_batches(train_set, mine, share, train_cfg.workers, pin_memory=device.type == "cuda")
+        for it, (images, targets) in enumerate(loader):
             step = epoch * per_epoch + it
-            first = it * train_cfg.batch_size + rank * share  # this process's share of the global batch
-            batch = [train_set[i] for i in order[first:first + share]]
-            images, targets = collate(batch)
-            images = normalize(images.to(device))
+            images = normalize(images.to(device, non_blocking=True))
             targets = [{kk: (v.to(device) if torch.is_tensor(v) else v) for kk, v in t.items()} for t in targets]
             opt.zero_grad(set_to_none=True)
             paths = paths_of_step(hood, cfg.strategy, train_cfg.seed, step)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, sigkill_when
+from conftest import search_world, sigkill_when
 from hwnas.cli.app import main
 from hwnas.search.halving import promoted, rung_epochs
 from hwnas.search.runner import slug
@@ -21,13 +21,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ort_cpu) -> dict:
-    from hwnas.data.synth import synth
-    from hwnas.latency.table import profile
-
-    d = tmp_path_factory.mktemp("halving-search")
-    synth("shapes", 24, 8, 64, 0, d / "data")
-    profile(ort_cpu, d / "table.json", space="tiny", resolutions=(64,), num_classes=3, timing=FAST)
-    return {"data": d / "data", "table": d / "table.json", "dir": d}
+    return search_world(tmp_path_factory, ort_cpu, "halving-search", 24)
 
 
 def _args(setup, out, *extra) -> list[str]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import FAST, sigkill_when
+from conftest import search_world, sigkill_when
 from hwnas.cli.app import main
 from hwnas.search.supernet import Neighbourhood, Supernet, SupernetConfig, paths_of_step, train_supernet
 from hwnas.spec.arch import Arch
@@ -141,13 +141,7 @@ def test_supernet_training_resumes_after_kill_9_with_nothing_lost(tiny_shapes, t
 # ------------------------------------------------------------------------------ a real search on a supernet
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, ort_cpu) -> dict:
-    from hwnas.data.synth import synth
-    from hwnas.latency.table import profile
-
-    d = tmp_path_factory.mktemp("supernet-search")
-    synth("shapes", 32, 8, 64, 0, d / "data")
-    profile(ort_cpu, d / "table.json", space="tiny", resolutions=(64,), num_classes=3, timing=FAST)
-    return {"data": d / "data", "table": d / "table.json", "dir": d}
+    return search_world(tmp_path_factory, ort_cpu, "supernet-search", 32)
 
 
 def _args(setup, out, *extra) -> list[str]:
