@@ -645,6 +645,8 @@ def bench(
     repeats: int = typer.Option(20, help="minimum timed runs"),
     as_json: bool = typer.Option(False, "--json", help="print JSON"),
     out: Optional[Path] = typer.Option(None, help="also write the figures to this JSON file", parser=path_arg),
+    profile: bool = typer.Option(False, "--profile", help="ONNX: also where the time goes (onnxruntime's profiler: "
+                                 "kernel ms per part pre/net/post/layout and per operator)"),
 ) -> None:
     """Latency (median, p90, p99) and throughput of a model: network only and end to end."""
     import torch
@@ -659,6 +661,9 @@ def bench(
     if out is not None:
         check_outputs([(out, "benchmark", "bench file")], inputs=[model, model.with_suffix(".json"), *(images or [])])
     m = open_model(model, threads=threads, device=device, batch=batch)
+    if profile and m.kind != "onnx":
+        raise HwnasError(f"--profile reads onnxruntime's profiler: give an ONNX model (this is a {m.kind}); "
+                         f"export one with hwnas export --format onnx")
     if images:
         x, _ = load_images([images[i % len(images)] for i in range(batch)], m.arch.input_hw)
     else:
@@ -666,6 +671,10 @@ def bench(
     res = run_bench(m, x, _timing(min_time, repeats))
     res.update({"model": str(model), "kind": m.kind, "arch": str(m.arch), "batch": batch, "threads": threads,
                 "device": device})
+    if profile:
+        from hwnas.export.profile import profile_graph
+
+        res["profile"] = profile_graph(model, x.numpy(), threads=threads, runs=max(repeats, 50))
     if out is not None:
         from hwnas.fileio import write_json
 
@@ -679,6 +688,12 @@ def bench(
             r = res[k]
             typer.echo(f"  {k:<11} median {r['median_ms']:8.2f} ms  p90 {r['p90_ms']:8.2f}  p99 {r['p99_ms']:8.2f}  "
                        f"{r['images_per_s']:8.1f} img/s  (n={r['n']})")
+    if profile:
+        p = res["profile"]
+        typer.echo(f"  profile (kernel ms per run, mean of {p['runs']}; run {p['run_ms']:.2f} ms as profiled):")
+        for part, ms in p["parts_ms"].items():
+            top = ", ".join(f"{op} {t:.3f}" for op, t in list(p["ops_ms"][part].items())[:4])
+            typer.echo(f"    {part:<7}{ms:8.3f} ms  ({top})")
 
 
 @app.command()

@@ -165,14 +165,18 @@ class DeployPost(nn.Module):
         boxes, scores = decode_outputs(raw, self.arch, k)
         if c.nms == "host":
             return boxes, scores
-        cb, cs, cl, valid = N.candidates(boxes, scores, k, self.m, c.score_thresh)
+        # NonMaxSuppression sorts by score itself; the other forms need the candidates in score order
+        cb, cs, cl, valid = N.candidates(boxes, scores, k, self.m, c.score_thresh, ordered=c.nms != "onnx")
         if c.nms == "efficient":
             return N.EfficientNMS.apply(cb, N.class_scores(cs, cl, valid, k), c.max_dets, c.nms_thresh,
                                         c.score_thresh)
         if c.nms == "onnx":
-            per_class = N.class_scores(cs, cl, valid, k).transpose(1, 2)  # the op wants [B, K, M]
-            # At most max_dets per class: the final top max_dets over classes cannot need more.
-            selected = N.OnnxNMS.apply(cb, per_class, c.max_dets, c.nms_thresh, c.score_thresh)
+            # One NMS class for all, the classes moved apart (N.separate_classes): it saves the
+            # [B, M, K] one-hot scores and K passes of the op (docs/benchmarks.md, int8 on small
+            # detectors). At most max_dets are kept, in score order across classes: the final top
+            # max_dets needs no more.
+            apart = N.separate_classes(cb, cl, float(max(self.arch.input_hw) + 1))
+            selected = N.OnnxNMS.apply(apart, (cs * valid).unsqueeze(1), c.max_dets, c.nms_thresh, c.score_thresh)
             keep = N.keep_from_selected(selected, cs)
         else:
             keep = N.cluster_nms_keep(cb, cl, valid, c.nms_thresh, self.m, c.ops_iters)

@@ -25,14 +25,14 @@ import torch
 from torchvision.ops import nms
 
 __all__ = ["EfficientNMS", "OnnxNMS", "candidates", "class_scores", "cluster_nms_keep", "greedy_keep",
-           "keep_from_selected", "pack", "suppression_chain"]
+           "keep_from_selected", "pack", "separate_classes", "suppression_chain"]
 
 # TensorRT's plugins live in this ONNX domain; its parser finds them by op name.
 TRT_DOMAIN = "TRT"
 
 
-def candidates(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, topk: int, score_thresh: float
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def candidates(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, topk: int, score_thresh: float,
+               ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best ``topk`` (position, class) pairs of each image, by descending score.
 
     boxes [B, P, 4] (shared by classes) or [B, P, K, 4] (class-specific); scores [B, P, K];
@@ -40,10 +40,11 @@ def candidates(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, topk
     bool: above ``score_thresh`` and non-empty). Taking the top-k first and the threshold second
     keeps the same pairs as thresholding first (the set above the threshold is either inside the
     top-k or larger than it), and keeps every shape static. Sizes come in as Python ints, not from
-    ``.shape``: traced shapes would put Shape arithmetic in the graph.
+    ``.shape``: traced shapes would put Shape arithmetic in the graph. ``ordered=False`` leaves the
+    candidates in any order (a cheaper TopK), for suppression that sorts by score itself.
     """
     k = num_classes
-    top_s, top_i = scores.flatten(1).topk(topk, dim=1)  # sorted: candidate order = score order
+    top_s, top_i = scores.flatten(1).topk(topk, dim=1, sorted=ordered)
     labels = top_i % k
     if boxes.dim() == 4:  # class-specific: row p*K + k of the flattened boxes is pair (p, k)
         rows, flat = top_i, boxes.flatten(1, 2)
@@ -52,6 +53,13 @@ def candidates(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, topk
     cand = torch.gather(flat, 1, rows.unsqueeze(-1).expand(-1, -1, 4))
     nonempty = (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
     return cand, top_s, labels, (top_s > score_thresh) & nonempty
+
+
+def separate_classes(boxes: torch.Tensor, labels: torch.Tensor, extent: float) -> torch.Tensor:
+    """Boxes [B, M, 4] moved by ``label * extent`` on both axes, so that with ``extent`` past every
+    coordinate (boxes clipped to [0, extent)) two classes never overlap: one single-class NMS then
+    keeps exactly what per-class NMS keeps (the trick of torchvision's batched_nms)."""
+    return boxes + (labels.to(boxes.dtype) * extent).unsqueeze(-1)
 
 
 def class_scores(scores: torch.Tensor, labels: torch.Tensor, valid: torch.Tensor, num_classes: int) -> torch.Tensor:

@@ -26,12 +26,12 @@ def check_box_loss(kind: str, what: str = "box_loss") -> str:
 def decode_boxes(deltas: torch.Tensor, anchors: torch.Tensor, clip: float = BOX_CLIP) -> torch.Tensor:
     """Standard (dx, dy, dw, dh) decoding relative to anchors; ``clip`` = log(1000/16). The exported
     RoI stage (:class:`hwnas.models.blocks.RoIStage`) decodes its proposals with it."""
-    wa, ha = anchors[..., 2] - anchors[..., 0], anchors[..., 3] - anchors[..., 1]
-    xa, ya = anchors[..., 0] + 0.5 * wa, anchors[..., 1] + 0.5 * ha
-    dx, dy, dw, dh = deltas.unbind(-1)
-    x, y = xa + dx * wa, ya + dy * ha
-    w, h = wa * dw.clamp(max=clip).exp(), ha * dh.clamp(max=clip).exp()
-    return torch.stack((x - w / 2, y - h / 2, x + w / 2, y + h / 2), dim=-1)
+    # (x, y) and (w, h) as pairs: the same arithmetic per element as column by column, in a quarter
+    # of the graph nodes (an exported decode/NMS tail is dominated by per-node cost, not by FLOPs).
+    wh_a = anchors[..., 2:] - anchors[..., :2]
+    xy = anchors[..., :2] + 0.5 * wh_a + deltas[..., :2] * wh_a
+    wh = wh_a * deltas[..., 2:].clamp(max=clip).exp()
+    return torch.cat((xy - wh / 2, xy + wh / 2), dim=-1)
 
 
 def encode_boxes(boxes: torch.Tensor, anchors: torch.Tensor,
@@ -65,8 +65,7 @@ def encode_fcos(boxes: torch.Tensor, points: torch.Tensor, strides: torch.Tensor
 def decode_fcos(raw: torch.Tensor, points: torch.Tensor, strides: torch.Tensor) -> torch.Tensor:
     """Boxes from FCOS outputs: ``raw`` [..., P, 4] log-distances in strides, points [P, 2], strides [P]."""
     ltrb = raw.clamp(max=BOX_CLIP).exp() * strides[..., None]
-    x, y = points[..., 0], points[..., 1]
-    return torch.stack((x - ltrb[..., 0], y - ltrb[..., 1], x + ltrb[..., 2], y + ltrb[..., 3]), -1)
+    return torch.cat((points - ltrb[..., :2], points + ltrb[..., 2:]), -1)
 
 
 def iou_loss(pred: torch.Tensor, target: torch.Tensor, kind: str = "giou") -> torch.Tensor:

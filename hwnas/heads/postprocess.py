@@ -22,8 +22,11 @@ __all__ = ["clip_boxes", "decode_outputs", "postprocess", "select_detections"]
 
 def clip_boxes(boxes: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
     h, w = image_hw
-    return torch.stack((boxes[..., 0].clamp(0, w), boxes[..., 1].clamp(0, h),
-                        boxes[..., 2].clamp(0, w), boxes[..., 3].clamp(0, h)), dim=-1)
+    # Whole-tensor ops, not a per-column stack (eight nodes in an exported graph, whose decode/NMS
+    # tail costs per node more than per value); a square input is one Clip.
+    if h == w:
+        return boxes.clamp(0, w)
+    return boxes.clamp(min=0).minimum(boxes.new_tensor([w, h, w, h]))
 
 
 def decode_outputs(outputs: tuple[torch.Tensor, ...], arch: "Arch",

@@ -386,6 +386,22 @@ def test_bench_json(kind, with_images, world, exported, tmp_path, capfd):
         assert r[part]["images_per_s"] == pytest.approx(1e3 * r["batch"] / r[part]["median_ms"])
 
 
+def test_bench_profile_splits_the_graph_into_its_parts(world, exported, tmp_path, capfd):
+    """--profile: onnxruntime's per-node kernel times summed by part; every part of the graph ran, the
+    network's convs count in "net" and NMS in "post", and the parts fit inside the profiled runs."""
+    model = _onnx(exported, "retina")
+    rc, out, err = _run(capfd, "bench", "--model", model, "--json", "--min-time", "0.05", "--repeats", "3", "--profile")
+    assert rc == 0, err
+    p = json.loads(out)["profile"]
+    parts = p["parts_ms"]
+    assert {"pre", "net", "post"} <= set(parts) and min(parts[k] for k in ("pre", "net", "post")) > 0
+    assert "Conv" in p["ops_ms"]["net"] and "NonMaxSuppression" in p["ops_ms"]["post"]
+    assert "Conv" not in p["ops_ms"]["post"] and "NonMaxSuppression" not in p["ops_ms"]["net"]
+    assert sum(parts.values()) <= p["run_ms"] and p["runs"] == 50
+    rc, out, err = _run(capfd, "bench", "--model", model, "--min-time", "0.05", "--repeats", "3", "--profile")
+    assert rc == 0 and "profile (kernel ms per run" in out and "NonMaxSuppression" in out
+
+
 # ----------------------------------------------------------------------------- 7. infer
 def test_infer_onnx(world, exported, tmp_path, capfd):
     model = _onnx(exported, "rcnn")  # the head with confident boxes after one epoch
@@ -455,6 +471,7 @@ BAD = {
     "missing weights": (["export", "--weights", "{d}/nope.pt", "--out", "{o}/m"], "does not exist"),
     "corrupt weights": (["export", "--weights", "{d}/corrupt.pt", "--out", "{o}/m"], "is corrupt"),
     "bench a .txt": (["bench", "--model", "{d}/notes.txt"], "give a checkpoint (.pt), a deployable ONNX"),
+    "bench --profile a checkpoint": (["bench", "--model", "{ck}", "--profile"], "--profile reads onnxruntime's profiler"),
     "bench static onnx at batch 2": (["bench", "--model", "{onnx}", "--batch-size", "2"],
                                      "was exported for batch 1, not 2"),
     "infer a non-image": (["infer", "--model", "{onnx}", "{d}/notes.jpg", "--out", "{o}"], "cannot read image"),

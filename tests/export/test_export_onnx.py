@@ -143,6 +143,49 @@ def test_unsimplified_graph_agrees_with_the_simplified_one(detectors, graphs, im
         assert len(set(blobs)) == len(blobs)
 
 
+# ----------------------------------------------------------------------------- onnx form: one NMS pass
+class _OneClassNMS(torch.nn.Module):
+    """The onnx form's suppression as DeployPost builds it: classes moved apart, one NMS class."""
+
+    def __init__(self, max_dets: int):
+        super().__init__()
+        self.max_dets = max_dets
+
+    def forward(self, boxes, scores, labels):
+        apart = N.separate_classes(boxes, labels, 101.0)
+        selected = N.OnnxNMS.apply(apart, scores.unsqueeze(1), self.max_dets, 0.5, 0.05)
+        return N.keep_from_selected(selected, scores)
+
+
+def test_one_nms_pass_over_separated_classes_is_per_class_nms():
+    """Boxes of 3 classes crowded into one 100 px image, most pairs overlapping across classes: the single
+    NonMaxSuppression over separated classes (in onnxruntime) keeps exactly per-class greedy NMS's boxes,
+    and with a cap of max_dets boxes, per-class NMS's best max_dets (all the deployed graph outputs)."""
+    from hwnas.backends.onnx_export import to_onnx
+    from hwnas.backends.ort import cpu_session
+
+    g = torch.Generator().manual_seed(0)
+    m = 200
+    xy = torch.rand(2, m, 2, generator=g) * 60
+    boxes = torch.cat((xy, xy + 10 + torch.rand(2, m, 2, generator=g) * 30), -1).clamp(max=100)
+    scores = torch.rand(2, m, generator=g)
+    labels = torch.randint(0, 3, (2, m), generator=g)
+    feed = {"boxes": boxes.numpy(), "scores": scores.numpy(), "labels": labels.numpy()}
+    ref = N.greedy_keep(boxes, scores, labels, scores > 0.05, 0.5)
+    for cap in (m, 100):
+        graph = to_onnx(_OneClassNMS(cap), (boxes, scores, labels), input_names=["boxes", "scores", "labels"])
+        keep = torch.from_numpy(cpu_session(graph, 1).run(None, feed)[0]).bool()
+        best = torch.zeros_like(ref)
+        for b in range(len(ref)):
+            idx = ref[b].nonzero().squeeze(1)
+            best[b, idx[scores[b, idx].argsort(descending=True)[:cap]]] = True
+        assert torch.equal(keep, best), cap
+    assert (ref.sum(1) > 100).all()  # the cap of 100 cuts something
+    # the crowding is real: class-blind NMS would suppress boxes per-class NMS keeps
+    blind = N.greedy_keep(boxes, scores, torch.zeros_like(labels), scores > 0.05, 0.5)
+    assert (ref & ~blind).sum() >= 10
+
+
 # ----------------------------------------------------------------------------- ops form (Cluster-NMS)
 def _candidates(det: Detector, images: torch.Tensor, topk: int):
     with torch.no_grad():
