@@ -342,13 +342,13 @@ def eval_(
     """Score a checkpoint, ONNX or engine: pycocotools mAP, or the WIDER FACE protocol; or score existing
     WIDER prediction files (--predictions DIR --gt FILE)."""
     from hwnas.evaluate.coco import summarize
-    from hwnas.evaluate.model import FORMATS, EvalConfig, open_eval, run_eval, score_prediction_files
+    from hwnas.evaluate.model import PROTOCOLS, EvalConfig, open_eval, run_eval, score_prediction_files
     from hwnas.evaluate.wider import summarize as wider_summary
     from hwnas.fileio import check_outputs
     from hwnas.limits import MAX_THREADS, check_batch, check_int
     from hwnas.train.loop import resolve_device
 
-    if protocol not in FORMATS:
+    if protocol not in PROTOCOLS:
         raise HwnasError(f"--protocol {protocol!r}: give coco or wider")
     check_batch(batch_size)
     check_int("--threads", threads, 1, MAX_THREADS)
@@ -386,7 +386,7 @@ def eval_(
                   inputs=data_parts + [source, source.with_suffix(".json")],  # a graph's manifest is read too
                   folders=[(predictions, "predictions folder")] if protocol == "wider" else [])
     opened = open_eval(EvalConfig(model=source, data=data, out=out, detections=detections, checkpoint=weights is not None,
-                                  split=split, format=protocol, predictions=predictions, scales=scales, device=device,
+                                  split=split, protocol=protocol, predictions=predictions, scales=scales, device=device,
                                   threads=threads, batch_size=batch_size, on_error=on_error), say=say)
     keeps("nothing was written; rerun the same command")
     with progress("eval") as update:  # a failed write (a full disk) takes the bar with it
@@ -730,14 +730,15 @@ def infer(
 @app.command()
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="folder for everything it makes (rerun to resume)", parser=path_arg),
-    preset: Optional[str] = typer.Option(None, help="face: the face preset on generated faces (default: generated shapes)"),
+    recipe: Optional[str] = typer.Option(None, help="face: generated faces, the face space and the face-s training "
+                                         "recipe (default: generated shapes and the small space)"),
     fast: bool = typer.Option(False, "--fast", help="toy sizes: the whole pipeline in about a minute"),
 ) -> None:
     """Data, latency table, search, training, ONNX (fp32, int8), parity, benchmark and (if installed)
     a TensorRT-RTX engine, in one command; each step is printed as the command that reruns it."""
     from hwnas.cli.quickstart import Quickstart
 
-    Quickstart(out, run, preset=preset, fast=fast, say=typer.echo).run()
+    Quickstart(out, run, recipe=recipe, fast=fast, say=typer.echo).run()
 
 
 @app.command()

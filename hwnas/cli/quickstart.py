@@ -42,7 +42,7 @@ class Plan:
     profile_repeats: int = 5
     bench_min_time: float = 2.0
     calib_images: int = 32
-    recipe: str | None = None  # the preset whose training tricks the final training uses
+    recipe: str | None = None  # the training recipe (hwnas/train/recipes.py) of the final training
 
 
 PLANS: dict[tuple[str, bool], Plan] = {
@@ -61,7 +61,8 @@ PLANS: dict[tuple[str, bool], Plan] = {
                           max_train_images=0, train_epochs=3, batch_size=8, profile_min_time=0.005, profile_repeats=3,
                           bench_min_time=0.1, calib_images=4, recipe="face-s"),
 }
-PRESETS = {None: "shapes", "face": "faces"}
+# --recipe: which data, space and training recipe the quickstart runs (None: generated shapes)
+RECIPES = {None: "shapes", "face": "faces"}
 
 
 def committed_table(plan: Plan) -> Path | None:
@@ -86,16 +87,16 @@ def committed_table(plan: Plan) -> Path | None:
 
 
 class Quickstart:
-    def __init__(self, out: Path, run: Callable[[list[str]], int], preset: str | None = None, fast: bool = False,
+    def __init__(self, out: Path, run: Callable[[list[str]], int], recipe: str | None = None, fast: bool = False,
                  say: Callable[[str], None] = print) -> None:
         """``run(argv)`` runs one ``hwnas`` command in this process (``hwnas.cli.app.run``, passed in
         by the command line, which imports this module)."""
-        if preset not in PRESETS:
-            raise HwnasError(f"--preset {preset!r}: quickstart knows {', '.join(p for p in PRESETS if p)} "
+        if recipe not in RECIPES:
+            raise HwnasError(f"--recipe {recipe!r}: quickstart knows {', '.join(r for r in RECIPES if r)} "
                              f"(or none: generated shapes)")
-        self.plan = PLANS[(PRESETS[preset], fast)]
+        self.plan = PLANS[(RECIPES[recipe], fast)]
         self.out, self.say, self.run_command = Path(out), say, run
-        self.preset, self.fast = preset, fast
+        self.recipe, self.fast = recipe, fast
         self.commands: list[str] = []
         self.data = self.out / "data"
         self.rtx = _has_rtx()
@@ -205,7 +206,7 @@ class Quickstart:
             figures[f"{n}_end_to_end_ms"] = {"value": b["end_to_end"]["median_ms"], "file": f"bench-{n}.json"}
         files = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and "trials" not in p.parts
                        and "images" not in p.parts and "predictions" not in p.name)
-        s = {"plan": asdict(self.plan), "preset": self.preset, "fast": self.fast, "table": str(table),
+        s = {"plan": asdict(self.plan), "recipe": self.recipe, "fast": self.fast, "table": str(table),
              "figures": figures, "pareto_plot": "search/pareto.png", "commands": self.commands, "files": files}
         write_json(out / "summary.json", s)
         pt, fp, i8 = (figures[f"{n}_end_to_end_ms"]["value"] for n in ("pytorch", "onnx-fp32", "onnx-int8"))

@@ -12,7 +12,7 @@ from typing import Any, Callable
 
 from hwnas.errors import HwnasError
 
-FORMATS = ("coco", "wider")
+PROTOCOLS = ("coco", "wider")  # hwnas eval --protocol
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class EvalConfig:
     detections: Path  # COCO results json
     checkpoint: bool = False  # read ``model`` as a checkpoint whatever its suffix (--weights)
     split: str = "val"
-    format: str = "coco"  # one of FORMATS
+    protocol: str = "coco"  # one of PROTOCOLS
     predictions: Path | None = None  # wider: the folder the official per-image files are written to
     scales: tuple | None = None  # multi-scale testing of a checkpoint: hwnas.evaluate.multiscale.TestScale's
     device: str = "cpu"
@@ -82,14 +82,14 @@ def run_eval(run: OpenEval, progress=None) -> dict:
         results, ips = original_results(detect_original, ds, batch_size=cfg.batch_size, progress=progress)
     else:
         detect = m.detect
-        if cfg.checkpoint and cfg.format == "wider":
+        if cfg.checkpoint and cfg.protocol == "wider":
             # the WIDER protocol ranks many low-scoring predictions: keep more than mAP needs
             from hwnas.export.deploy import TorchDetector
 
             detect = TorchDetector(m.model, device=cfg.device, score_thresh=WIDER_SCORE_THRESH,
                                    max_dets=WIDER_MAX_DETS).detect
         results, ips = detect_dataset(detect, ds, batch_size=cfg.batch_size, progress=progress)
-    if cfg.format == "wider":
+    if cfg.protocol == "wider":
         from hwnas.evaluate.face import score_faces
 
         metrics = score_faces(results, ds, cfg.predictions)
@@ -98,7 +98,7 @@ def run_eval(run: OpenEval, progress=None) -> dict:
         metrics = coco_score(coco_truth(ds), results, image_ids=ds.image_ids)
     metrics.update({"images_per_s": ips, "n_images": len(ds), "n_detections": len(results), "arch": str(m.arch),
                     "model": str(cfg.model), "kind": m.kind, "data": str(cfg.data), "split": cfg.split,
-                    "detections": str(cfg.detections), "format": cfg.format})
+                    "detections": str(cfg.detections), "protocol": cfg.protocol})
     if cfg.scales is not None:
         from hwnas.evaluate.multiscale import describe
 

@@ -21,10 +21,10 @@ def _value_in(path: Path, value) -> bool:
     return walk(json.loads(path.read_text()))
 
 
-@pytest.mark.parametrize("preset", [None, "face"])
-def test_quickstart_fast_end_to_end(tmp_path, capfd, preset):
+@pytest.mark.parametrize("recipe", [None, "face"])
+def test_quickstart_fast_end_to_end(tmp_path, capfd, recipe):
     out = tmp_path / "qs"
-    argv = ["quickstart", "--fast", "--out", str(out)] + (["--preset", preset] if preset else [])
+    argv = ["quickstart", "--fast", "--out", str(out)] + (["--recipe", recipe] if recipe else [])
     assert main(argv) == 0
     printed = capfd.readouterr().out
     s = json.loads((out / "summary.json").read_text())
@@ -36,7 +36,7 @@ def test_quickstart_fast_end_to_end(tmp_path, capfd, preset):
         assert (out / f["file"]).is_file() and _value_in(out / f["file"], f["value"]), name
     assert (out / s["pareto_plot"]).read_bytes()[:4] == b"\x89PNG"
     assert (out / "engines" / "best.onnx").is_file() and (out / "engines" / "best-int8.onnx").is_file()
-    if preset == "face":
+    if recipe == "face":
         assert "/face_d" in s["figures"]["arch"]["value"] and "WIDER hard AP" in printed
     # a rerun resumes: nothing is trained or exported again
     assert main(argv) == 0
@@ -45,8 +45,8 @@ def test_quickstart_fast_end_to_end(tmp_path, capfd, preset):
     assert json.loads((out / "summary.json").read_text())["figures"] == s["figures"]
 
 
-def test_quickstart_refuses_an_unknown_preset(tmp_path, capfd):
-    assert main(["quickstart", "--preset", "cars", "--out", str(tmp_path / "q")]) != 0
+def test_quickstart_refuses_an_unknown_recipe(tmp_path, capfd):
+    assert main(["quickstart", "--recipe", "cars", "--out", str(tmp_path / "q")]) != 0
     err = capfd.readouterr().err
     assert err.startswith("error: ") and "cars" in err and len(err.splitlines()) == 1
     assert not (tmp_path / "q").exists()
