@@ -38,7 +38,8 @@ def main() -> None:
     ap.add_argument("--sets", default="objects,faces", help=f"comma-separated, of {', '.join(SETS)}")
     ap.add_argument("--budget-min", type=float, default=10.0)
     ap.add_argument("--img-size", type=int, default=256, help="the detector's input (the data are 256 px)")
-    ap.add_argument("--preset", default="", help="train this preset on every set instead of each set's own")
+    ap.add_argument("--preset", default="", help="train this preset on every set instead of each set's own; an arch "
+                    "string trains with the recipe of the set's own preset (e.g. face-s with GN: its arch ending /gn)")
     ap.add_argument("--train-args", default="", help="extra hwnas train options, e.g. \"--lr 4e-3\"")
     ap.add_argument("--tag", default="baseline", help="name of this configuration in the results")
     ap.add_argument("--seed", type=int, default=0)
@@ -53,7 +54,12 @@ def main() -> None:
         if not (data / "val.json").exists():
             run([*HWNAS, *data_cmd, "--seed", "0", "--out", str(data)])
         out = args.work / args.tag / name
-        run([*HWNAS, "train", "--preset", preset, "--img-size", str(args.img_size), "--data", str(data),
+        from hwnas.train.recipes import RECIPES
+
+        own = SETS[name][1]
+        which = (["--arch", preset, *(["--recipe", own] if own in RECIPES else [])] if "/" in preset
+                 else ["--preset", preset])
+        run([*HWNAS, "train", *which, "--img-size", str(args.img_size), "--data", str(data),
              "--budget-min", str(args.budget_min), "--seed", str(args.seed), "--out", str(out),
              *shlex.split(args.train_args)])
         m = json.loads((out / "metrics.json").read_text())

@@ -43,7 +43,7 @@ from hwnas.data.transforms import normalize
 from hwnas.errors import HwnasError
 from hwnas.export import nms as N
 from hwnas.export.choices import NMS_FORMS
-from hwnas.heads.postprocess import decode_outputs, postprocess, select_detections
+from hwnas.heads.postprocess import clip_boxes, decode_outputs, postprocess, select_detections
 from hwnas.spec.arch import Arch
 
 __all__ = [
@@ -162,9 +162,13 @@ class DeployPost(nn.Module):
         # A half network's outputs: fp32 from here on (half pixel coordinates are off by whole
         # pixels at 512 px; see hwnas.heads.postprocess).
         raw = tuple(o if o.dtype == torch.float32 else o.float() for o in raw)
-        boxes, scores = decode_outputs(raw, self.arch, k)
         if c.nms == "host":
-            return boxes, scores
+            return decode_outputs(raw, self.arch, k)
+        if self.arch.head.TWO_STAGE:  # class-specific boxes of a few hundred proposals: decode them all
+            boxes, scores = decode_outputs(raw, self.arch, k)
+        else:  # decode only the candidates' boxes (clipped as decode_outputs clips them)
+            scores, boxes_of = self.arch.head.decode_lazy(raw, self.arch, k)
+            boxes = lambda rows: clip_boxes(boxes_of(rows), self.arch.input_hw)  # noqa: E731
         # NonMaxSuppression sorts by score itself; the other forms need the candidates in score order
         cb, cs, cl, valid = N.candidates(boxes, scores, k, self.m, c.score_thresh, ordered=c.nms != "onnx")
         if c.nms == "efficient":

@@ -20,9 +20,13 @@ Each op is an ``autograd.Function`` whose eager ``forward`` computes what the ON
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 import torch
 from torchvision.ops import nms
+
+from hwnas.heads.anchors import take_rows
 
 __all__ = ["EfficientNMS", "OnnxNMS", "candidates", "class_scores", "cluster_nms_keep", "greedy_keep",
            "keep_from_selected", "pack", "separate_classes", "suppression_chain"]
@@ -31,11 +35,13 @@ __all__ = ["EfficientNMS", "OnnxNMS", "candidates", "class_scores", "cluster_nms
 TRT_DOMAIN = "TRT"
 
 
-def candidates(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, topk: int, score_thresh: float,
-               ordered: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+def candidates(boxes: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], scores: torch.Tensor, num_classes: int,
+               topk: int, score_thresh: float, ordered: bool = True
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """The best ``topk`` (position, class) pairs of each image, by descending score.
 
-    boxes [B, P, 4] (shared by classes) or [B, P, K, 4] (class-specific); scores [B, P, K];
+    boxes [B, P, 4] (shared by classes), [B, P, K, 4] (class-specific), or a function of the chosen
+    positions [B, M] giving their shared boxes [B, M, 4] (so that only those get decoded); scores [B, P, K];
     ``topk`` <= P * K. Returns (boxes [B, M, 4], scores [B, M], labels [B, M] int64, valid [B, M]
     bool: above ``score_thresh`` and non-empty). Taking the top-k first and the threshold second
     keeps the same pairs as thresholding first (the set above the threshold is either inside the
@@ -46,11 +52,12 @@ def candidates(boxes: torch.Tensor, scores: torch.Tensor, num_classes: int, topk
     k = num_classes
     top_s, top_i = scores.flatten(1).topk(topk, dim=1, sorted=ordered)
     labels = top_i % k
-    if boxes.dim() == 4:  # class-specific: row p*K + k of the flattened boxes is pair (p, k)
-        rows, flat = top_i, boxes.flatten(1, 2)
+    if callable(boxes):
+        cand = boxes(torch.div(top_i, k, rounding_mode="floor"))
+    elif boxes.dim() == 4:  # class-specific: row p*K + k of the flattened boxes is pair (p, k)
+        cand = take_rows(boxes.flatten(1, 2), top_i)
     else:
-        rows, flat = torch.div(top_i, k, rounding_mode="floor"), boxes
-    cand = torch.gather(flat, 1, rows.unsqueeze(-1).expand(-1, -1, 4))
+        cand = take_rows(boxes, torch.div(top_i, k, rounding_mode="floor"))
     nonempty = (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
     return cand, top_s, labels, (top_s > score_thresh) & nonempty
 

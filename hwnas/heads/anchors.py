@@ -47,6 +47,13 @@ def flatten_levels(tensors: list[torch.Tensor] | tuple[torch.Tensor, ...], c: in
     return torch.cat([t.permute(0, 2, 3, 1).reshape(b, -1, c) for t in tensors], dim=1)
 
 
+def take_rows(t: torch.Tensor, rows: torch.Tensor | None) -> torch.Tensor:
+    """Rows ``rows`` [B, M] of per-image rows ``t`` [B, P, C] -> [B, M, C]; None: every row."""
+    if rows is None:
+        return t
+    return torch.gather(t, 1, rows.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
+
+
 def centers(image_hw: HW, hw: HW) -> torch.Tensor:
     """Location centres [h*w, 2] (x, y), row-major, in input pixels."""
     h, w = hw

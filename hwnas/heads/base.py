@@ -151,6 +151,18 @@ class Head:
         """Boxes [B, P, 4] (or class-specific [B, P, K, 4]) and scores [B, P, K], before clipping."""
         raise NotImplementedError
 
+    def decode_lazy(self, outputs: tuple["torch.Tensor", ...], arch: "Arch", num_classes: int):
+        """Scores [B, P, K] now, boxes on demand: ``(scores, boxes_of)`` with ``boxes_of(rows [B, M])``
+        the boxes [B, M, 4] of those rows (before clipping), exactly as :meth:`decode` computes them.
+
+        A deployed graph keeps the best ~1,000 of up to tens of thousands of rows; decoding only those
+        saves most of its decode/NMS tail. Heads whose box of a row depends on that row alone override
+        this; the default decodes every row first. Not for class-specific boxes (the two-stage head)."""
+        from hwnas.heads.anchors import take_rows
+
+        boxes, scores = self.decode(outputs, arch, num_classes)
+        return scores, lambda rows: take_rows(boxes, rows)
+
     def anchor_sizes(self, arch: "Arch") -> tuple[float, ...] | None:
         """The base anchor side of each out level for data-anchor-sampling, or None without it."""
         return None

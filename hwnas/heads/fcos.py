@@ -116,11 +116,22 @@ class FcosHead(TowerHead):
 
     def decode(self, outputs, arch, num_classes):
         """Boxes [B, P, 4] from the points, scores sqrt(sigmoid(cls) * sigmoid(ctr)) [B, P, K]."""
-        from hwnas.heads.anchors import flatten_levels
+        scores, boxes_of = self.decode_lazy(outputs, arch, num_classes)
+        return boxes_of(None), scores
+
+    def decode_lazy(self, outputs, arch, num_classes):
+        from hwnas.heads.anchors import flatten_levels, take_rows
         from hwnas.heads.boxes import decode_fcos
 
         per = self.per_level(arch, outputs)
         cls = flatten_levels(per["cls"], num_classes)
+        raw = flatten_levels(per["box"], 4)
         points, strides = fcos_points(arch, cls.device)
-        boxes = decode_fcos(flatten_levels(per["box"], 4), points.to(cls.dtype), strides.to(cls.dtype))
-        return boxes, (cls.sigmoid() * flatten_levels(per["ctr"], 1).sigmoid()).sqrt()
+        points, strides = points.to(cls.dtype), strides.to(cls.dtype)
+
+        def boxes_of(rows):
+            if rows is None:
+                return decode_fcos(raw, points, strides)
+            return decode_fcos(take_rows(raw, rows), points[rows], strides[rows])
+
+        return (cls.sigmoid() * flatten_levels(per["ctr"], 1).sigmoid()).sqrt(), boxes_of

@@ -83,10 +83,16 @@ class RetinaHead(TowerHead):
 
     def decode(self, outputs, arch, num_classes):
         """Boxes [B, P, 4] (deltas on the anchors), scores sigmoid(cls) [B, P, K]."""
-        from hwnas.heads.anchors import flatten_levels
+        scores, boxes_of = self.decode_lazy(outputs, arch, num_classes)
+        return boxes_of(None), scores
+
+    def decode_lazy(self, outputs, arch, num_classes):
+        from hwnas.heads.anchors import flatten_levels, take_rows
         from hwnas.heads.boxes import decode_deltas
 
         per = self.per_level(arch, outputs)
         cls = flatten_levels(per["cls"], num_classes)
+        deltas = flatten_levels(per["box"], 4)
         anchors = retina_anchors(arch, cls.device).to(cls.dtype)
-        return decode_deltas(flatten_levels(per["box"], 4), anchors), cls.sigmoid()
+        return cls.sigmoid(), lambda rows: decode_deltas(take_rows(deltas, rows),
+                                                         anchors if rows is None else anchors[rows])
