@@ -283,3 +283,20 @@ def test_postprocess_contract(head):
     assert scores.shape[-1] == K and ((scores >= 0) & (scores <= 1)).all()
     assert boxes.shape[-1] == 4 and boxes.shape[:2] == scores.shape[:2]
     assert postprocess(out, model.arch, K, score_thresh=0.999)[0]["boxes"].shape == (0, 4)
+
+
+@pytest.mark.parametrize("head", [h for h in HEAD_KINDS if not HEAD_KINDS[h].TWO_STAGE])
+def test_decode_lazy_gives_the_decoded_rows_bit_for_bit(head):
+    """What the deployed graph decodes (only the chosen rows) is exactly what decode gives those rows."""
+    torch.manual_seed(0)
+    model = Detector.from_arch(ARCHS[head], K).eval()
+    images, _ = make_batch(2, model.arch.input_hw)
+    with torch.no_grad():
+        out = model(images)
+    boxes, scores = model.arch.head.decode(out, model.arch, K)
+    lazy_scores, boxes_of = model.arch.head.decode_lazy(out, model.arch, K)
+    assert torch.equal(lazy_scores, scores)
+    rows = torch.stack([torch.randperm(boxes.shape[1], generator=torch.Generator().manual_seed(i))[:50] for i in range(2)])
+    picked = boxes_of(rows)
+    assert picked.shape == (2, 50, 4)
+    assert torch.equal(picked, torch.stack([boxes[i, rows[i]] for i in range(2)]))
