@@ -163,6 +163,7 @@ def markdown(r: dict) -> str:
     lines = ["# int8 on small detectors: onnxruntime int8 vs fp32, where the time goes\n",
              f"Command: `{r['command']}`  ",
              f"{e['cpu']}, {e['cores']} cores, Python {e['python']}, torch {e['torch']}, onnxruntime {e['onnxruntime']}; "
+             "".join(f"Earlier run kept for the cases it did not redo: `{c}`.  " for c in r.get("commands_before", [])),
              f"1 thread, batch 1, median of {r['rounds']} interleaved rounds of `hwnas bench`'s protocol.  ",
              (f"\"before\": graphs exported by commit `{r['before_commit']}`; \"after\": this commit. " if "before" in codes
               else "") + f"int8: cpu Q/DQ calibrated on {CALIB_IMAGES} training images. dmAP: export vs checkpoint, "
@@ -208,7 +209,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--before-tree", type=Path, help="checkout of an earlier commit whose exports are timed as 'before'")
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--skip-presets", action="store_true", help="skip eager vs onnxruntime for every preset")
+    ap.add_argument("--skip-presets", action="store_true", help="skip eager vs onnxruntime for every preset (a results "
+                    "file's earlier figures are kept)")
+    ap.add_argument("--cases", default="", help="only these cases, e.g. small-mobilenet-retinanet@128 (the others are "
+                    "kept from the results file)")
     ap.add_argument("--work", type=Path, default=Path("runs/bench/int8"))
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/int8_small"))
     args = ap.parse_args()
@@ -218,17 +222,26 @@ def main() -> None:
         trees = {"before": args.before_tree, "after": None}
         before_commit = subprocess.run(["git", "-C", str(args.before_tree), "rev-parse", "--short", "HEAD"], check=True,
                                        stdout=subprocess.PIPE, text=True).stdout.strip()
+    command = shlex.join(["python", "benchmarks/int8_small.py", *sys.argv[1:]])
+    wanted = [c for c in CASES if not args.cases or f"{c[0]}@{c[1]}" in args.cases.split(",")]
+    old = json.loads(args.results.with_suffix(".json").read_text()) if args.results.with_suffix(".json").exists() else {}
     cases = []
-    for case in CASES:
+    for case in wanted:
         c = prepare(case, args.work, trees)
         m = measure_case(c, args.rounds)
         cases.append({"preset": c["preset"], "size": c["size"], "epochs": c["epochs"], "map": c["train"]["map"],
-                      "weights": str(c["weights"]), "graphs": {k: str(v) for k, v in c["graphs"].items()}, **m})
+                      "weights": str(c["weights"]), "graphs": {k: str(v) for k, v in c["graphs"].items()},
+                      "command": command, **m})
     env = environment()
-    presets = [] if args.skip_presets else presets_eager_vs_onnx(args.rounds)
-    result = {"command": shlex.join(["python", "benchmarks/int8_small.py", *sys.argv[1:]]), "environment": env,
-              "rounds": args.rounds, "before_commit": before_commit, "cases": cases, "presets": presets,
-              "commands": COMMANDS}
+    presets = old.get("presets", []) if args.skip_presets else presets_eager_vs_onnx(args.rounds)
+    done = {(c["preset"], c["size"]) for c in cases}
+    kept = [c for c in old.get("cases", []) if (c["preset"], c["size"]) not in done]
+    cases = sorted(kept + cases, key=lambda c: [(p, z) for p, z, _ in CASES].index((c["preset"], c["size"])))
+    for c in kept:
+        c.setdefault("command", old["command"])
+    result = {"command": command, "commands_before": old.get("commands_before", []) + ([old["command"]] if kept else []),
+              "environment": env, "rounds": args.rounds, "before_commit": before_commit, "cases": cases,
+              "presets": presets, "commands": list(dict.fromkeys(old.get("commands", []) + COMMANDS))}
     write_results(args.results, result, markdown(result))
 
 

@@ -327,6 +327,9 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
     if not path.exists():
         raise HwnasError(f"model {path} does not exist")
     kind = kind or {".pt": "checkpoint", ".onnx": "onnx", ".engine": "engine", ".plan": "engine"}.get(path.suffix.lower())
+    # torch's threads too, whatever the kind: the host-side steps around an ONNX graph are torch ops,
+    # and torch's spare OpenMP workers would compete with a 1-thread onnxruntime run on a small CPU
+    torch.set_num_threads(threads)
     if kind == "checkpoint":
         from hwnas.data.transforms import normalize
         from hwnas.export.deploy import TorchDetector
@@ -334,7 +337,6 @@ def open_model(path: Path, *, threads: int = 1, device: str = "cpu", kind: str |
         from hwnas.train.loop import resolve_device
 
         resolve_device(device)
-        torch.set_num_threads(threads)
         model, arch, names = load_model(path)
         runner = TorchDetector(model, device=device)
 
