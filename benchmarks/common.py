@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import platform
 import shlex
 import subprocess
 import sys
@@ -59,3 +61,14 @@ def write_results(results: Path, result: dict, text: str) -> None:
     results.with_suffix(".md").write_text(text)
     print("\n" + text)
     print(f"wrote {results.with_suffix('.json')} and {results.with_suffix('.md')}")
+
+
+def environment() -> dict:
+    """The machine and software a benchmark ran on (CPU model, cores, versions, load average)."""
+    import onnxruntime
+    import torch
+
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "loadavg": os.getloadavg()}

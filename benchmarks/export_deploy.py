@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from common import HWNAS as HW, results_args, run, write_results
+from common import HWNAS as HW, environment, results_args, run, write_results
 
 # name, precision, int8 target
 EXPORTS = [("fp32", "fp32", None), ("fp16", "fp16", None), ("int8-cpu", "int8", "cpu"), ("int8-tensorrt", "int8", "tensorrt")]
@@ -101,16 +99,6 @@ def bench_one(args, model: Path, image: Path, threads: int) -> dict:
     return res
 
 
-def environment() -> dict:
-    import onnxruntime
-    import torch
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "loadavg_before_latency": os.getloadavg()}
-
-
 def markdown(r: dict) -> str:
     ck = r["checkpoint"]
     e = r["environment"]
@@ -119,7 +107,7 @@ def markdown(r: dict) -> str:
              f"Checkpoint `{ck['weights']}`: `{ck['arch']}`, {ck.get('epochs', '?')} epochs. "
              f"Data `{r['data']}` (val: {r['n_val']} images).  ",
              f"{e['cpu']}, {e['cores']} cores, Python {e['python']}, torch {e['torch']}, onnxruntime {e['onnxruntime']}; "
-             f"load average before timing {', '.join(f'{x:.2f}' for x in e['loadavg_before_latency'])}.\n",
+             f"load average before timing {', '.join(f'{x:.2f}' for x in e['loadavg'])}.\n",
              f"### Parity on the val split (export in onnxruntime vs checkpoint in PyTorch; int8 calibrated on "
              f"{r['calib_images']} training images)\n",
              "| export | mAP checkpoint | mAP export | ΔmAP (points) | box agreement | target | met |",

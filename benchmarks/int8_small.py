@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shlex
 import subprocess
 import sys
@@ -30,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import HWNAS as HW, run, write_results
+from common import HWNAS as HW, environment, run, write_results
 
 # preset, input size, data size (generated shapes, 1000 train / 200 val), training epochs
 CASES = [("small-mobilenet-retinanet", 128, 8), ("small-mobilenet-retinanet", 256, 8), ("resnet18-fpn-retinanet", 256, 3)]
@@ -82,7 +80,7 @@ def prepare(case: tuple, work: Path, trees: dict[str, Path | None]) -> dict:
 
 def measure_case(c: dict, rounds: int) -> dict:
     from hwnas.backends.base import TimingConfig
-    from hwnas.export.pipeline import bench, check_parity, load_images, open_model
+    from hwnas.export.pipeline import check_parity, load_images, open_model
     from hwnas.export.profile import profile_graph
 
     val = json.loads((c["data"] / "val.json").read_text())
@@ -93,68 +91,55 @@ def measure_case(c: dict, rounds: int) -> dict:
         parity[name] = check_parity(c["weights"], path.read_bytes(), c["data"], threads=1)
     models = {name: open_model(path, threads=1) for name, path in c["graphs"].items()}
     x, _ = load_images([image], next(iter(models.values())).arch.input_hw)
-    timing = TimingConfig(min_repeats=20, max_repeats=300, min_time_s=1.0)
-    samples: dict[str, dict[str, list[float]]] = {n: {"network": [], "end_to_end": []} for n in models}
-    for r in range(rounds):  # interleaved, so a slow minute hits every graph alike
-        for name, m in models.items():
-            res = bench(m, x, timing)
-            for k in samples[name]:
-                samples[name][k].append(res[k]["median_ms"])
-        print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {s['end_to_end'][-1]:.3f}" for n, s in samples.items()),
-              flush=True)
-    latency = {n: {k: sorted(v)[len(v) // 2] for k, v in s.items()} | {"rounds": s} for n, s in samples.items()}
+    latency = interleaved(models, x, TimingConfig(min_repeats=20, max_repeats=300, min_time_s=1.0), rounds,
+                          label=f"{c['preset']} @{c['size']}")
     profiles = {n: profile_graph(p, x.numpy(), threads=1, runs=200) for n, p in c["graphs"].items()}
     return {"image": str(image), "parity": parity, "latency": latency, "profile": profiles}
 
 
+def interleaved(models: dict, x: torch.Tensor, timing, rounds: int, label: str) -> dict:
+    """``hwnas bench``'s figures of every model in ``rounds`` interleaved rounds (a slow minute hits them
+    alike): {name: {"network", "end_to_end": median of the round medians, "rounds": every round's}}."""
+    from hwnas.export.pipeline import bench
+
+    got = {n: {"network": [], "end_to_end": []} for n in models}
+    for r in range(rounds):
+        for name, m in models.items():
+            res = bench(m, x, timing)
+            for k in got[name]:
+                got[name][k].append(res[k]["median_ms"])
+        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {s['end_to_end'][-1]:.3f}" for n, s in got.items()),
+              flush=True)
+    return {n: {k: sorted(v)[len(v) // 2] for k, v in s.items()} | {"rounds": s} for n, s in got.items()}
+
+
 def presets_eager_vs_onnx(rounds: int) -> list[dict]:
-    """Eager PyTorch vs onnxruntime fp32, 1 thread, every preset at its input size, untrained weights."""
-    from hwnas.backends.base import CpuTimer, TimingConfig
-    from hwnas.data.transforms import normalize
-    from hwnas.export.deploy import OnnxDetector, TorchDetector, export_deploy_onnx
-    from hwnas.export.pipeline import Opened, _onnx_network, bench, untrained_model
-    from hwnas.spec.presets import PRESETS
+    """Eager PyTorch vs onnxruntime fp32, 1 thread, every preset at its input size, untrained weights
+    (saved as a checkpoint and exported, then opened as `hwnas bench` opens them)."""
     import tempfile
 
-    torch.set_num_threads(1)
+    from hwnas.backends.base import TimingConfig
+    from hwnas.export.deploy import export_deploy_onnx
+    from hwnas.export.pipeline import open_model, untrained_model
+    from hwnas.spec.presets import PRESETS
+    from hwnas.train.checkpoint import save_checkpoint
+
     rows = []
     timing = TimingConfig(min_repeats=3, max_repeats=100, min_time_s=1.0)
     for preset in PRESETS:
         model, arch, names = untrained_model(preset)
-        graph = export_deploy_onnx(model, class_names=names)
         with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / "g.onnx"
-            path.write_bytes(graph)
-            onnx_det = OnnxDetector(path, threads=1)
-            eager_det = TorchDetector(model)
-
-            @torch.no_grad()
-            def network(images, model=model):
-                return model(normalize(images))
-
-            opened = {"eager": Opened("checkpoint", arch, names, eager_det.detect, network, CpuTimer(), model),
-                      "onnx": Opened("onnx", arch, names, onnx_det.detect, _onnx_network(path, 1), CpuTimer())}
+            ckpt, graph = Path(tmp) / "untrained.pt", Path(tmp) / "untrained.onnx"
+            save_checkpoint(ckpt, model=model, arch=arch, class_names=names, epoch=0)
+            graph.write_bytes(export_deploy_onnx(model, class_names=names))
+            models = {"eager": open_model(ckpt, threads=1), "onnx": open_model(graph, threads=1)}
             x = torch.rand(1, 3, *arch.input_hw, generator=torch.Generator().manual_seed(0))
-            got = {n: {"network": [], "end_to_end": []} for n in opened}
-            for _ in range(rounds):
-                for n, m in opened.items():
-                    res = bench(m, x, timing)
-                    for k in got[n]:
-                        got[n][k].append(res[k]["median_ms"])
-        med = {n: {k: sorted(v)[len(v) // 2] for k, v in s.items()} for n, s in got.items()}
+            med = {n: {k: v[k] for k in ("network", "end_to_end")}
+                   for n, v in interleaved(models, x, timing, rounds, label=preset).items()}
         rows.append({"preset": preset, "arch": str(arch), "classes": len(names), **med})
         print(f"{preset}: eager {med['eager']['end_to_end']:.2f} ms, onnx {med['onnx']['end_to_end']:.2f} ms "
               f"({med['eager']['end_to_end'] / med['onnx']['end_to_end']:.2f}x)", flush=True)
     return rows
-
-
-def environment() -> dict:
-    import onnxruntime
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-            "onnxruntime": onnxruntime.__version__, "loadavg": os.getloadavg()}
 
 
 def markdown(r: dict) -> str:

@@ -46,12 +46,16 @@ def session_options(threads: int | None = None, *, optimize: bool = True) -> Any
     return so
 
 
-def cpu_session(model: bytes | str | Path, threads: int | None = None) -> Any:
+def cpu_session(model: bytes | str | Path, threads: int | None = None, *, profile_prefix: str | None = None) -> Any:
     """An onnxruntime InferenceSession on the CPU provider with :func:`session_options`: the one
-    place hwnas opens one (timing, deployed graphs, engines of the onnx flavour, bench)."""
+    place hwnas opens one (timing, deployed graphs, engines of the onnx flavour, bench).
+    ``profile_prefix``: record onnxruntime's profile to a file of that prefix (``end_profiling()``)."""
+    so = session_options(threads)
+    if profile_prefix is not None:
+        so.enable_profiling = True
+        so.profile_file_prefix = profile_prefix
     src = model if isinstance(model, (bytes, bytearray)) else str(model)
-    return import_onnxruntime().InferenceSession(src, sess_options=session_options(threads),
-                                                 providers=["CPUExecutionProvider"])
+    return import_onnxruntime().InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
 
 
 class OrtRunner:

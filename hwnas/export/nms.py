@@ -52,12 +52,11 @@ def candidates(boxes: torch.Tensor | Callable[[torch.Tensor], torch.Tensor], sco
     k = num_classes
     top_s, top_i = scores.flatten(1).topk(topk, dim=1, sorted=ordered)
     labels = top_i % k
-    if callable(boxes):
-        cand = boxes(torch.div(top_i, k, rounding_mode="floor"))
-    elif boxes.dim() == 4:  # class-specific: row p*K + k of the flattened boxes is pair (p, k)
+    if not callable(boxes) and boxes.dim() == 4:  # class-specific: row p*K + k of the flattened boxes is pair (p, k)
         cand = take_rows(boxes.flatten(1, 2), top_i)
     else:
-        cand = take_rows(boxes, torch.div(top_i, k, rounding_mode="floor"))
+        pos = torch.div(top_i, k, rounding_mode="floor")
+        cand = boxes(pos) if callable(boxes) else take_rows(boxes, pos)
     nonempty = (cand[..., 2] > cand[..., 0]) & (cand[..., 3] > cand[..., 1])
     return cand, top_s, labels, (top_s > score_thresh) & nonempty
 

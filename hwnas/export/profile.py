@@ -34,17 +34,12 @@ def profile_graph(model: bytes | str | Path, images: np.ndarray, *, threads: int
     """Kernel time per run (ms, mean over ``runs`` after ``warmup``) by part, and by operator within each part.
 
     Returns ``{"runs", "run_ms" (mean whole-run time as the profiler saw it), "parts_ms": {part: ms},
-    "ops_ms": {part: {op: ms}}, "nodes": N}``, parts and ops sorted by time, largest first.
+    "ops_ms": {part: {op: ms}}}``, parts and ops sorted by time, largest first.
     """
-    from hwnas.backends.ort import import_onnxruntime, session_options
+    from hwnas.backends.ort import cpu_session
 
-    ort = import_onnxruntime()
-    src = model if isinstance(model, (bytes, bytearray)) else str(model)
     with tempfile.TemporaryDirectory(prefix="hwnas-profile-") as tmp:
-        so = session_options(threads)
-        so.enable_profiling = True
-        so.profile_file_prefix = str(Path(tmp) / "run")
-        sess = ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
+        sess = cpu_session(model, threads, profile_prefix=str(Path(tmp) / "run"))
         feed = {sess.get_inputs()[0].name: np.ascontiguousarray(images, dtype=np.float32)}
         for _ in range(warmup + runs):
             sess.run(None, feed)
@@ -55,13 +50,11 @@ def profile_graph(model: bytes | str | Path, images: np.ndarray, *, threads: int
     start = whole[0]["ts"]
     parts: dict[str, float] = defaultdict(float)
     ops: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
-    nodes = set()
     for e in events:
         if e.get("cat") != "Node" or e["ts"] < start or not e["name"].endswith("_kernel_time"):
             continue
         name = e["name"][: -len("_kernel_time")]
         part = part_of(name)
-        nodes.add(name)
         parts[part] += e["dur"] / 1e3 / runs
         ops[part][e["args"]["op_name"]] += e["dur"] / 1e3 / runs
 
@@ -69,4 +62,4 @@ def profile_graph(model: bytes | str | Path, images: np.ndarray, *, threads: int
         return {k: round(v, 4) for k, v in sorted(d.items(), key=lambda kv: -kv[1])}
 
     return {"runs": runs, "run_ms": round(sum(e["dur"] for e in whole) / 1e3 / runs, 4),
-            "parts_ms": ordered(parts), "ops_ms": {p: ordered(ops[p]) for p in ordered(parts)}, "nodes": len(nodes)}
+            "parts_ms": ordered(parts), "ops_ms": {p: ordered(ops[p]) for p in ordered(parts)}}
