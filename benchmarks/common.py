@@ -72,3 +72,19 @@ def environment() -> dict:
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
             "onnxruntime": onnxruntime.__version__, "loadavg": os.getloadavg()}
+
+
+def interleaved(models: dict, x, timing, rounds: int, label: str) -> dict:
+    """``hwnas bench``'s figures of every model in ``rounds`` interleaved rounds (a slow minute hits them
+    alike): {name: {"network", "end_to_end": median of the round medians, "rounds": every round's}}."""
+    from hwnas.export.pipeline import bench
+
+    got = {n: {"network": [], "end_to_end": []} for n in models}
+    for r in range(rounds):
+        for name, m in models.items():
+            res = bench(m, x, timing)
+            for k in got[name]:
+                got[name][k].append(res[k]["median_ms"])
+        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {s['end_to_end'][-1]:.3f}" for n, s in got.items()),
+              flush=True)
+    return {n: {k: sorted(v)[len(v) // 2] for k, v in s.items()} | {"rounds": s} for n, s in got.items()}

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import HWNAS as HW, environment, run, write_results
+from common import HWNAS as HW, environment, interleaved, run, write_results
 
 # preset, input size, data size (generated shapes, 1000 train / 200 val), training epochs
 CASES = [("small-mobilenet-retinanet", 128, 8), ("small-mobilenet-retinanet", 256, 8), ("resnet18-fpn-retinanet", 256, 3)]
@@ -95,22 +95,6 @@ def measure_case(c: dict, rounds: int) -> dict:
                           label=f"{c['preset']} @{c['size']}")
     profiles = {n: profile_graph(p, x.numpy(), threads=1, runs=200) for n, p in c["graphs"].items()}
     return {"image": str(image), "parity": parity, "latency": latency, "profile": profiles}
-
-
-def interleaved(models: dict, x: torch.Tensor, timing, rounds: int, label: str) -> dict:
-    """``hwnas bench``'s figures of every model in ``rounds`` interleaved rounds (a slow minute hits them
-    alike): {name: {"network", "end_to_end": median of the round medians, "rounds": every round's}}."""
-    from hwnas.export.pipeline import bench
-
-    got = {n: {"network": [], "end_to_end": []} for n in models}
-    for r in range(rounds):
-        for name, m in models.items():
-            res = bench(m, x, timing)
-            for k in got[name]:
-                got[name][k].append(res[k]["median_ms"])
-        print(f"  {label} round {r + 1}/{rounds}: " + ", ".join(f"{n} {s['end_to_end'][-1]:.3f}" for n, s in got.items()),
-              flush=True)
-    return {n: {k: sorted(v)[len(v) // 2] for k, v in s.items()} | {"rounds": s} for n, s in got.items()}
 
 
 def presets_eager_vs_onnx(rounds: int) -> list[dict]:

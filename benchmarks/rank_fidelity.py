@@ -6,9 +6,14 @@ Evaluators (each through hwnas's own code, as the search calls it):
   E``; train3 is the search's default and the baseline);
 * ``halving``: successive halving over epochs (hwnas.search.halving), rungs up to the truth set's
   epochs / 1, eta 3, promotion by non-dominated rank on (mAP, table latency);
-* ``supernet:E:STRATEGY``: the ``supernet`` evaluator, one supernet per neighbourhood (resolution,
-  block family, head kind, norm: 12 for the small space's truth set) trained E epochs with
-  STRATEGY (uniform | sandwich), every detector scored with inherited weights.
+* ``supernet:E:STRATEGY[:SPAN]``: the ``supernet`` evaluator, one supernet per neighbourhood
+  (span family: resolution, block family, head kind, norm, 12 for the small space's truth set;
+  span structure: the neck and its levels fixed too) trained E epochs with STRATEGY (uniform |
+  sandwich), every detector scored with inherited weights;
+* ``bn:E[:SPAN]``: BN-NAS, the same supernets with only BatchNorm trained for E epochs, every
+  detector scored by its BN scale factors.
+
+``--truth`` takes either truth set: the global one or one neighbourhood's (``truth_set.py --hood``).
 
 Figures per evaluator: Kendall tau and Spearman rho between its ranking and the truth (mean mAP of
 the truth set's seeds), how many of the truth's 5 best it puts in its own 5 best, the hypervolume of
@@ -41,10 +46,13 @@ from hwnas.spec.arch import Arch
 def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
     """Per arch a ranking key (higher: better) and the evaluator's raw scores; the wall time spent."""
     cfg = SearchConfig(data=data, table=Path(truth["table"]), out=work, batch_size=16, lr=2e-3, seed=0)
-    if name.startswith("supernet:"):
-        _, epochs, strategy = name.split(":")
-        cfg = replace(cfg, out=work / name.replace(":", "-"), evaluator="supernet", space=truth["space"],
-                      resolutions=(truth["resolution"],), supernet_epochs=int(epochs), supernet_strategy=strategy)
+    if name.startswith(("supernet:", "bn:")):
+        kind, epochs, *rest = name.split(":")
+        strategy = rest.pop(0) if kind == "supernet" and rest else "uniform"
+        span = rest[0] if rest else "family"
+        cfg = replace(cfg, out=work / name.replace(":", "-"), evaluator=kind, space=truth["space"],
+                      resolutions=(truth["resolution"],), supernet_epochs=int(epochs), supernet_strategy=strategy,
+                      supernet_span=span)
     train = make_evaluator(cfg)
     archs = [r["arch"] for r in truth["rows"]]
     latency = {r["arch"]: r["predicted_latency_ms"] for r in truth["rows"]}
@@ -68,15 +76,16 @@ def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
         detail = successive_halving(archs, latency.get, lambda a, e: score(a, e, work / name / slug(a)), rungs, eta)
         order = sorted(archs, key=lambda a: halving_rank_key(detail[a]))
         keys = {a: float(i) for i, a in enumerate(order)}  # the rank position: only the order matters
-    elif name.startswith("supernet:"):
+    elif name.startswith(("supernet:", "bn:")):
         scores = {a: score(a, 0, cfg.out / "trials" / slug(a)) for a in archs}
         keys = {a: (-1.0 if s is None else s) for a, s in scores.items()}
         detail = {a: {"proxy": s} for a, s in scores.items()}
-        nets = [json.loads(p.read_text()) for p in sorted((cfg.out / "supernets").glob("*/supernet.json"))]
+        nets = [json.loads(p.read_text()) for p in sorted(cfg.out.glob("*supernets/*/supernet.json"))]
         return {"keys": keys, "detail": detail, "cost_s": spent, "supernets": len(nets),
                 "supernet_train_s": sum(n["train_s"] for n in nets)}
     else:
-        raise SystemExit(f"unknown evaluator {name!r}: trainE (E epochs), halving or supernet:E:STRATEGY")
+        raise SystemExit(f"unknown evaluator {name!r}: trainE (E epochs), halving, supernet:E:STRATEGY[:SPAN] or "
+                         "bn:E[:SPAN]")
     return {"keys": keys, "detail": {a: {str(k): v for k, v in d.items()} for a, d in detail.items()}, "cost_s": spent}
 
 

@@ -8,12 +8,19 @@ structural stage encodes them, ``stage_encoding``), and one drawn at random (the
 block sits anywhere in its stage); neck and pyramid levels are drawn (seeded).
 For the ``small`` space that is 4 x 3 x 3 = 36 detectors.
 
+With ``--hood ARCH --n N`` the set is instead N detectors drawn from the structure of ARCH (its
+resolution, block family, neck and levels, head kind and norm fixed; everything the modular stage
+moves drawn: :class:`hwnas.search.supernet.Neighbourhood` with span ``structure``): the paths one
+supernet holds, to measure how well inherited weights rank the detectors of one supernet. Runs
+are kept by arch, so a detector of both sets trains once.
+
 Each is trained through the CLI, as a user would (``hwnas train --epochs E --seed S``), with the
 search's training settings (batch 16, lr 2e-3, the default recipe), on generated shapes (1,000
 training and 200 validation images at 128 px). Runs resume: a finished one is skipped, a killed one
 continues from its last.pt. Epoch-based, so the result does not depend on the machine's load.
 
     python benchmarks/truth_set.py --seeds 0,1
+    python benchmarks/truth_set.py --hood i128/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn --n 12 --seeds 0,1
 """
 from __future__ import annotations
 
@@ -56,6 +63,19 @@ def truth_archs(space: SearchSpace, resolution: int, seed: int = 0) -> list[Arch
     return archs
 
 
+def hood_archs(space: SearchSpace, anchor: Arch, n: int, seed: int = 0) -> list[Arch]:
+    """``n`` distinct detectors drawn uniformly from the structure neighbourhood of ``anchor``."""
+    from hwnas.search.supernet import Neighbourhood
+
+    hood, rng, out = Neighbourhood.of(space, anchor, "structure"), random.Random(seed), {}
+    for _ in range(100 * n):
+        arch = hood.sample(rng.randrange(2**31))
+        out.setdefault(str(arch), arch)
+        if len(out) == n:
+            return list(out.values())
+    raise SystemExit(f"the neighbourhood of {anchor} holds fewer than {n} distinct detectors")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--space", default="small")
@@ -65,13 +85,24 @@ def main() -> None:
     ap.add_argument("--table", default="latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json",
                     help="latency table whose predictions are stored beside each detector's mAP")
     ap.add_argument("--limit", type=int, default=0, help="train only the first N detectors (0: all)")
+    ap.add_argument("--hood", default="", help="draw the set from this detector's structure instead (with --n)")
+    ap.add_argument("--n", type=int, default=12, help="--hood: how many detectors")
     ap.add_argument("--work", type=Path, default=Path("runs/bench/truth"))
-    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/truth-small-128"))
+    ap.add_argument("--results", type=Path, default=None,
+                    help="default benchmarks/results/truth-small-128 (with --hood: truth-hood-KEY)")
     args = ap.parse_args()
     from hwnas.latency.table import LatencyTable
+    from hwnas.search.supernet import Neighbourhood
 
     space = get_space(args.space)
-    archs = truth_archs(space, args.resolution)
+    if args.hood:
+        anchor = Arch.parse(args.hood)
+        archs, key = hood_archs(space, anchor, args.n), Neighbourhood.of(space, anchor, "structure").key
+        args.resolution = anchor.input_hw[0]
+        args.results = args.results or Path(f"benchmarks/results/truth-hood-{key}")
+    else:
+        archs = truth_archs(space, args.resolution)
+        args.results = args.results or Path("benchmarks/results/truth-small-128")
     if args.limit:
         archs = archs[: args.limit]
     seeds = [int(s) for s in args.seeds.split(",") if s]
@@ -103,6 +134,7 @@ def results(args, archs: list[Arch], seeds: list[int], table) -> tuple[dict, str
         row["map"] = sum(s["map"] for s in row["seeds"].values()) / len(seeds)
         rows.append(row)
     result = {"space": args.space, "resolution": args.resolution, "epochs": args.epochs, "seeds": seeds,
+              **({"hood": args.hood, "n": args.n} if args.hood else {}),
               "data": "hwnas " + " ".join(DATA_CMD), "train": "hwnas train --arch A --data DATA --epochs "
               f"{args.epochs} --batch-size 16 --lr 2e-3 --seed S", "table": args.table, "rows": rows}
     return result, table_md(result)

@@ -434,6 +434,7 @@ def search(
     supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet: epochs each supernet trains"),
     as_json: bool = typer.Option(False, "--json", help="print the final front as JSON on stdout (the rows of pareto.json), nothing else"),
     supernet_strategy: str = typer.Option("uniform", "--supernet-strategy", help="--evaluator supernet: uniform (one path a step) or sandwich (largest, smallest and two drawn)"),
+    supernet_span: str = typer.Option("family", "--supernet-span", help="--evaluator supernet: what one supernet spans: family (resolution, block family, head kind; every neck) or structure (the neck and its levels fixed too)"),
 ) -> None:
     """Two-stage (structural, then modular) multi-objective search: mAP vs table latency, resumable."""
     from hwnas.search import Search, SearchConfig
@@ -449,7 +450,7 @@ def search(
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
                        max_failures=max_failures, evaluator=evaluator, supernet_epochs=supernet_epochs, budget_s=budget_min * 60, eta=eta,
-                       supernet_strategy=supernet_strategy)
+                       supernet_strategy=supernet_strategy, supernet_span=supernet_span)
     _run_folder(out, "search folder", _data(data) + [table],
                 {"pareto.json": "JSON file", "search.json": "JSON file", "report.md": "file", "pareto.png": "image",
                  "search.db": "file"})
@@ -485,6 +486,7 @@ def supernet(
     space: str = typer.Option("small", help="search space whose choices the supernet spans"),
     epochs: int = typer.Option(12, help="supernet epochs (as search --supernet-epochs)"),
     strategy: str = typer.Option("uniform", help="uniform (one path a step) or sandwich (as search --supernet-strategy)"),
+    span: str = typer.Option("family", help="family or structure (as search --supernet-span)"),
     batch_size: int = typer.Option(16, "--batch-size", help="global batch, split over torchrun's processes"),
     lr: float = typer.Option(2e-3),
     max_train_images: int = typer.Option(0, "--max-train-images", help="train on the first N images only (0: all)"),
@@ -499,7 +501,7 @@ def supernet(
     from hwnas.spec.space import get_space
     from hwnas.train.recipes import recipe_config
 
-    hood = Neighbourhood.of(get_space(space), resolve_arch(arch))
+    hood = Neighbourhood.of(get_space(space), resolve_arch(arch), span)
     net_cfg = SupernetConfig(epochs=epochs, strategy=strategy)
     cfg = recipe_config("", epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=device,
                         max_train_images=max_train_images)

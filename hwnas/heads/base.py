@@ -273,7 +273,7 @@ class TowerHead(Head):
             for tower in ("cls", "box"):
                 c = cin
                 for i in range(d):
-                    yield Placed(f"head.p{level}.{tower}.{i}", Unit("conv", c, w, hw, 3, 1, arch.norm, "relu"))
+                    yield Placed(f"head.p{level}.{tower}.{i}", Unit("conv", c, w, hw, 3, 1, arch.head_norm, "relu"))
                     c = w
             c_tower = w if d else cin
             for p in self.predictions(arch, num_classes, li):

@@ -78,6 +78,7 @@ class SearchConfig:
     eta: int = 3  # evaluator halving: the best 1/eta of a rung go on, each rung eta times the epochs of the last
     supernet_epochs: int = 12  # evaluator supernet: epochs each neighbourhood's supernet trains
     supernet_strategy: str = "uniform"  # evaluator supernet: paths per step (hwnas.search.supernet.STRATEGIES)
+    supernet_span: str = "family"  # evaluator supernet: what one supernet spans (hwnas.search.supernet.SPANS)
 
     def __post_init__(self) -> None:
         if self.stage not in STAGES:
@@ -107,9 +108,11 @@ class SearchConfig:
         check_count("--supernet-epochs", self.supernet_epochs)
         check_int("--eta", self.eta, 2, 100)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
-        from hwnas.search.supernet import SupernetConfig
+        from hwnas.search.supernet import SPANS, SupernetConfig
 
         SupernetConfig(epochs=self.supernet_epochs, strategy=self.supernet_strategy)  # checks the strategy
+        if self.supernet_span not in SPANS:
+            raise HwnasError(f"--supernet-span {self.supernet_span!r}: give one of {', '.join(SPANS)}")
 
     def stage_trials(self) -> dict[str, int]:
         if self.stage == "both":
@@ -139,6 +142,8 @@ class SearchConfig:
                 **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
                 **({"supernet_epochs": self.supernet_epochs, "supernet_strategy": self.supernet_strategy}
                    if self.evaluator in ("supernet", "bn") else {}),
+                **({"supernet_span": self.supernet_span}
+                   if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 

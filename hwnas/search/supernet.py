@@ -7,9 +7,10 @@ are recalibrated on a few training batches (the statistics of a shared BN belong
 
 **Neighbourhood.** Everything that shares an input resolution, block family, head kind and norm:
 the number of blocks per stage up to the space's maximum and where each stage's '2' sits, the
-backbone, neck and head widths, the head's depth and other fields, and the neck (none, FPN or
-PAFPN, on any of the space's level ranges). The structural stage proposes exactly these
-structures; the modular stage then moves within one.
+backbone, neck and head widths, the head's depth and other fields, and (span ``family``) the neck:
+none, FPN or PAFPN, on any of the space's level ranges. With span ``structure`` the neck and its
+levels are fixed too: that is exactly one structure of the structural stage (SM-NAS), and the
+modular stage's moves (hwnas.spec.space.SearchSpace.mutate) never leave it.
 
 **Sharing.** A tensor is shared by name: the detector of any path is ``Detector.from_arch`` of its
 arch, and its tensor ``blocks.stage2_1.conv1.weight`` is the leading slice (first output channels,
@@ -48,6 +49,7 @@ from hwnas.spec.arch import Arch
 from hwnas.spec.space import SearchSpace
 
 STRATEGIES = ("uniform", "sandwich")
+SPANS = ("family", "structure")
 
 
 # ----------------------------------------------------------------------------- the neighbourhood
@@ -57,9 +59,12 @@ class Neighbourhood:
     kind and norm."""
 
     space: SearchSpace
+    span: str = "family"  # one of SPANS: whether the neck and its levels vary (family) or are fixed (structure)
 
     @classmethod
-    def of(cls, space: SearchSpace, arch: Arch) -> "Neighbourhood":
+    def of(cls, space: SearchSpace, arch: Arch, span: str = "family") -> "Neighbourhood":
+        if span not in SPANS:
+            raise HwnasError(f"--supernet-span {span!r}: give one of {', '.join(SPANS)}")
         h, w = arch.input_hw
         if h != w:
             raise HwnasError(f"{arch}: supernets span square inputs only")
@@ -68,13 +73,16 @@ class Neighbourhood:
             if value not in choices:
                 raise HwnasError(f"{arch} is outside space {space.name!r}: its {what} {value!r} is not one of "
                                  f"{', '.join(choices)}; give a detector of the space or another --space")
-        return cls(replace(space, resolutions=(h,), blocks=(arch.block,), heads=(arch.head.kind,),
-                           norms=(arch.norm,)))
+        cut = replace(space, resolutions=(h,), blocks=(arch.block,), heads=(arch.head.kind,), norms=(arch.norm,))
+        if span == "structure":
+            cut = replace(cut, necks=(arch.neck,), level_ranges=(arch.levels,))
+        return cls(cut, span)
 
     @property
     def key(self) -> str:
         s = self.space
-        return f"i{s.resolutions[0]}-{s.blocks[0]}-{s.heads[0]}-{s.norms[0]}"
+        neck = "" if self.span == "family" else f"-{s.necks[0]}_p{s.level_ranges[0][0]}-{s.level_ranges[0][1]}"
+        return f"i{s.resolutions[0]}-{s.blocks[0]}{neck}-{s.heads[0]}-{s.norms[0]}"
 
     def sample(self, seed: int) -> Arch:
         """One path, uniform over each choice (``SearchSpace.sample``)."""
@@ -208,7 +216,7 @@ class Supernet:
 
     # ------------------------------------------------------------------ paths
     def check(self, arch: Arch) -> None:
-        if Neighbourhood.of(self.hood.space, arch).key != self.hood.key:
+        if Neighbourhood.of(self.hood.space, arch, self.hood.span).key != self.hood.key:
             raise HwnasError(f"{arch} is outside the supernet's neighbourhood {self.hood.key}")
 
     def path_tensors(self, model: nn.Module) -> dict[str, torch.Tensor]:

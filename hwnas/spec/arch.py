@@ -17,7 +17,8 @@ Grammar (five fields separated by ``/``; see docs/arch-grammar.md)::
   :data:`hwnas.heads.HEAD_KINDS` (``Arch.head`` holds it): ``retina_d4_c128`` (anchor-based) |
   ``fcos_d4_c128`` (anchor-free) | ``rcnn_d<fc layers>_c<fc width>_n<proposals>`` (RPN + RoI box
   head at N proposals) | ``face_d<depth>_c<width>_stc<a>_str<b>_mo<m>`` (:mod:`hwnas.heads.face`).
-* norm: ``bn`` | ``gn`` (backbone and head towers).
+* norm: ``bn`` | ``gn`` (backbone and head towers) | ``gnhead`` (BatchNorm in the backbone, which
+  folds into its convs at export, GroupNorm in the head towers, as FCOS and ATSS place them).
 
 ``Arch.units(num_classes)`` yields the units the detector is assembled from, in build order;
 the latency table, the predictor and ``Detector.from_arch`` all use that walk and no other.
@@ -42,7 +43,7 @@ BLOCK_TYPES = ("basic", "bottleneck", "mbconv", "shuffle")
 NECKS = ("none", "fpn", "pafpn")
 # the general-purpose heads: what the spaces search by default
 HEADS = tuple(token for token, kind in HEAD_KINDS.items() if kind.GENERAL_PURPOSE)
-NORMS = ("bn", "gn")
+NORMS = ("bn", "gn", "gnhead")
 MAX_LEVEL = 7
 GRAMMAR_HINT = "expected e.g. i256/basic_c64_11-21-21-21/fpn_p3-5_c128/retina_d4_c128/bn (see docs/arch-grammar.md)"
 
@@ -196,11 +197,21 @@ class Arch:
     def units(self, num_classes: int = 80) -> list[Unit]:
         return [p.unit for p in self.placed_units(num_classes)]
 
+    @property
+    def body_norm(self) -> str:
+        """The norm of the stem and backbone units."""
+        return "gn" if self.norm == "gn" else "bn"
+
+    @property
+    def head_norm(self) -> str:
+        """The norm of the head towers."""
+        return "bn" if self.norm == "bn" else "gn"
+
     def _walk(self, k: int) -> Iterator[Placed]:
         hw, c = self.input_hw, self.width
-        yield Placed("stem.0", Unit("conv", 3, c, hw, 3, 2, self.norm, "relu"))
+        yield Placed("stem.0", Unit("conv", 3, c, hw, 3, 2, self.body_norm, "relu"))
         hw = out_hw(hw, 2)
-        yield Placed("stem.1", Unit("conv", c, c, hw, 3, 2, self.norm, "relu"))
+        yield Placed("stem.1", Unit("conv", c, c, hw, 3, 2, self.body_norm, "relu"))
         hw = out_hw(hw, 2)
         cin = c
         for si, (enc, cout) in enumerate(zip(self.stages, self.stage_channels())):
@@ -208,7 +219,7 @@ class Arch:
                 # Blocks before this stage's '2' still run at the previous stage's shape.
                 stride = 2 if ch == "2" else 1
                 c_this = cout if si == 0 or "2" in enc[: bi + 1] else cin
-                yield Placed(f"stage{si + 1}.{bi}", Unit(self.block, cin, c_this, hw, stride=stride, norm=self.norm))
+                yield Placed(f"stage{si + 1}.{bi}", Unit(self.block, cin, c_this, hw, stride=stride, norm=self.body_norm))
                 hw, cin = out_hw(hw, stride), c_this
         if self.neck != "none":
             yield from self._walk_neck(self.stage_channels())

@@ -23,7 +23,11 @@ PRESETS: dict[str, str] = {
     # two-step regression on P5-P7, 3 max-out background logits on P2. 640 px is the VGA scale
     # WIDER FACE results are quoted at. face-s is mobile-class (inverted residuals from 16
     # channels, like the small SCRFD/RetinaFace-mobile models); face-m a ResNet-18-class model.
-    "face-s": "i640/mbconv_c16_1-21-211-21/fpn_p2-7_c64/face_d2_c64_stc3_str3_mo3/bn",
+    # face-s uses GroupNorm (weight-standardised in training): at its batch of 8, BatchNorm's batch
+    # statistics held it back on real faces (WIDER easy 0.43/0.38 against 0.58/0.64 on two seeds,
+    # hard 0.68 against 0.79), GN only in the head did not help (0.36), and GN costs it 17-18 % of
+    # network time after export, where BN folds into the convs (docs/training.md section 5).
+    "face-s": "i640/mbconv_c16_1-21-211-21/fpn_p2-7_c64/face_d2_c64_stc3_str3_mo3/gn",
     "face-m": "i640/basic_c64_11-21-21-21/fpn_p2-7_c128/face_d3_c128_stc3_str3_mo3/bn",
 }
 

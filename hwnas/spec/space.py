@@ -10,7 +10,7 @@ from typing import Iterator
 
 from hwnas.errors import HwnasError
 from hwnas.heads import HEAD_KINDS, Head
-from hwnas.spec.arch import BLOCK_TYPES, HEADS, NECKS, NORMS, Arch
+from hwnas.spec.arch import BLOCK_TYPES, HEADS, NECKS, Arch
 from hwnas.spec.units import Unit
 
 __all__ = ["SPACES", "SearchSpace", "get_space", "head_kind"]
@@ -34,7 +34,7 @@ class SearchSpace:
     rcnn_depths: tuple[int, ...] = (1, 2)
     rcnn_widths: tuple[int, ...] = (256, 512)
     proposals: tuple[int, ...] = (100,)
-    norms: tuple[str, ...] = NORMS
+    norms: tuple[str, ...] = ("bn", "gn")
     # The face head's tricks (stc levels, str levels, max-out logits), fitted to each level range.
     face_tricks: tuple[int, int, int] = (3, 3, 3)
     name: str = field(default="default", compare=False)

@@ -324,7 +324,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
 
     model = Detector.from_arch(arch, k)
     init_head_priors(model)
-    if arch.norm == "gn" and cfg.weight_standardization:
+    if arch.head_norm == "gn" and cfg.weight_standardization:  # wherever GroupNorm is
         add_weight_standardization(model)
     model.to(device)
     ema = None

@@ -92,7 +92,7 @@ def test_group_norm_on_a_one_by_one_map() -> None:
 SPACE = SearchSpace(resolutions=(64, 96), blocks=BLOCK_TYPES, widths=(8, 16), max_blocks=(2, 2, 2, 2),
                     level_ranges=((3, 5), (3, 6), (4, 6)), neck_widths=(16, 24), heads=tuple(HEAD_KINDS),
                     head_depths=(0, 1, 2), head_widths=(16, 24), rcnn_depths=(1, 2), rcnn_widths=(32,),
-                    proposals=(8, 16), face_tricks=(2, 1, 2), name="models")
+                    proposals=(8, 16), face_tricks=(2, 1, 2), norms=NORMS, name="models")
 
 
 def _covering_sample() -> list[Arch]:

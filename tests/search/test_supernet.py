@@ -57,6 +57,36 @@ def test_a_subnet_cut_from_the_supernet_is_exactly_the_standalone_detector(space
             assert torch.equal(p, q), f"{a}: the path and its extracted detector differ"
 
 
+@pytest.mark.parametrize("arch", ["i128/shuffle_c24_1-12-2-21/pafpn_p4-6_c48/rcnn_d2_c128_n64/bn",
+                                  "i128/mbconv_c16_1-2-21-2/none/fcos_d1_c32/bn"])
+def test_a_structure_supernet_holds_exactly_the_modular_moves_of_its_structure(arch) -> None:
+    """Span ``structure`` fixes the neck and its levels (SM-NAS's structure): every path it draws and
+    every modular move (``SearchSpace.mutate``) keeps them, a detector on another neck is refused,
+    and its paths are still exactly the standalone detectors."""
+    space, anchor = SPACES["small"], Arch.parse(arch)
+    hood = Neighbourhood.of(space, anchor, "structure")
+    assert hood.key == f"i128-{anchor.block}-{anchor.neck}_p{anchor.levels[0]}-{anchor.levels[1]}-{anchor.head.kind}-bn"
+    paths = [hood.sample(s) for s in range(20)] + [hood.largest(), hood.smallest()]
+    paths += [space.mutate(anchor, s) for s in range(20)]
+    assert {(p.neck, p.levels) for p in paths} == {(anchor.neck, anchor.levels)}
+    assert len({p.stages for p in paths}) > 5 and len({p.width for p in paths}) > 1  # the rest still moves
+    net = _randomised(Supernet(hood, 3))
+    family = Supernet(Neighbourhood.of(space, anchor), 3)
+    assert sum(t.numel() for t in net.tensors.values()) < sum(t.numel() for t in family.tensors.values())
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(3))
+    for a in paths[::7]:
+        net.check(a)
+        with torch.no_grad():
+            for p, q in zip(net.path(a).eval()(x), net.extract(a).eval()(x)):
+                assert torch.equal(p, q)
+    other = Arch.parse(str(anchor).replace(f"{anchor.neck}_p", "fpn_p" if anchor.neck != "fpn" else "pafpn_p")
+                       if anchor.neck != "none" else str(anchor).replace("/none/", "/fpn_p3-5_c32/"))
+    with pytest.raises(Exception, match="outside the supernet's neighbourhood"):
+        net.check(other)
+    with pytest.raises(Exception, match="--supernet-span 'neck'"):
+        Neighbourhood.of(space, anchor, "neck")
+
+
 def test_paths_share_leading_slices_and_only_them() -> None:
     """Two paths of one neighbourhood read the same tensors: a weight inside a narrow path's slice
     changes both paths' outputs, one outside it only the wider path's."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from hwnas.spec.arch import BLOCK_TYPES, HEADS, NECKS, NORMS, Arch
+from hwnas.spec.arch import BLOCK_TYPES, HEADS, NECKS, Arch
 from hwnas.spec.space import SPACES, SearchSpace, get_space
 from hwnas.errors import HwnasError
 from hwnas.spec.presets import PRESETS, resolve_arch
@@ -39,6 +39,7 @@ def test_round_trip_sampled(space: str) -> None:
     "i512/bottleneck_c64_111-2111-211111-211/fpn_p3-7_c256/retina_d4_c256/bn",  # ResNet-50
     "i320x256/shuffle_c24_1-21-211/pafpn_p3-6_c96/fcos_d2_c96/gn",  # non-square, 3 stages
     "i128/mbconv_c16_11-21-21-21/none/retina_d0_c32/bn",  # no neck, no tower
+    "i256/mbconv_c16_1-21-211-21/fpn_p2-7_c64/face_d2_c64_stc3_str3_mo3/gnhead",  # GN in the head only
     "i256/basic_c32_1-2-2-2-2/fpn_p2-6_c64/rcnn_d2_c512_n100/bn",  # 5 stages, rcnn
     *PRESETS.values(),
 ])
@@ -174,7 +175,7 @@ def test_sample_covers_every_choice() -> None:
     assert {a.block for a in archs} == set(BLOCK_TYPES)
     assert {a.neck for a in archs} == set(NECKS)
     assert {a.head.kind for a in archs} == set(HEADS)
-    assert {a.norm for a in archs} == set(NORMS)
+    assert {a.norm for a in archs} == {"bn", "gn"}  # gnhead is an arch option no space draws by default
 
 
 def _move(a: Arch, b: Arch) -> str:
@@ -291,6 +292,15 @@ def test_walk_two_before_one_runs_at_previous_shape() -> None:
     assert p["stage3.0"] == Unit("basic", 64, 128, (32, 32), stride=2, norm="gn")
     assert p["stage3.1"] == Unit("basic", 128, 128, (16, 16), stride=1, norm="gn")
     assert p["head.p3.ctr"].cout == 1 and p["head.p3.cls"].cout == 5 and p["head.p4.box"].cout == 4
+
+
+def test_gnhead_puts_groupnorm_in_the_head_towers_only() -> None:
+    a = Arch.parse("i128/basic_c16_1-2-2-2/fpn_p3-5_c32/fcos_d2_c32/gnhead")
+    norms = {(p.role.split(".")[0], p.unit.norm) for p in a.placed_units(3)}
+    assert norms == {("stem", "bn"), ("stage1", "bn"), ("stage2", "bn"), ("stage3", "bn"), ("stage4", "bn"),
+                     ("neck", "none"), ("head", "gn"), ("head", "none")}
+    tower = {p.role: p.unit for p in a.placed_units(3)}
+    assert tower["head.p4.cls.1"] == Unit("conv", 32, 32, (8, 8), 3, 1, "gn", "relu")
 
 
 def test_walk_extra_levels_pafpn_and_rcnn() -> None:

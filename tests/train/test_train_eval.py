@@ -35,6 +35,7 @@ ARCHS = {
     "fcos": "i64/basic_c8_1-2-2/fpn_p3-4_c16/fcos_d1_c16/bn",
     "rcnn": "i64/basic_c8_1-2-2/fpn_p3-4_c16/rcnn_d1_c32_n16/bn",
     "gn": "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/gn",  # weight standardisation
+    "gnhead": "i64/basic_c8_1-2-2/fpn_p3-4_c16/retina_d1_c16/gnhead",  # BN backbone, GN (standardised) head
 }
 RETINA = ARCHS["retina"]
 METRIC_KEYS = ("map", "map50", "map_small", "map_medium", "map_large")
@@ -181,17 +182,19 @@ def test_train_end_to_end(head, data, tmp_path):
     assert ck.epoch == 2 and not any("parametrizations" in k for k in ck.state_dict)
     # the trained module, as the loop held it (standardised GN convs included)
     trained = Detector.from_arch(arch, len(SHAPES))
-    if arch.norm == "gn":
+    if arch.head_norm == "gn":
         assert add_weight_standardization(trained) > 0
         raw = {k[: -len(".parametrizations.weight.original")]: v for k, v in ck.train_state_dict.items()
                if k.endswith(".parametrizations.weight.original")}
         assert raw
+        # gnhead: the head towers hold the GroupNorms, so only their convs are standardised
+        assert all(name.startswith("blocks.head") for name in raw) == (arch.norm == "gnhead")
         for name, w in raw.items():  # folded: the plain weight is the standardised one
             folded = ck.state_dict[f"{name}.weight"]
             assert not torch.allclose(folded, w)
             assert torch.allclose(folded.mean(dim=(1, 2, 3)), torch.zeros(len(w)), atol=1e-5)
     # the training form is stored only where it differs from the plain weights
-    assert (ck.train_state_dict is None) == (arch.norm != "gn")
+    assert (ck.train_state_dict is None) == (arch.head_norm != "gn")
     trained.load_state_dict(ck.train_state_dict or ck.state_dict)
     model, a, names = load_model(out / "last.pt")
     assert type(model) is Detector and not model.training and a == arch and names == SHAPES

@@ -1,7 +1,8 @@
 """``supernet``: candidates scored with weights inherited from a weight-sharing supernet (DetNAS, SPOS).
 
-The first candidate of a neighbourhood (resolution, block family, head kind, norm:
-:class:`hwnas.search.supernet.Neighbourhood`) trains that neighbourhood's supernet once, into
+The first candidate of a neighbourhood (resolution, block family, head kind, norm, and with
+``--supernet-span structure`` the neck and its levels: :class:`hwnas.search.supernet.Neighbourhood`)
+trains that neighbourhood's supernet once, into
 ``RUN/supernets/<key>/`` (resumable; workers on one machine wait for each other through a lock);
 every candidate is then scored in seconds: its weights cut from the supernet, BatchNorm statistics
 recalibrated on a few training batches, mAP on the val set. The score is a proxy (``is_proxy``):
@@ -52,7 +53,7 @@ class SupernetEvaluator:
         """The trained supernet of ``arch``'s neighbourhood (trained now if no worker has yet)."""
         from hwnas.search.supernet import Neighbourhood, locked, train_supernet
 
-        hood = Neighbourhood.of(self.space, arch)
+        hood = Neighbourhood.of(self.space, arch, self.cfg.supernet_span)
         if hood.key not in self.nets:
             progress = (lambda d, t, item: note(f"{item} ({d}/{t} steps)")) if note else None
             with locked(self.folder(hood.key)):
