@@ -64,7 +64,7 @@ class Neighbourhood:
     @classmethod
     def of(cls, space: SearchSpace, arch: Arch, span: str = "family") -> "Neighbourhood":
         if span not in SPANS:
-            raise HwnasError(f"--supernet-span {span!r}: give one of {', '.join(SPANS)}")
+            raise HwnasError(f"supernet span {span!r}: give one of {', '.join(SPANS)}")
         h, w = arch.input_hw
         if h != w:
             raise HwnasError(f"{arch}: supernets span square inputs only")

@@ -83,7 +83,7 @@ def test_a_structure_supernet_holds_exactly_the_modular_moves_of_its_structure(a
                        if anchor.neck != "none" else str(anchor).replace("/none/", "/fpn_p3-5_c32/"))
     with pytest.raises(Exception, match="outside the supernet's neighbourhood"):
         net.check(other)
-    with pytest.raises(Exception, match="--supernet-span 'neck'"):
+    with pytest.raises(Exception, match="span 'neck': give one of family, structure"):
         Neighbourhood.of(space, anchor, "neck")
 
 
