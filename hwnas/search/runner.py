@@ -108,11 +108,10 @@ class SearchConfig:
         check_count("--supernet-epochs", self.supernet_epochs)
         check_int("--eta", self.eta, 2, 100)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
-        from hwnas.search.supernet import SPANS, SupernetConfig
+        from hwnas.search.supernet import SupernetConfig, check_span
 
         SupernetConfig(epochs=self.supernet_epochs, strategy=self.supernet_strategy)  # checks the strategy
-        if self.supernet_span not in SPANS:
-            raise HwnasError(f"--supernet-span {self.supernet_span!r}: give one of {', '.join(SPANS)}")
+        check_span(self.supernet_span)
 
     def stage_trials(self) -> dict[str, int]:
         if self.stage == "both":

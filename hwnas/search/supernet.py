@@ -52,19 +52,23 @@ STRATEGIES = ("uniform", "sandwich")
 SPANS = ("family", "structure")
 
 
+def check_span(span: str) -> None:
+    if span not in SPANS:
+        raise HwnasError(f"supernet span {span!r}: give one of {', '.join(SPANS)}")
+
+
 # ----------------------------------------------------------------------------- the neighbourhood
 @dataclass(frozen=True)
 class Neighbourhood:
     """The detectors one supernet spans: ``space`` cut down to one resolution, block family, head
-    kind and norm."""
+    kind and norm (and with span ``structure`` one neck on one level range)."""
 
     space: SearchSpace
     span: str = "family"  # one of SPANS: whether the neck and its levels vary (family) or are fixed (structure)
 
     @classmethod
     def of(cls, space: SearchSpace, arch: Arch, span: str = "family") -> "Neighbourhood":
-        if span not in SPANS:
-            raise HwnasError(f"supernet span {span!r}: give one of {', '.join(SPANS)}")
+        check_span(span)
         h, w = arch.input_hw
         if h != w:
             raise HwnasError(f"{arch}: supernets span square inputs only")
