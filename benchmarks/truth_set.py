@@ -17,7 +17,9 @@ are kept by arch, so a detector of both sets trains once.
 Each is trained through the CLI, as a user would (``hwnas train --epochs E --seed S``), with the
 search's training settings (batch 16, lr 2e-3, the default recipe), on generated shapes (1,000
 training and 200 validation images at 128 px). Runs resume: a finished one is skipped, a killed one
-continues from its last.pt. Epoch-based, so the result does not depend on the machine's load.
+continues from its last.pt, and a detector and seed already in the results file (same epochs) is
+taken from there, so a second seed can be added on a machine that no longer holds the first seed's
+runs. Epoch-based, so the result does not depend on the machine's load.
 
     python benchmarks/truth_set.py --seeds 0,1
     python benchmarks/truth_set.py --hood i128/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn --n 12 --seeds 0,1
@@ -110,27 +112,42 @@ def main() -> None:
     if not (data / "val.json").exists():
         run([*HWNAS, *DATA_CMD, "--out", str(data)])
     table = LatencyTable.load(Path(args.table))
+    recorded = recorded_runs(args.results.with_suffix(".json"), args.epochs)
     # seeds outer: after each seed the results file holds every detector at the seeds finished so far,
     # so rank_fidelity.py can start on one seed while the next trains
     for done in range(1, len(seeds) + 1):
         seed = seeds[done - 1]
         for i, arch in enumerate(archs):
             out = args.work / f"e{args.epochs}-s{seed}" / slug(str(arch))
-            if not (out / "metrics.json").exists():
+            if (str(arch), str(seed)) not in recorded and not (out / "metrics.json").exists():
                 print(f"[{i + 1}/{len(archs)}] seed {seed} {arch}", flush=True)
                 run([*HWNAS, "train", "--arch", str(arch), "--data", str(data), "--epochs", str(args.epochs),
                      "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--out", str(out)])
-        write_results(args.results, *results(args, archs, seeds[:done], table))
+        write_results(args.results, *results(args, archs, seeds[:done], table, recorded))
 
 
-def results(args, archs: list[Arch], seeds: list[int], table) -> tuple[dict, str]:
+def recorded_runs(path: Path, epochs: int) -> dict[tuple[str, str], dict]:
+    """(arch, seed) -> that run's figures, from an earlier results file of the same epochs."""
+    if not path.exists():
+        return {}
+    prior = json.loads(path.read_text())
+    if prior.get("epochs") != epochs:
+        return {}
+    return {(r["arch"], seed): v for r in prior["rows"] for seed, v in r["seeds"].items()}
+
+
+def results(args, archs: list[Arch], seeds: list[int], table, recorded: dict) -> tuple[dict, str]:
     rows = []
     for arch in archs:
         row = {"arch": str(arch), "block": arch.block, "head": arch.head.kind,
                "predicted_latency_ms": table.predict(arch).latency_ms, "seeds": {}}
         for seed in seeds:
-            m = json.loads((args.work / f"e{args.epochs}-s{seed}" / slug(str(arch)) / "metrics.json").read_text())
-            row["seeds"][str(seed)] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
+            metrics = args.work / f"e{args.epochs}-s{seed}" / slug(str(arch)) / "metrics.json"
+            if metrics.exists():
+                m = json.loads(metrics.read_text())
+                row["seeds"][str(seed)] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
+            else:
+                row["seeds"][str(seed)] = recorded[(str(arch), str(seed))]
         row["map"] = sum(s["map"] for s in row["seeds"].values()) / len(seeds)
         rows.append(row)
     result = {"space": args.space, "resolution": args.resolution, "epochs": args.epochs, "seeds": seeds,

@@ -428,8 +428,9 @@ def search(
     evaluator: str = typer.Option("train", help="how candidates are scored (hwnas.search.evaluators): train = from scratch for "
                                   "--epochs-per-trial; halving = successive halving (ASHA) over epochs up to "
                                   "--epochs-per-trial; supernet = inherited weights of a weight-sharing supernet per "
-                                  "structure; bn = BN-NAS scale factors; with a proxy the final front is then trained "
-                                  "standalone"),
+                                  "structure; bn = BN-NAS scale factors; train+bn = each structure's first candidate trained, "
+                                  "the rest of it ranked by BN-NAS against that one; with a proxy the final front is "
+                                  "then trained standalone"),
     eta: int = typer.Option(3, "--eta", help="--evaluator halving: the best 1/ETA of a rung go on to ETA times the epochs"),
     supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet: epochs each supernet trains"),
     as_json: bool = typer.Option(False, "--json", help="print the final front as JSON on stdout (the rows of pareto.json), nothing else"),

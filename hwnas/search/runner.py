@@ -140,7 +140,7 @@ class SearchConfig:
                 # Only when not the default, so studies started before evaluators existed still match.
                 **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
                 **({"supernet_epochs": self.supernet_epochs, "supernet_strategy": self.supernet_strategy}
-                   if self.evaluator in ("supernet", "bn") else {}),
+                   if self.evaluator in ("supernet", "bn", "train+bn") else {}),
                 **({"supernet_span": self.supernet_span}
                    if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),

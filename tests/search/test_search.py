@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import random
+import re
 import shutil
 import signal
 import sqlite3
@@ -594,7 +595,7 @@ def test_evaluation_budget_and_record_contracts(tmp_path) -> None:
         Budget(0)
     base = dict(data=tmp_path, table=tmp_path / "t.json", out=tmp_path / "o")
     assert SearchConfig(**base, epochs=2, max_train_images=9).budget() == Budget(2, 9)
-    with pytest.raises(HwnasError, match=r"--evaluator 'nope': valid evaluators are " + ", ".join(EVALUATORS)):
+    with pytest.raises(HwnasError, match=re.escape("--evaluator 'nope': valid evaluators are " + ", ".join(EVALUATORS))):
         SearchConfig(**base, evaluator="nope")
     # a record survives its JSON form; the mAP a reader sees is never a proxy's score
     arch = Arch.parse("i64/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn")

@@ -14,7 +14,16 @@ import torch
 
 from conftest import search_world, sigkill_when
 from hwnas.cli.app import main
-from hwnas.search.supernet import Neighbourhood, Supernet, SupernetConfig, paths_of_step, train_supernet
+from hwnas.search.evaluators import make_evaluator
+from hwnas.search.runner import SearchConfig
+from hwnas.search.supernet import (
+    Neighbourhood,
+    Supernet,
+    SupernetConfig,
+    bn_indicator,
+    paths_of_step,
+    train_supernet,
+)
 from hwnas.spec.arch import Arch
 from hwnas.spec.space import SPACES
 from hwnas.train.loop import TrainConfig
@@ -293,3 +302,43 @@ def test_two_gloo_processes_follow_the_loss_curve_of_one_with_the_same_global_ba
     assert len(a) == len(b) == 18
     print("relative step-loss differences", [round(r, 4) for r in rel])
     assert sum(rel) / len(rel) < 0.05 and sum(r < 0.05 for r in rel) >= 0.75 * len(rel), rel
+
+
+@pytest.mark.slow
+def test_train_plus_bn_trains_one_anchor_per_structure_and_scales_the_rest_by_bn_nas(setup) -> None:
+    """``train+bn``: the first candidate of each structure is trained (a real mAP, not a proxy);
+    every later one of the structure is a proxy that keeps BN-NAS's order inside the structure
+    and sits on the mAP scale of that structure's anchor; the front is trained standalone."""
+    out = setup["dir"] / "train+bn"
+    assert main(_args(setup, out, "--trials", 8, "--population", 2, "--evaluator", "train+bn",
+                      "--supernet-epochs", 1)) == 0
+    s = json.loads((out / "search.json").read_text())
+    scored = [t for t in s["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
+    assert len(scored) == 8 and all(t["evaluator"] == "train+bn" for t in scored)
+    space = SPACES["tiny"].with_resolutions((64,))
+    key = {t["arch"]: Neighbourhood.of(space, Arch.parse(t["arch"]), "structure").key for t in scored}
+    anchors = {p.stem: json.loads(p.read_text()) for p in (out / "anchors").glob("*.json")}
+    assert set(anchors) == set(key.values())  # one anchor per structure the search visited
+    for t in scored:
+        anchor = anchors[key[t["arch"]]]
+        if t["arch"] == anchor["arch"]:  # trained: its score is its mAP, not a proxy
+            assert t["proxy_map"] is None and t["map"] == pytest.approx(anchor["map"])
+        else:
+            assert t["proxy_map"] is not None
+    # the proxies of a structure keep the order of their BN indicators, scaled to the anchor's mAP
+    by_key: dict = {}
+    for t in scored:
+        if t["arch"] != anchors[key[t["arch"]]]["arch"]:
+            by_key.setdefault(key[t["arch"]], []).append(t)
+    assert by_key, "the modular stage moved inside some structure"
+    ev = make_evaluator(SearchConfig(setup["data"], setup["table"], out, space="tiny", evaluator="train+bn",
+                                     supernet_epochs=1, epochs=1, batch_size=8))
+    for k, trials in by_key.items():
+        anchor = Arch.parse(anchors[k]["arch"])
+        net = ev.bn.supernet(anchor)  # read back from RUN/bn-supernets/<key>/, not retrained
+        for t in trials:
+            ratio = bn_indicator(net, Arch.parse(t["arch"])) / bn_indicator(net, anchor)
+            assert t["proxy_map"] == pytest.approx(anchors[k]["map"] * ratio, rel=1e-6)
+    assert {p.name for p in (out / "bn-supernets").iterdir()} == set(by_key)
+    front = json.loads((out / "pareto.json").read_text())
+    assert front and all(r["map"] is not None for r in front)
