@@ -186,7 +186,31 @@ def table(result: dict, truth: dict) -> str:
         e.update(fidelity(truth, e["keys"]))
         lines.append(f"| {name} | {e['n']} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
                      f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} |")
+    for name, keys in size_keys(truth).items():
+        f = fidelity(truth, keys)
+        lines.append(f"| for reference, no training: {name} | {f['n']} | {f['kendall_tau']:.2f} | {f['spearman']:.2f} | "
+                     f"{f['top5_in_top5']} | {f['front_hv_share']:.2f} | {f['front_size']} | |")
     return "\n".join(lines) + "\n"
+
+
+def size_keys(truth: dict) -> dict[str, dict[str, float]]:
+    """What an evaluator must beat: rankings by size alone (bigger: better), read off the arch.
+    The BatchNorm count is what BN-NAS's indicator (a sum over the path's BatchNorms) reads from an
+    untrained supernet, where every scale factor is 1."""
+    import torch
+
+    from hwnas.models import Detector
+    from hwnas.models.detector import level_free_key
+
+    out: dict[str, dict[str, float]] = {"table latency": {}, "parameters": {}, "BatchNorm layers": {}}
+    for r in truth["rows"]:
+        model = Detector.from_arch(Arch.parse(r["arch"]), 3)
+        out["table latency"][r["arch"]] = r["predicted_latency_ms"]
+        out["parameters"][r["arch"]] = float(sum(p.numel() for p in model.parameters()))
+        # a head's BatchNorm kept per pyramid level counts once, as in bn_indicator
+        out["BatchNorm layers"][r["arch"]] = float(len({level_free_key(f"{n}.weight") for n, m in model.named_modules()
+                                                        if isinstance(m, torch.nn.BatchNorm2d)}))
+    return out
 
 
 if __name__ == "__main__":

@@ -2,7 +2,9 @@
 
 Why the two together (benchmarks/results/rank_fidelity_hood.md): within one structure (resolution,
 block family, neck and levels, head kind, norm) the BN-NAS indicator ranks 12 detectors against
-their 12-epoch mAP with Kendall tau 0.73, where 3 epochs of training rank them backwards (-0.30);
+their 12-epoch mAP (two seeds) with Kendall tau 0.76, where 3 epochs of training rank them
+backwards (-0.27); the order comes from the number of BatchNorms the path sums over (counted on an
+untrained supernet, tau 0.80), not from the trained scales (docs/search.md);
 between structures the 3-epoch mAP is what separates them (tau 0.60 over the global set), and a
 BN indicator, read from a different supernet for each structure, has no common scale.
 
@@ -13,7 +15,7 @@ Every later candidate of the structure is scored on the structure's BN supernet 
 to the anchor's: ``anchor_map * indicator / anchor_indicator``. The ratio is the simplest map that
 keeps BN-NAS's order inside the structure and the anchor's level between structures; on the
 neighbourhood above it predicts a detector's mAP from any one anchor with a mean absolute error of
-0.017, half the 0.031 of taking the anchor's mAP for every detector. The estimate is a proxy
+0.013, against 0.032 for taking the anchor's mAP for every detector. The estimate is a proxy
 (``is_proxy``): the search trains its final front standalone, as for ``supernet`` and ``bn``.
 
 Anchors are kept in ``RUN/anchors/<key>.json``; the first worker to reach a structure trains its
