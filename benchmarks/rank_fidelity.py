@@ -149,6 +149,7 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
     truth = truth_or_plan(args.truth)
+    sizes = size_keys(truth)
     path = args.results.with_suffix(".json")
     result = json.loads(path.read_text()) if path.exists() else {"truth": str(args.truth), "evaluators": {}}
     for extra in args.merge:  # scores another run of this script stored elsewhere
@@ -167,12 +168,13 @@ def main() -> None:
         ev = evaluate(name, truth, args.data, args.work, args.eta)
         result["evaluators"][name] = {**{k: v for k, v in ev.items() if k not in ("keys", "detail")},
                                       "keys": ev["keys"], "scores": ev["detail"]}
-        write_results(args.results, result, table(result, truth))
-    write_results(args.results, result, table(result, truth))
+        write_results(args.results, result, table(result, truth, sizes))
+    write_results(args.results, result, table(result, truth, sizes))
 
 
-def table(result: dict, truth: dict) -> str:
-    """The figures of every stored evaluator against the truth, over the detectors both have."""
+def table(result: dict, truth: dict, sizes: dict[str, dict[str, float]]) -> str:
+    """The figures of every stored evaluator against the truth, over the detectors both have, then
+    the rankings by size alone (``size_keys``) and what a BN-NAS indicator holds beyond depth."""
     done = sum(r["map"] is not None for r in truth["rows"])
     if done < 5:
         return f"Scores stored for {', '.join(result['evaluators'])}; the truth set has {done} trained detectors.\n"
@@ -186,11 +188,33 @@ def table(result: dict, truth: dict) -> str:
         e.update(fidelity(truth, e["keys"]))
         lines.append(f"| {name} | {e['n']} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
                      f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} |")
-    for name, keys in size_keys(truth).items():
+    for name, keys in sizes.items():
         f = fidelity(truth, keys)
         lines.append(f"| for reference, no training: {name} | {f['n']} | {f['kendall_tau']:.2f} | {f['spearman']:.2f} | "
                      f"{f['top5_in_top5']} | {f['front_hv_share']:.2f} | {f['front_size']} | |")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + bn_lines(result, truth, sizes["BatchNorm layers"])) + "\n"
+
+
+def bn_lines(result: dict, truth: dict, count: dict[str, float]) -> list[str]:
+    """For each ``bn:`` evaluator: how its indicator's trained part (the mean scale per BatchNorm,
+    the indicator over the count) ranks, and how well ``train+bn``'s ratio to one trained anchor
+    predicts mAP (mean absolute error over every anchor and other detector, against taking the
+    anchor's mAP for all)."""
+    true = {r["arch"]: r["map"] for r in truth["rows"] if r["map"] is not None}
+    lines = []
+    for name, e in result["evaluators"].items():
+        keys = {a: k for a, k in e["keys"].items() if a in true and k > 0}
+        if not name.startswith("bn:") or len(keys) < 5:
+            continue
+        per_bn = fidelity(truth, {a: k / count[a] for a, k in keys.items()})
+        pairs = [(x, y) for x in keys for y in keys if x != y]
+        ratio = sum(abs(true[x] * keys[y] / keys[x] - true[y]) for x, y in pairs) / len(pairs)
+        flat = sum(abs(true[x] - true[y]) for x, y in pairs) / len(pairs)
+        lines.append(f"- {name}: the mean scale per BatchNorm ranks with Kendall tau {per_bn['kendall_tau']:.2f} "
+                     f"(Spearman {per_bn['spearman']:.2f}); from one trained anchor, anchor mAP x indicator / anchor "
+                     f"indicator predicts the others' mAP with mean absolute error {ratio:.4f} (the anchor's mAP for "
+                     f"all: {flat:.4f}).")
+    return ["", *lines] if lines else []
 
 
 def size_keys(truth: dict) -> dict[str, dict[str, float]]:

@@ -11,7 +11,8 @@ search's wall time including the front's standalone training, which ``--budget-m
 bound, so the comparison shows what a proxy's front costs on top.
 
 Searches run one after another with 2 torch threads each: a wall-clock budget is only fair on an
-otherwise idle machine. A finished search folder is read, not rerun.
+otherwise idle machine. A finished search folder is read, not rerun. The data default is the truth
+set's (made here as truth_set.py makes it when missing), so fronts can later be judged against it.
 
     python benchmarks/search_equal_time.py --seeds 3 --budget-min 8 --methods train,train+bn
 """
@@ -24,6 +25,7 @@ from pathlib import Path
 
 from common import HWNAS, run, search_args, write_results
 from search_vs_random import reference_latency
+from truth_set import DATA_CMD
 
 from hwnas.search.pareto import hypervolume
 
@@ -40,7 +42,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=Path("benchmarks/results/search_equal_time"))
     a = ap.parse_args()
     if not (Path(a.data) / "val.json").exists():
-        raise SystemExit(f"{a.data}: no data; make it with python benchmarks/truth_set.py --limit 0 or hwnas data synth")
+        run([*HWNAS, *DATA_CMD, "--out", a.data])
     res = tuple(int(r) for r in a.resolutions.split(","))
     ref = reference_latency(Path(a.table), a.space, res, a.ref_quantile)
     seeds, methods = [int(s) for s in a.seeds.split(",")], a.methods.split(",")

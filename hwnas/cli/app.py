@@ -432,7 +432,7 @@ def search(
                                   "the rest of it ranked by BN-NAS against that one; with a proxy the final front is "
                                   "then trained standalone"),
     eta: int = typer.Option(3, "--eta", help="--evaluator halving: the best 1/ETA of a rung go on to ETA times the epochs"),
-    supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet: epochs each supernet trains"),
+    supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet, bn, train+bn: epochs each supernet trains"),
     as_json: bool = typer.Option(False, "--json", help="print the final front as JSON on stdout (the rows of pareto.json), nothing else"),
     supernet_strategy: str = typer.Option("uniform", "--supernet-strategy", help="--evaluator supernet: uniform (one path a step) or sandwich (largest, smallest and two drawn)"),
     supernet_span: str = typer.Option("family", "--supernet-span", help="--evaluator supernet: what one supernet spans: family (resolution, block family, head kind; every neck) or structure (the neck and its levels fixed too)"),

@@ -317,7 +317,7 @@ def test_train_plus_bn_trains_one_anchor_per_structure_and_scales_the_rest_by_bn
     assert len(scored) == 8 and all(t["evaluator"] == "train+bn" for t in scored)
     space = SPACES["tiny"].with_resolutions((64,))
     key = {t["arch"]: Neighbourhood.of(space, Arch.parse(t["arch"]), "structure").key for t in scored}
-    anchors = {p.stem: json.loads(p.read_text()) for p in (out / "anchors").glob("*.json")}
+    anchors = {p.parent.name: json.loads(p.read_text()) for p in (out / "anchors").glob("*/anchor.json")}
     assert set(anchors) == set(key.values())  # one anchor per structure the search visited
     for t in scored:
         anchor = anchors[key[t["arch"]]]

@@ -18,7 +18,7 @@ neighbourhood above it predicts a detector's mAP from any one anchor with a mean
 0.013, against 0.032 for taking the anchor's mAP for every detector. The estimate is a proxy
 (``is_proxy``): the search trains its final front standalone, as for ``supernet`` and ``bn``.
 
-Anchors are kept in ``RUN/anchors/<key>.json``; the first worker to reach a structure trains its
+Anchors are kept in ``RUN/anchors/<key>/anchor.json``; the first worker to reach a structure trains its
 anchor under that structure's lock, and a second worker waits for it. An anchor whose training
 fails is not kept: the structure's next candidate becomes the anchor instead.
 """
@@ -46,9 +46,11 @@ class AnchoredBnEvaluator:
         self.train = TrainEvaluator(cfg)
         # Anchoring is per structure, so the BN supernets span one structure whatever --supernet-span says.
         self.bn = SupernetEvaluator(replace(cfg, supernet_span="structure"), bn_nas=True)
+        self.anchor_indicator: dict[str, float] = {}  # structure key -> its anchor's indicator, for this worker
 
-    def anchor_file(self, key: str) -> Path:
-        return Path(self.cfg.out) / "anchors" / f"{key}.json"
+    def anchor_folder(self, key: str) -> Path:
+        """``anchor.json`` and the lock that makes one worker train it."""
+        return Path(self.cfg.out) / "anchors" / key
 
     def __call__(self, arch: "Arch", budget: Budget, folder: Path, note: Note | None = None) -> Evaluation:
         from hwnas.search.supernet import Neighbourhood, bn_indicator, locked
@@ -58,19 +60,21 @@ class AnchoredBnEvaluator:
         if done.exists():  # scored before a kill: the score stands
             return Evaluation.from_dict(json.loads(done.read_text()))
         key = Neighbourhood.of(self.bn.space, arch, "structure").key
-        path = self.anchor_file(key)
-        with locked(path.parent / key):
+        path = self.anchor_folder(key) / "anchor.json"
+        with locked(path.parent):
             if not path.exists():  # this candidate anchors its structure: a trained mAP
                 ev = self.train(arch, budget, folder, note)
                 if ev.score is not None:  # the score first: a kill between the two leaves no anchor, not a lost score
                     write_json(done, ev.to_dict())
-                    write_json(path, {"arch": str(arch), "map": ev.score, "trial_folder": str(folder)})
+                    write_json(path, {"arch": str(arch), "map": ev.score})
                 return ev
         anchor = json.loads(path.read_text())
         t0 = time.perf_counter()
         try:
             net = self.bn.supernet(arch, note)
-            ratio = bn_indicator(net, arch) / bn_indicator(net, Arch.parse(anchor["arch"]))
+            if key not in self.anchor_indicator:
+                self.anchor_indicator[key] = bn_indicator(net, Arch.parse(anchor["arch"]))
+            ratio = bn_indicator(net, arch) / self.anchor_indicator[key]
         except BaseException as e:
             reason = failure_reason(e)
             if reason is None:
