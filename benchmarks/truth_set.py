@@ -17,9 +17,10 @@ are kept by arch, so a detector of both sets trains once.
 Each is trained through the CLI, as a user would (``hwnas train --epochs E --seed S``), with the
 search's training settings (batch 16, lr 2e-3, the default recipe), on generated shapes (1,000
 training and 200 validation images at 128 px). Runs resume: a finished one is skipped, a killed one
-continues from its last.pt, and a detector and seed already in the results file (same epochs) is
-taken from there, so a second seed can be added on a machine that no longer holds the first seed's
-runs. Epoch-based, so the result does not depend on the machine's load.
+continues from its last.pt, and a detector and seed already recorded (same epochs) is taken from the
+record. Every finished run is recorded at once in RESULTS.runs.json, a ledger committed beside the
+results: a set that takes longer than one sitting goes on from there on a machine that no longer
+holds the earlier runs. Epoch-based, so the result does not depend on the machine's load.
 
     python benchmarks/truth_set.py --seeds 0,1
     python benchmarks/truth_set.py --hood i128/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn --n 12 --seeds 0,1
@@ -36,6 +37,7 @@ from scipy.stats import kendalltau
 
 from common import HWNAS, run, write_results
 
+from hwnas.fileio import write_json
 from hwnas.search.proposals import stage_encoding
 from hwnas.search.runner import slug
 from hwnas.spec.arch import Arch
@@ -114,28 +116,42 @@ def main() -> None:
     if not (data / "val.json").exists():
         run([*HWNAS, *DATA_CMD, "--out", str(data)])
     table = LatencyTable.load(Path(args.table))
-    recorded = recorded_runs(args.results.with_suffix(".json"), args.epochs)
+    ledger = args.results.with_suffix(".runs.json")
+    recorded = recorded_runs(args.results.with_suffix(".json"), ledger, args.epochs)
     # seeds outer: after each seed the results file holds every detector at the seeds finished so far,
     # so rank_fidelity.py can start on one seed while the next trains
     for done in range(1, len(seeds) + 1):
         seed = seeds[done - 1]
         for i, arch in enumerate(archs):
-            out = args.work / f"e{args.epochs}-s{seed}" / slug(str(arch))
-            if (str(arch), str(seed)) not in recorded and not (out / "metrics.json").exists():
+            key, out = (str(arch), str(seed)), args.work / f"e{args.epochs}-s{seed}" / slug(str(arch))
+            if key in recorded:
+                continue
+            if not (out / "metrics.json").exists():
                 print(f"[{i + 1}/{len(archs)}] seed {seed} {arch}", flush=True)
                 run([*HWNAS, "train", "--arch", str(arch), "--data", str(data), "--epochs", str(args.epochs),
                      "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--out", str(out)])
+            m = json.loads((out / "metrics.json").read_text())
+            recorded[key] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
+            write_json(ledger, {"epochs": args.epochs, "runs": [{"arch": a, "seed": int(s), **v}
+                                                                for (a, s), v in recorded.items()]})
         write_results(args.results, *results(args, archs, seeds[:done], table, recorded))
 
 
-def recorded_runs(path: Path, epochs: int) -> dict[tuple[str, str], dict]:
-    """(arch, seed) -> that run's figures, from an earlier results file of the same epochs."""
-    if not path.exists():
-        return {}
-    prior = json.loads(path.read_text())
-    if prior.get("epochs") != epochs:
-        return {}
-    return {(r["arch"], seed): v for r in prior["rows"] for seed, v in r["seeds"].items()}
+def recorded_runs(path: Path, ledger: Path, epochs: int) -> dict[tuple[str, str], dict]:
+    """(arch, seed) -> that run's figures, from an earlier results file and the ledger, both of
+    ``epochs`` epochs (a ledger of other epochs is refused rather than overwritten)."""
+    out = {}
+    if path.exists():
+        prior = json.loads(path.read_text())
+        if prior.get("epochs") == epochs:
+            out = {(r["arch"], seed): v for r in prior["rows"] for seed, v in r["seeds"].items()}
+    if ledger.exists():
+        runs = json.loads(ledger.read_text())
+        if runs["epochs"] != epochs:
+            raise SystemExit(f"{ledger} records {runs['epochs']}-epoch runs, not {epochs}; "
+                             "give another --results or move the ledger away")
+        out |= {(r["arch"], str(r["seed"])): {k: r[k] for k in ("map", "map50", "train_s")} for r in runs["runs"]}
+    return out
 
 
 def results(args, archs: list[Arch], seeds: list[int], table, recorded: dict) -> tuple[dict, str]:
@@ -144,12 +160,7 @@ def results(args, archs: list[Arch], seeds: list[int], table, recorded: dict) ->
         row = {"arch": str(arch), "block": arch.block, "head": arch.head.kind,
                "predicted_latency_ms": table.predict(arch).latency_ms, "seeds": {}}
         for seed in seeds:
-            metrics = args.work / f"e{args.epochs}-s{seed}" / slug(str(arch)) / "metrics.json"
-            if metrics.exists():
-                m = json.loads(metrics.read_text())
-                row["seeds"][str(seed)] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
-            else:
-                row["seeds"][str(seed)] = recorded[(str(arch), str(seed))]
+            row["seeds"][str(seed)] = recorded[(str(arch), str(seed))]
         row["map"] = sum(s["map"] for s in row["seeds"].values()) / len(seeds)
         rows.append(row)
     result = {"space": args.space, "resolution": args.resolution, "epochs": args.epochs, "seeds": seeds,
