@@ -117,31 +117,39 @@ def main() -> None:
         run([*HWNAS, *DATA_CMD, "--out", str(data)])
     table = LatencyTable.load(Path(args.table))
     ledger = args.results.with_suffix(".runs.json")
-    recorded = recorded_runs(args.results.with_suffix(".json"), ledger, args.epochs)
+    recorded = recorded_runs(ledger, args.epochs, args.results.with_suffix(".json"))
     # seeds outer: after each seed the results file holds every detector at the seeds finished so far,
     # so rank_fidelity.py can start on one seed while the next trains
     for done in range(1, len(seeds) + 1):
         seed = seeds[done - 1]
         for i, arch in enumerate(archs):
-            key, out = (str(arch), str(seed)), args.work / f"e{args.epochs}-s{seed}" / slug(str(arch))
-            if key in recorded:
-                continue
-            if not (out / "metrics.json").exists():
-                print(f"[{i + 1}/{len(archs)}] seed {seed} {arch}", flush=True)
-                run([*HWNAS, "train", "--arch", str(arch), "--data", str(data), "--epochs", str(args.epochs),
-                     "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--out", str(out)])
-            m = json.loads((out / "metrics.json").read_text())
-            recorded[key] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
-            write_json(ledger, {"epochs": args.epochs, "runs": [{"arch": a, "seed": int(s), **v}
-                                                                for (a, s), v in recorded.items()]})
+            train_recorded(str(arch), seed, args.epochs, data, args.work, ledger, recorded, f"[{i + 1}/{len(archs)}]")
         write_results(args.results, *results(args, archs, seeds[:done], table, recorded))
 
 
-def recorded_runs(path: Path, ledger: Path, epochs: int) -> dict[tuple[str, str], dict]:
-    """(arch, seed) -> that run's figures, from an earlier results file and the ledger, both of
-    ``epochs`` epochs (a ledger of other epochs is refused rather than overwritten)."""
+def train_recorded(arch: str, seed: int, epochs: int, data: Path, work: Path, ledger: Path, recorded: dict,
+                   label: str = "") -> dict:
+    """One detector trained as the truth set's are, through the CLI, or its figures from ``recorded``
+    ((arch, seed) -> figures); a new run goes into ``recorded`` and the ledger at once. Runs are kept
+    under WORK/eEPOCHS-sSEED/ by arch, so whoever asks for the same training again reads it."""
+    key, out = (arch, str(seed)), work / f"e{epochs}-s{seed}" / slug(arch)
+    if key not in recorded:
+        if not (out / "metrics.json").exists():
+            print(f"{label} seed {seed} {arch}".strip(), flush=True)
+            run([*HWNAS, "train", "--arch", arch, "--data", str(data), "--epochs", str(epochs),
+                 "--batch-size", "16", "--lr", "2e-3", "--seed", str(seed), "--out", str(out)])
+        m = json.loads((out / "metrics.json").read_text())
+        recorded[key] = {"map": m["map"], "map50": m["map50"], "train_s": m["train_seconds"]}
+        write_json(ledger, {"epochs": epochs, "runs": [{"arch": a, "seed": int(s), **v}
+                                                       for (a, s), v in recorded.items()]})
+    return recorded[key]
+
+
+def recorded_runs(ledger: Path, epochs: int, path: Path | None = None) -> dict[tuple[str, str], dict]:
+    """(arch, seed) -> that run's figures, from the ledger and an earlier results file ``path``, both
+    of ``epochs`` epochs (a ledger of other epochs is refused rather than overwritten)."""
     out = {}
-    if path.exists():
+    if path is not None and path.exists():
         prior = json.loads(path.read_text())
         if prior.get("epochs") == epochs:
             out = {(r["arch"], seed): v for r in prior["rows"] for seed, v in r["seeds"].items()}

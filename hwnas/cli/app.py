@@ -408,7 +408,8 @@ def search(
     resolutions: Optional[str] = typer.Option(None, help="input sizes to search, e.g. 192,256 (default: the table's)"),
     stage: str = typer.Option("both", help="structural | modular | both | random (the random-search baseline)"),
     trials: Optional[int] = typer.Option(None, help="evaluated candidates (with --stage both: split by --structural-share); default 16, with --budget-min as many as the time allows"),
-    budget_min: float = typer.Option(0.0, "--budget-min", help="wall-clock minutes for the candidate stages (the structural stage gets --structural-share of it); 0: --trials decides"),
+    budget_min: float = typer.Option(0.0, "--budget-min", help="wall-clock minutes for the whole search: the candidate stages (the structural stage gets --structural-share of them) and, with a proxy evaluator, training the front standalone (--front-share); 0: --trials decides"),
+    front_share: float = typer.Option(0.3, "--front-share", help="with --budget-min and an evaluator other than train: the share of the budget kept for training the final front standalone"),
     structural_share: float = typer.Option(0.5, "--structural-share", help="share of --trials for the structural stage"),
     population: int = typer.Option(0, help="NSGA-II population per generation (0: max(4, trials/4))"),
     epochs_per_trial: int = typer.Option(3, "--epochs-per-trial", help="training epochs of every candidate"),
@@ -450,7 +451,7 @@ def search(
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,
-                       max_failures=max_failures, evaluator=evaluator, supernet_epochs=supernet_epochs, budget_s=budget_min * 60, eta=eta,
+                       max_failures=max_failures, evaluator=evaluator, supernet_epochs=supernet_epochs, budget_s=budget_min * 60, front_share=front_share, eta=eta,
                        supernet_strategy=supernet_strategy, supernet_span=supernet_span)
     _run_folder(out, "search folder", _data(data) + [table],
                 {"pareto.json": "JSON file", "search.json": "JSON file", "report.md": "file", "pareto.png": "image",

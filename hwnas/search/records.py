@@ -210,8 +210,10 @@ def pick_from_front(run: Path, pick: str | None = None, latency_max_ms: float | 
     if (pick is None) == (latency_max_ms is None):
         raise HwnasError("with --search give one of --pick best|fastest|TRIAL or --latency-max-ms X")
 
-    def accuracy(r: TrialRecord) -> float:  # a trained mAP wherever there is one
-        return r.map if r.map is not None else r.score
+    def accuracy(r: TrialRecord) -> tuple[bool, float]:
+        # a member trained standalone before one with only a proxy score (a budget can leave some
+        # untrained): a proxy is not on the mAP's scale
+        return (r.map is not None, r.map if r.map is not None else r.score)
 
     if latency_max_ms is not None:
         within = [r for r in front if r.latency_ms <= latency_max_ms]

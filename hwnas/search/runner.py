@@ -27,7 +27,8 @@ from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
 from hwnas.limits import MAX_THREADS, check_batch, check_count, check_float, check_int, check_seed
 from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
-from hwnas.search.evaluators import Budget, Evaluation, Evaluator, check_evaluator, make_evaluator
+from hwnas.search.evaluators import (SUPERNET_EVALUATORS, Budget, Evaluation, Evaluator, check_evaluator, make_evaluator,
+                                     scores_proxies)
 from hwnas.search.pareto import nadir_reference
 from hwnas.search.proposals import (
     Parent,
@@ -74,7 +75,8 @@ class SearchConfig:
     max_failures: int = 5  # failed candidates in a row before the search stops (a systematic cause)
     recipe: str = ""  # a preset whose training recipe (hwnas.train.recipes.RECIPES) the candidates train with
     evaluator: str = "train"  # how a candidate's accuracy is scored: a name in hwnas.search.evaluators.EVALUATORS
-    budget_s: float = 0.0  # wall-clock budget of the candidate stages (0: none; then --trials alone decides)
+    budget_s: float = 0.0  # wall-clock budget of the whole search (0: none; then --trials alone decides)
+    front_share: float = 0.3  # of budget_s, kept for training a proxy evaluator's front standalone
     eta: int = 3  # evaluator halving: the best 1/eta of a rung go on, each rung eta times the epochs of the last
     supernet_epochs: int = 12  # evaluator supernet: epochs each neighbourhood's supernet trains
     supernet_strategy: str = "uniform"  # evaluator supernet: paths per step (hwnas.search.supernet.STRATEGIES)
@@ -108,6 +110,9 @@ class SearchConfig:
         check_count("--supernet-epochs", self.supernet_epochs)
         check_int("--eta", self.eta, 2, 100)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
+        if not 0 <= self.front_share < 1:
+            raise HwnasError(f"--front-share {self.front_share}: give a share of --budget-min from 0 up to (not "
+                             "including) 1, e.g. 0.3")
         from hwnas.search.supernet import SupernetConfig, check_span
 
         SupernetConfig(epochs=self.supernet_epochs, strategy=self.supernet_strategy)  # checks the strategy
@@ -140,7 +145,7 @@ class SearchConfig:
                 # Only when not the default, so studies started before evaluators existed still match.
                 **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
                 **({"supernet_epochs": self.supernet_epochs, "supernet_strategy": self.supernet_strategy}
-                   if self.evaluator in ("supernet", "bn", "train+bn") else {}),
+                   if self.evaluator in SUPERNET_EVALUATORS else {}),
                 **({"supernet_span": self.supernet_span}
                    if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),
@@ -355,14 +360,19 @@ class Search:
 
         return sum(r["train_s"] + r["overhead_s"] for r in bookkeeping_rows(Path(self.cfg.out)))
 
+    def candidate_budget_s(self) -> float:
+        """What the candidate stages may spend of ``budget_s``: all of it with ``train``; with a
+        proxy evaluator all but ``front_share``, which trains the front standalone afterwards."""
+        return self.cfg.budget_s * (1 - (self.cfg.front_share if scores_proxies(self.cfg.evaluator) else 0.0))
+
     def _out_of_time(self, stage: str) -> bool:
-        """With ``budget_s``: the structural stage may spend ``structural_share`` of it, the modular
-        stage the rest (a stage run alone, all of it). Checked before each candidate: one that starts
-        in time finishes, so a search overruns by at most one evaluation."""
+        """With ``budget_s``: the structural stage may spend ``structural_share`` of the candidate
+        stages' budget, the modular stage the rest (a stage run alone, all of it). Checked before each
+        candidate: one that starts in time finishes, so a stage overruns by at most one evaluation."""
         if not self.cfg.budget_s:
             return False
         share = self.cfg.structural_share if stage == "structural" and self.cfg.stage == "both" else 1.0
-        return self.spent_s() >= share * self.cfg.budget_s
+        return self.spent_s() >= share * self.candidate_budget_s()
 
     def _one(self, stage: str, study, n: int, propose) -> bool:
         """Propose until one candidate is trainable, then train and tell it. False: nothing trainable."""
@@ -640,13 +650,21 @@ class Search:
         from hwnas.search.evaluators.train import TrainEvaluator
         from hwnas.search.report import final_front
 
-        todo = [r for r in final_front(self.records()) if r.is_proxy and r.map is None]
+        front = final_front(self.records())
+        todo = [front[i] for i in spread_order(len(front)) if front[i].is_proxy and front[i].map is None]
         if not todo:
             return
         self.say(f"training the {len(todo)} proxy-scored front member(s) standalone ({self.cfg.epochs} epoch(s) each)")
         trainer = TrainEvaluator(self.cfg)
         store = self._measure_store()
         for i, r in enumerate(todo):
+            if self.cfg.budget_s:  # one that starts in time finishes, as with the candidates
+                alone_s = sum(e["cost_s"] for e in store.user_attrs.get("standalone", {}).values())
+                if self.spent_s() + alone_s >= self.cfg.budget_s:
+                    self.outcome.notes.append(
+                        f"front: --budget-min ran out with {len(todo) - i} of its {len(front)} member(s) not trained "
+                        "standalone; they keep only their proxy score (no mAP in pareto.json)")
+                    return
             label = f"standalone {i + 1}/{len(todo)} {r.trial} {r.arch}"
 
             def note(item: str) -> None:
@@ -679,3 +697,15 @@ class Search:
 
     def _measure_store(self):
         return next(iter(s for k, s in self.studies.items() if k != "baseline"))
+
+
+def spread_order(n: int) -> list[int]:
+    """Indices 0..n-1 of a front sorted fastest first, in the order that covers it evenly: the most
+    accurate end (the last), the fastest, then the middle of the widest gap left, and so on. A
+    budget that runs out while the front trains leaves trained members all along it."""
+    chosen = list(dict.fromkeys([n - 1, 0]))[:n]
+    while len(chosen) < n:
+        ends = sorted(chosen)
+        lo, hi = max(zip(ends, ends[1:]), key=lambda p: p[1] - p[0])
+        chosen.append((lo + hi) // 2)
+    return chosen

@@ -263,7 +263,7 @@ def test_config_rejects_bad_values(tmp_path) -> None:
     for bad, msg in [({"stage": "sideways"}, "valid stages"), ({"trials": 0}, "--trials"),
                      ({"stage": "both", "trials": 1}, "--trials"), ({"structural_share": 1.0}, "share"),
                      ({"population": 1}, "--population"), ({"latency_max_ms": -1.0}, "latency"),
-                     ({"study": "a/b"}, "--study")]:
+                     ({"study": "a/b"}, "--study"), ({"front_share": 1.0}, "--front-share")]:
         with pytest.raises(HwnasError, match=msg):
             SearchConfig(**base, **bad)
     assert SearchConfig(**base, trials=10).stage_trials() == {"structural": 5, "modular": 5}

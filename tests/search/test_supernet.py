@@ -231,6 +231,35 @@ def test_budget_min_stops_on_time_and_reports(setup) -> None:
     assert (out / "report.md").exists() and (out / "candidates.csv").exists()
 
 
+@pytest.mark.slow
+def test_budget_min_covers_the_front_trained_standalone(setup) -> None:
+    """With a proxy evaluator the budget is the whole search's: the candidates get 1 - --front-share
+    of it, the front trains standalone, most accurate member first, until the rest is spent; members
+    left over keep their proxy alone, say so, and are not what --pick best chooses."""
+    out, budget_s = setup["dir"] / "budget-front", 12.0
+    assert main(_args(setup, out, "--budget-min", budget_s / 60, "--front-share", 0.25, "--population", 2,
+                      "--evaluator", "bn", "--supernet-epochs", 1, "--epochs-per-trial", 3)) == 0
+    rows = [json.loads(line) for line in (out / "bookkeeping.jsonl").read_text().splitlines()]
+    spent, one = sum(r["train_s"] + r["overhead_s"] for r in rows), max(r["train_s"] for r in rows)
+    # the candidates' share and what was in flight (on a fast machine the tiny space runs out of new
+    # candidates first: no lower bound)
+    assert spent <= 0.75 * budget_s + 2 * one + 5
+    front = json.loads((out / "pareto.json").read_text())
+    trained = [r for r in front if r["map"] is not None]
+    alone = json.loads((out / "search.json").read_text())["time_s"]["standalone_s"]
+    assert trained, "the candidates left no time for the front"
+    assert front[-1]["map"] is not None  # the most accurate end first
+    assert len(trained) == 1 or front[0]["map"] is not None  # then the fastest
+    last = max(r["standalone_s"] for r in trained)
+    assert spent + alone - last < budget_s + 2  # every training started within the budget
+    if len(trained) < len(front):
+        assert spent + alone >= budget_s  # stopped because the time ran out, not early
+        assert all(r["proxy_map"] is not None and r["checkpoint"] is None for r in front if r["map"] is None)
+        from hwnas.search.records import pick_from_front
+
+        assert pick_from_front(out, "best").map is not None
+
+
 def test_bn_nas_trains_only_batchnorms_and_scores_paths_by_their_scales(tiny_shapes, tmp_path) -> None:
     from hwnas.search.supernet import bn_indicator
 

@@ -21,6 +21,14 @@ EVALUATORS: dict[str, EvaluatorFactory] = {
     "bn": lambda cfg: SupernetEvaluator(cfg, bn_nas=True),
     "train+bn": AnchoredBnEvaluator,
 }
+# The evaluators that train a supernet per neighbourhood (their settings belong to a study's identity).
+SUPERNET_EVALUATORS = ("supernet", "bn", "train+bn")
+
+
+def scores_proxies(name: str) -> bool:
+    """Whether the evaluator may leave proxy scores on the final front, which the search then trains
+    standalone (every one but ``train``; halving's below its top rung)."""
+    return name != "train"
 
 
 def check_evaluator(name: str) -> None:
@@ -34,5 +42,5 @@ def make_evaluator(cfg: "SearchConfig") -> Evaluator:
     return EVALUATORS[cfg.evaluator](cfg)
 
 
-__all__ = ["EVALUATORS", "Budget", "Evaluation", "Evaluator", "EvaluatorFactory", "Note", "check_evaluator",
-           "failure_reason", "make_evaluator"]
+__all__ = ["EVALUATORS", "SUPERNET_EVALUATORS", "Budget", "Evaluation", "Evaluator", "EvaluatorFactory", "Note", "check_evaluator",
+           "failure_reason", "make_evaluator", "scores_proxies"]
