@@ -221,19 +221,15 @@ def size_keys(truth: dict) -> dict[str, dict[str, float]]:
     """What an evaluator must beat: rankings by size alone (bigger: better), read off the arch.
     The BatchNorm count is what BN-NAS's indicator (a sum over the path's BatchNorms) reads from an
     untrained supernet, where every scale factor is 1."""
-    import torch
-
     from hwnas.models import Detector
-    from hwnas.models.detector import level_free_key
+    from hwnas.search.supernet import norm_layers
 
     out: dict[str, dict[str, float]] = {"table latency": {}, "parameters": {}, "BatchNorm layers": {}}
     for r in truth["rows"]:
-        model = Detector.from_arch(Arch.parse(r["arch"]), 3)
+        arch = Arch.parse(r["arch"])
         out["table latency"][r["arch"]] = r["predicted_latency_ms"]
-        out["parameters"][r["arch"]] = float(sum(p.numel() for p in model.parameters()))
-        # a head's BatchNorm kept per pyramid level counts once, as in bn_indicator
-        out["BatchNorm layers"][r["arch"]] = float(len({level_free_key(f"{n}.weight") for n, m in model.named_modules()
-                                                        if isinstance(m, torch.nn.BatchNorm2d)}))
+        out["parameters"][r["arch"]] = float(sum(p.numel() for p in Detector.from_arch(arch, 3).parameters()))
+        out["BatchNorm layers"][r["arch"]] = float(norm_layers(arch))
     return out
 
 

@@ -409,7 +409,7 @@ def search(
     stage: str = typer.Option("both", help="structural | modular | both | random (the random-search baseline)"),
     trials: Optional[int] = typer.Option(None, help="evaluated candidates (with --stage both: split by --structural-share); default 16, with --budget-min as many as the time allows"),
     budget_min: float = typer.Option(0.0, "--budget-min", help="wall-clock minutes for the whole search: the candidate stages (the structural stage gets --structural-share of them) and, with a proxy evaluator, training the front standalone (--front-share); 0: --trials decides"),
-    front_share: float = typer.Option(0.3, "--front-share", help="with --budget-min and an evaluator other than train: the share of the budget kept for training the final front standalone"),
+    front_share: float = typer.Option(0.3, "--front-share", help="with --budget-min and an evaluator other than train: the most of the budget kept for training the final front standalone (less when the front is small)"),
     structural_share: float = typer.Option(0.5, "--structural-share", help="share of --trials for the structural stage"),
     population: int = typer.Option(0, help="NSGA-II population per generation (0: max(4, trials/4))"),
     epochs_per_trial: int = typer.Option(3, "--epochs-per-trial", help="training epochs of every candidate"),
@@ -430,7 +430,8 @@ def search(
                                   "--epochs-per-trial; halving = successive halving (ASHA) over epochs up to "
                                   "--epochs-per-trial; supernet = inherited weights of a weight-sharing supernet per "
                                   "structure; bn = BN-NAS scale factors; train+bn = each structure's first candidate trained, "
-                                  "the rest of it ranked by BN-NAS against that one; with a proxy the final front is "
+                                  "the rest of it ranked by BN-NAS against that one; train+depth = the same, ranked by "
+                                  "their normalisation layers (no supernet); with a proxy the final front is "
                                   "then trained standalone"),
     eta: int = typer.Option(3, "--eta", help="--evaluator halving: the best 1/ETA of a rung go on to ETA times the epochs"),
     supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet, bn, train+bn: epochs each supernet trains"),

@@ -76,7 +76,7 @@ class SearchConfig:
     recipe: str = ""  # a preset whose training recipe (hwnas.train.recipes.RECIPES) the candidates train with
     evaluator: str = "train"  # how a candidate's accuracy is scored: a name in hwnas.search.evaluators.EVALUATORS
     budget_s: float = 0.0  # wall-clock budget of the whole search (0: none; then --trials alone decides)
-    front_share: float = 0.3  # of budget_s, kept for training a proxy evaluator's front standalone
+    front_share: float = 0.3  # of budget_s, the most kept for training a proxy evaluator's front standalone
     eta: int = 3  # evaluator halving: the best 1/eta of a rung go on, each rung eta times the epochs of the last
     supernet_epochs: int = 12  # evaluator supernet: epochs each neighbourhood's supernet trains
     supernet_strategy: str = "uniform"  # evaluator supernet: paths per step (hwnas.search.supernet.STRATEGIES)
@@ -360,19 +360,38 @@ class Search:
 
         return sum(r["train_s"] + r["overhead_s"] for r in bookkeeping_rows(Path(self.cfg.out)))
 
-    def candidate_budget_s(self) -> float:
-        """What the candidate stages may spend of ``budget_s``: all of it with ``train``; with a
-        proxy evaluator all but ``front_share``, which trains the front standalone afterwards."""
-        return self.cfg.budget_s * (1 - (self.cfg.front_share if scores_proxies(self.cfg.evaluator) else 0.0))
+    def front_cap_s(self) -> float:
+        """The most the front's standalone training may keep from the candidate stages: none with
+        ``train`` (its front is trained already), else ``front_share`` of the budget."""
+        return self.cfg.front_share * self.cfg.budget_s if scores_proxies(self.cfg.evaluator) else 0.0
+
+    def front_reserve_s(self) -> float:
+        """What training the front standalone will take, by now: the proxy-scored members on it times
+        what one training cost in this search (its trained candidates', anchors for ``train+bn``),
+        at most :meth:`front_cap_s`, which is also the reserve while nothing was trained. A small
+        front leaves the candidates the time a fixed share would have left unused."""
+        from hwnas.search.report import final_front, searched
+
+        cap = self.front_cap_s()
+        if not cap:
+            return 0.0
+        recs = self.records()
+        costs = [r.cost_s for r in searched(recs) if not r.is_proxy and r.cost_s]
+        if not costs:
+            return cap
+        todo = sum(r.is_proxy and r.map is None for r in final_front(recs))
+        return min(cap, todo * sum(costs) / len(costs))
 
     def _out_of_time(self, stage: str) -> bool:
-        """With ``budget_s``: the structural stage may spend ``structural_share`` of the candidate
-        stages' budget, the modular stage the rest (a stage run alone, all of it). Checked before each
+        """With ``budget_s``: the structural stage (of ``both``) may spend ``structural_share`` of
+        what the front's cap leaves; a later stage, or one run alone, goes on while the time spent
+        and the front's reserve (:meth:`front_reserve_s`) fit the budget. Checked before each
         candidate: one that starts in time finishes, so a stage overruns by at most one evaluation."""
         if not self.cfg.budget_s:
             return False
-        share = self.cfg.structural_share if stage == "structural" and self.cfg.stage == "both" else 1.0
-        return self.spent_s() >= share * self.candidate_budget_s()
+        if stage == "structural" and self.cfg.stage == "both":
+            return self.spent_s() >= self.cfg.structural_share * (self.cfg.budget_s - self.front_cap_s())
+        return self.spent_s() + self.front_reserve_s() >= self.cfg.budget_s
 
     def _one(self, stage: str, study, n: int, propose) -> bool:
         """Propose until one candidate is trainable, then train and tell it. False: nothing trainable."""

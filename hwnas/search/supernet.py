@@ -524,6 +524,17 @@ def bn_indicator(net: Supernet, arch: Arch) -> float:
     return float(sum(t.detach().abs().mean() for name, t in tensors.items() if level_free_key(name) in net.bn_keys))
 
 
+def norm_layers(arch: Arch) -> int:
+    """The normalisation layers (BatchNorm or GroupNorm) of ``arch``'s detector, a head's layer kept
+    per pyramid level counted once: what :func:`bn_indicator` reads from an untrained supernet, where
+    every scale factor is 1. Near enough the path's depth in convolutions."""
+    from hwnas.models import Detector
+    from hwnas.models.detector import level_free_key
+
+    return len({level_free_key(f"{name}.weight") for name, m in Detector.from_arch(arch, 1).named_modules()
+                if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.GroupNorm))})
+
+
 def score_path(net: Supernet, arch: Arch, calib: list[torch.Tensor], val_set, device: str) -> dict:
     """mAP on ``val_set`` of ``arch`` with inherited weights and recalibrated BatchNorm."""
     from hwnas.evaluate.coco import evaluate

@@ -21,6 +21,7 @@ from hwnas.search.supernet import (
     Supernet,
     SupernetConfig,
     bn_indicator,
+    norm_layers,
     paths_of_step,
     train_supernet,
 )
@@ -260,6 +261,20 @@ def test_budget_min_covers_the_front_trained_standalone(setup) -> None:
         assert pick_from_front(out, "best").map is not None
 
 
+@pytest.mark.parametrize("arch", ["i128/basic_c32_11-121-121-12/fpn_p3-5_c64/retina_d3_c64/bn",
+                                  "i128/mbconv_c16_1-2-21-2/none/fcos_d1_c32/bn",
+                                  "i128/shuffle_c24_1-12-2-21/pafpn_p4-6_c48/rcnn_d2_c128_n64/bn"])
+def test_norm_layers_is_the_bn_nas_indicator_of_an_untrained_supernet(arch) -> None:
+    """``train+depth``'s indicator: counted on the detector, it equals BN-NAS's sum over the path's
+    BatchNorms in a supernet whose scales are all still 1, for every path of the neighbourhood."""
+    hood = Neighbourhood.of(SPACES["small"], Arch.parse(arch), "structure")
+    net = Supernet(hood, 3)
+    paths = [Arch.parse(arch), hood.largest(), hood.smallest(), *(hood.sample(s) for s in range(3))]
+    counts = [norm_layers(a) for a in paths]
+    assert counts == [pytest.approx(bn_indicator(net, a), rel=1e-6) for a in paths]
+    assert norm_layers(hood.largest()) > norm_layers(hood.smallest())  # deeper paths, more layers
+
+
 def test_bn_nas_trains_only_batchnorms_and_scores_paths_by_their_scales(tiny_shapes, tmp_path) -> None:
     from hwnas.search.supernet import bn_indicator
 
@@ -334,16 +349,18 @@ def test_two_gloo_processes_follow_the_loss_curve_of_one_with_the_same_global_ba
 
 
 @pytest.mark.slow
-def test_train_plus_bn_trains_one_anchor_per_structure_and_scales_the_rest_by_bn_nas(setup) -> None:
-    """``train+bn``: the first candidate of each structure is trained (a real mAP, not a proxy);
-    every later one of the structure is a proxy that keeps BN-NAS's order inside the structure
-    and sits on the mAP scale of that structure's anchor; the front is trained standalone."""
-    out = setup["dir"] / "train+bn"
-    assert main(_args(setup, out, "--trials", 8, "--population", 2, "--evaluator", "train+bn",
+@pytest.mark.parametrize("evaluator", ["train+bn", "train+depth"])
+def test_anchored_evaluators_train_one_anchor_per_structure_and_scale_the_rest(setup, evaluator) -> None:
+    """``train+bn`` and ``train+depth``: the first candidate of each structure is trained (a real
+    mAP, not a proxy); every later one of the structure is a proxy that keeps the indicator's order
+    inside the structure (BN-NAS's, or the count of normalisation layers) and sits on the mAP scale
+    of that structure's anchor; the front is trained standalone."""
+    out = setup["dir"] / evaluator
+    assert main(_args(setup, out, "--trials", 8, "--population", 2, "--evaluator", evaluator,
                       "--supernet-epochs", 1)) == 0
     s = json.loads((out / "search.json").read_text())
     scored = [t for t in s["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
-    assert len(scored) == 8 and all(t["evaluator"] == "train+bn" for t in scored)
+    assert len(scored) == 8 and all(t["evaluator"] == evaluator for t in scored)
     space = SPACES["tiny"].with_resolutions((64,))
     key = {t["arch"]: Neighbourhood.of(space, Arch.parse(t["arch"]), "structure").key for t in scored}
     anchors = {p.parent.name: json.loads(p.read_text()) for p in (out / "anchors").glob("*/anchor.json")}
@@ -354,7 +371,7 @@ def test_train_plus_bn_trains_one_anchor_per_structure_and_scales_the_rest_by_bn
             assert t["proxy_map"] is None and t["map"] == pytest.approx(anchor["map"])
         else:
             assert t["proxy_map"] is not None
-    # the proxies of a structure keep the order of their BN indicators, scaled to the anchor's mAP
+    # the proxies of a structure keep the order of their indicators, scaled to the anchor's mAP
     by_key: dict = {}
     for t in scored:
         if t["arch"] != anchors[key[t["arch"]]]["arch"]:
@@ -364,10 +381,17 @@ def test_train_plus_bn_trains_one_anchor_per_structure_and_scales_the_rest_by_bn
                                      supernet_epochs=1, epochs=1, batch_size=8))
     for k, trials in by_key.items():
         anchor = Arch.parse(anchors[k]["arch"])
-        net = ev.bn.supernet(anchor)  # read back from RUN/bn-supernets/<key>/, not retrained
+        if evaluator == "train+bn":
+            net = ev.bn.supernet(anchor)  # read back from RUN/bn-supernets/<key>/, not retrained
+            indicator = lambda a: bn_indicator(net, a)  # noqa: E731
+        else:
+            indicator = norm_layers
         for t in trials:
-            ratio = bn_indicator(net, Arch.parse(t["arch"])) / bn_indicator(net, anchor)
+            ratio = indicator(Arch.parse(t["arch"])) / indicator(anchor)
             assert t["proxy_map"] == pytest.approx(anchors[k]["map"] * ratio, rel=1e-6)
-    assert {p.name for p in (out / "bn-supernets").iterdir()} == set(by_key)
+    if evaluator == "train+bn":
+        assert {p.name for p in (out / "bn-supernets").iterdir()} == set(by_key)
+    else:
+        assert not (out / "bn-supernets").exists()  # no supernet at all
     front = json.loads((out / "pareto.json").read_text())
     assert front and all(r["map"] is not None for r in front)

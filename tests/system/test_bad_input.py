@@ -395,7 +395,7 @@ BAD: dict[str, tuple[list[str], str, str]] = {
                           "--stage", "sideways", "--out", "{o}/run"], "--stage 'sideways'", "valid stages are"),
     "args: --evaluator bogus": (["search", "--data", "{w}/data", "--table", "{w}/tables/t3.json", "--space", "tiny",
                                  "--evaluator", "bogus", "--out", "{o}/run"], "--evaluator 'bogus'",
-                                "valid evaluators are train, halving, supernet, bn, train+bn"),
+                                "valid evaluators are train, halving, supernet, bn, train+bn, train+depth"),
     "args: --supernet-strategy zigzag": (["search", "--data", "{w}/data", "--table", "{w}/tables/t3.json", "--space",
                                           "tiny", "--evaluator", "supernet", "--supernet-strategy", "zigzag", "--out",
                                           "{o}/run"], "--supernet-strategy 'zigzag'", "uniform, sandwich"),

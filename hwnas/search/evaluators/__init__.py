@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hwnas.errors import HwnasError
-from hwnas.search.evaluators.anchored import AnchoredBnEvaluator
+from hwnas.search.evaluators.anchored import AnchoredEvaluator
 from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
 from hwnas.search.evaluators.halving import HalvingEvaluator
 from hwnas.search.evaluators.supernet import SupernetEvaluator
@@ -19,7 +19,8 @@ EVALUATORS: dict[str, EvaluatorFactory] = {
     "halving": HalvingEvaluator,
     "supernet": SupernetEvaluator,
     "bn": lambda cfg: SupernetEvaluator(cfg, bn_nas=True),
-    "train+bn": AnchoredBnEvaluator,
+    "train+bn": AnchoredEvaluator,
+    "train+depth": lambda cfg: AnchoredEvaluator(cfg, "depth"),
 }
 # The evaluators that train a supernet per neighbourhood (their settings belong to a study's identity).
 SUPERNET_EVALUATORS = ("supernet", "bn", "train+bn")

@@ -1,7 +1,8 @@
-"""``train+bn``: each structure's first candidate trained, the rest of the structure ranked by BN-NAS.
+"""``train+bn``, ``train+depth``: each structure's first candidate trained, the rest of it ranked against it.
 
-Why the two together (benchmarks/results/rank_fidelity_hood.md): within one structure (resolution,
-block family, neck and levels, head kind, norm) the BN-NAS indicator ranks 12 detectors against
+``train+bn`` ranks the rest by BN-NAS. Why training and an indicator together
+(benchmarks/results/rank_fidelity_hood.md): within one structure (resolution, block family, neck
+and levels, head kind, norm) the BN-NAS indicator ranks 12 detectors against
 their 12-epoch mAP (two seeds) with Kendall tau 0.76, where 3 epochs of training rank them
 backwards (-0.27); the order comes from the number of BatchNorms the path sums over (counted on an
 untrained supernet, tau 0.80), not from the trained scales (docs/search.md);
@@ -17,6 +18,12 @@ keeps BN-NAS's order inside the structure and the anchor's level between structu
 neighbourhood above it predicts a detector's mAP from any one anchor with a mean absolute error of
 0.013, against 0.032 for taking the anchor's mAP for every detector. The estimate is a proxy
 (``is_proxy``): the search trains its final front standalone, as for ``supernet`` and ``bn``.
+
+``train+depth``: the same anchoring with the indicator BN-NAS reads from an *untrained* supernet,
+the number of normalisation layers in the detector (:func:`hwnas.search.supernet.norm_layers`; every
+scale factor is 1 there). On the neighbourhood above that count ranks the 12 detectors with tau
+0.80, above the trained indicator's 0.76, and it costs no supernet: the time goes to anchors, that
+is to structures trained for real.
 
 Anchors are kept in ``RUN/anchors/<key>/anchor.json``; the first worker to reach a structure trains its
 anchor under that structure's lock, and a second worker waits for it. An anchor whose training
@@ -40,9 +47,17 @@ if TYPE_CHECKING:
     from hwnas.spec.arch import Arch
 
 
-class AnchoredBnEvaluator:
-    def __init__(self, cfg: "SearchConfig") -> None:
-        self.cfg = cfg
+INDICATORS = ("bn", "depth")
+
+
+class AnchoredEvaluator:
+    """``indicator``: ``bn`` (BN-NAS on the structure's BN-only supernet) or ``depth`` (its
+    normalisation layers, no supernet)."""
+
+    def __init__(self, cfg: "SearchConfig", indicator: str = "bn") -> None:
+        if indicator not in INDICATORS:
+            raise ValueError(f"indicator {indicator!r}: one of {', '.join(INDICATORS)}")
+        self.cfg, self.kind = cfg, indicator
         self.train = TrainEvaluator(cfg)
         # Anchoring is per structure, so the BN supernets span one structure whatever --supernet-span says.
         self.bn = SupernetEvaluator(replace(cfg, supernet_span="structure"), bn_nas=True)
@@ -52,8 +67,13 @@ class AnchoredBnEvaluator:
         """``anchor.json`` and the lock that makes one worker train it."""
         return Path(self.cfg.out) / "anchors" / key
 
+    def indicator(self, arch: "Arch", note: Note | None) -> float:
+        from hwnas.search.supernet import bn_indicator, norm_layers
+
+        return float(norm_layers(arch)) if self.kind == "depth" else bn_indicator(self.bn.supernet(arch, note), arch)
+
     def __call__(self, arch: "Arch", budget: Budget, folder: Path, note: Note | None = None) -> Evaluation:
-        from hwnas.search.supernet import Neighbourhood, bn_indicator, locked
+        from hwnas.search.supernet import Neighbourhood, locked
         from hwnas.spec.arch import Arch
 
         done = folder / "anchored_score.json"
@@ -71,10 +91,9 @@ class AnchoredBnEvaluator:
         anchor = json.loads(path.read_text())
         t0 = time.perf_counter()
         try:
-            net = self.bn.supernet(arch, note)
             if key not in self.anchor_indicator:
-                self.anchor_indicator[key] = bn_indicator(net, Arch.parse(anchor["arch"]))
-            ratio = bn_indicator(net, arch) / self.anchor_indicator[key]
+                self.anchor_indicator[key] = self.indicator(Arch.parse(anchor["arch"]), note)
+            ratio = self.indicator(arch, note) / self.anchor_indicator[key]
         except BaseException as e:
             reason = failure_reason(e)
             if reason is None:
