@@ -101,28 +101,41 @@ def main() -> None:
                          "time_s": s["time_s"], "wall_s": wall["wall_s"],
                          # None: run before --budget-min bounded the front's standalone training
                          "front_share": wall.get("front_share")})
+    report(a, rows, ref, methods, {})
     if a.judge_epochs:  # after every search: judging is epoch-based, the machine's load does not matter
         ledger = a.results.with_suffix(".judged.json")
         judged = recorded_runs(ledger, a.judge_epochs)
-        todo = list(dict.fromkeys(arch for r in rows for arch in r["front_archs"]))
+        todo = list(dict.fromkeys(arch for r in rows for arch in r["front_archs"]))  # seed by seed, as the rows
         for i, arch in enumerate(todo):
-            train_recorded(arch, a.judge_seed, a.judge_epochs, Path(a.data), a.judge_work, ledger, judged,
-                           f"judging [{i + 1}/{len(todo)}]")
-        for r in rows:
-            maps = [judged[arch, str(a.judge_seed)]["map"] for arch in r["front_archs"]]
-            r["hv_judged"] = hypervolume(list(zip(maps, r["front_ms"])), 0.0, ref)
-            r["best_map_judged"] = max(maps)
-    base, keys = methods[0], ["hv", "hv_judged"] if a.judge_epochs else ["hv"]
+            if (arch, str(a.judge_seed)) not in judged:
+                train_recorded(arch, a.judge_seed, a.judge_epochs, Path(a.data), a.judge_work, ledger, judged,
+                               f"judging [{i + 1}/{len(todo)}]")
+                report(a, rows, ref, methods, judged)  # a row's judged HV as soon as its front is judged
+        report(a, rows, ref, methods, judged)
+
+
+def report(a, rows: list[dict], ref: float, methods: list[str], judged: dict) -> None:
+    """The results files: each row's hypervolume and its ratio to the first method's of the same
+    seed; with judging, the same for the judged mAPs of every row whose front is judged so far."""
+    keys = ["hv", "hv_judged"] if a.judge_epochs else ["hv"]
+    for r in rows:
+        maps = [judged.get((arch, str(a.judge_seed)), {}).get("map") for arch in r["front_archs"]]
+        done = a.judge_epochs and None not in maps
+        r["hv_judged"] = hypervolume(list(zip(maps, r["front_ms"])), 0.0, ref) if done else None
+        r["best_map_judged"] = max(maps) if done else None
+    base = methods[0]
     for r in rows:
         b = next(x for x in rows if x["seed"] == r["seed"] and x["method"] == base)
         for k in keys:
-            r[f"{k}_ratio"] = r[k] / b[k] if b[k] else float("inf")
-    summary = {k: {m: statistics.geometric_mean([r[f"{k}_ratio"] for r in rows if r["method"] == m]) for m in methods}
-               for k in keys}
+            r[f"{k}_ratio"] = r[k] / b[k] if r[k] is not None and b[k] else None
+    summary = {k: {m: statistics.geometric_mean(v) if (v := [r[f"{k}_ratio"] for r in rows if r["method"] == m
+                                                              and r[f"{k}_ratio"] is not None]) else None
+                   for m in methods} for k in keys}
     result = {"reference": {"map": 0.0, "latency_ms": ref, "quantile": a.ref_quantile}, "rows": rows,
               "geometric_mean_hv_ratio": summary, "args": {k: str(v) for k, v in vars(a).items()}}
+    n_judged = sum(r["hv_judged"] is not None for r in rows)
     judge = (f" HV judged: the same front members trained {a.judge_epochs} epochs (seed {a.judge_seed}) as the truth "
-             "set's detectors are." if a.judge_epochs else "")
+             f"set's detectors are ({n_judged} of {len(rows)} searches judged so far)." if a.judge_epochs else "")
     lines = [f"Searches of `{a.space}` at {a.resolutions} px, `--budget-min {a.budget_min:g}` each, "
              f"{a.epochs} epochs a trained candidate, on `{a.data}`; hypervolume of the final front with "
              f"standalone-trained mAP against mAP 0 and {ref:.2f} ms (the {a.ref_quantile:.0%} quantile of predicted "
@@ -130,16 +143,19 @@ def main() -> None:
              "| seed | method | HV | ratio | best mAP | " + ("HV judged | ratio | best judged | " if a.judge_epochs else "")
              + "front (trained) | scored | trained standalone | wall (min) |",
              "|---|---|---|---|---|" + ("---|---|---|" if a.judge_epochs else "") + "---|---|---|---|"]
+
+    def num(x, fmt: str = ".4f") -> str:
+        return "-" if x is None else format(x, fmt)
+
     for r in rows:
-        judged_cells = (f"{r['hv_judged']:.4f} | {r['hv_judged_ratio']:.2f} | {r['best_map_judged']:.4f} | "
+        judged_cells = (f"{num(r['hv_judged'])} | {num(r['hv_judged_ratio'], '.2f')} | {num(r['best_map_judged'])} | "
                         if a.judge_epochs else "")
         lines.append(f"| {r['seed']} | `{r['method']}`{'' if r['front_share'] is not None else ' (front unbounded)'} | "
-                     f"{r['hv']:.4f} | {r['hv_ratio']:.2f} | {r['best_map']:.4f} | {judged_cells}"
+                     f"{r['hv']:.4f} | {num(r['hv_ratio'], '.2f')} | {r['best_map']:.4f} | {judged_cells}"
                      f"{r['front']} | {r['scored']} | {r['trained_standalone']} | {r['wall_s'] / 60:.1f} |")
     lines += [""] + [f"Geometric mean of the {k.replace('_', ' ')} ratio: "
-                     + ", ".join(f"`{m}` {v:.2f}" for m, v in summary[k].items()) + "." for k in keys]
+                     + ", ".join(f"`{m}` {num(v, '.2f')}" for m, v in summary[k].items()) + "." for k in keys]
     write_results(a.results, result, "\n".join(lines) + "\n")
-
 
 if __name__ == "__main__":
     main()
