@@ -7,10 +7,12 @@ each final front is computed from ``pareto.json``'s ``map``, the mAP of the dete
 standalone for ``--epochs`` epochs (for a proxy evaluator the search trains its front so; for
 ``train`` the candidates were trained so already), never from a proxy; the reference point is
 fixed before any run from the space alone (as in search_vs_random.py). ``--budget-min`` bounds the
-whole search: a proxy evaluator's candidates get 1 - ``--front-share`` of it and its front's
-standalone training the rest, so every method gets the same wall clock (each overruns by at most
-the evaluation in flight); the report gives each search's wall time. Results written before the
-budget covered the front (``front_share`` absent from a row) are kept and marked.
+whole search, a proxy evaluator's standalone front training included (``--front-share`` caps the
+reserve kept for it; docs/search.md), so every method gets the same wall clock (each overruns by at
+most the evaluation in flight); the report gives each search's wall time. Results written before
+the budget covered the front (``front_share`` absent from a row) are kept and marked. With
+``--judge-epochs`` every front member with a standalone mAP is then trained as the truth set's
+detectors are (``truth_set.train_recorded``, ledger RESULTS.judged.json) and judged by that mAP.
 
 Searches run one after another with 2 torch threads each: a wall-clock budget is only fair on an
 otherwise idle machine. A finished search folder is read, not rerun, and a seed whose folder is gone

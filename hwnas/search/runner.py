@@ -676,10 +676,12 @@ class Search:
         self.say(f"training the {len(todo)} proxy-scored front member(s) standalone ({self.cfg.epochs} epoch(s) each)")
         trainer = TrainEvaluator(self.cfg)
         store = self._measure_store()
+        # the candidates' time does not move while the front trains: read it (and what a killed run
+        # trained already) once, then add each training's cost
+        used = self.spent_s() + sum(e["cost_s"] for e in store.user_attrs.get("standalone", {}).values())
         for i, r in enumerate(todo):
             if self.cfg.budget_s:  # one that starts in time finishes, as with the candidates
-                alone_s = sum(e["cost_s"] for e in store.user_attrs.get("standalone", {}).values())
-                if self.spent_s() + alone_s >= self.cfg.budget_s:
+                if used >= self.cfg.budget_s:
                     self.outcome.notes.append(
                         f"front: --budget-min ran out with {len(todo) - i} of its {len(front)} member(s) not trained "
                         "standalone; they keep only their proxy score (no mAP in pareto.json)")
@@ -691,6 +693,7 @@ class Search:
                     self._show(f"{label} {item}")
 
             ev = trainer(r.arch, self.cfg.budget(), Path(self.cfg.out) / "trials" / slug(str(r.arch)), note)
+            used += ev.cost_s
             store.set_user_attr("standalone", {**store.user_attrs.get("standalone", {}), str(r.arch): ev.to_dict()})
             if ev.failure:
                 self.say(f"standalone training of {r.trial} failed: {ev.failure}")

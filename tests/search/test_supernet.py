@@ -377,8 +377,9 @@ def test_anchored_evaluators_train_one_anchor_per_structure_and_scale_the_rest(s
         if t["arch"] != anchors[key[t["arch"]]]["arch"]:
             by_key.setdefault(key[t["arch"]], []).append(t)
     assert by_key, "the modular stage moved inside some structure"
-    ev = make_evaluator(SearchConfig(setup["data"], setup["table"], out, space="tiny", evaluator="train+bn",
-                                     supernet_epochs=1, epochs=1, batch_size=8))
+    if evaluator == "train+bn":
+        ev = make_evaluator(SearchConfig(setup["data"], setup["table"], out, space="tiny", evaluator=evaluator,
+                                         supernet_epochs=1, epochs=1, batch_size=8))
     for k, trials in by_key.items():
         anchor = Arch.parse(anchors[k]["arch"])
         if evaluator == "train+bn":

@@ -22,8 +22,9 @@ neighbourhood above it predicts a detector's mAP from any one anchor with a mean
 ``train+depth``: the same anchoring with the indicator BN-NAS reads from an *untrained* supernet,
 the number of normalisation layers in the detector (:func:`hwnas.search.supernet.norm_layers`; every
 scale factor is 1 there). On the neighbourhood above that count ranks the 12 detectors with tau
-0.80, above the trained indicator's 0.76, and it costs no supernet: the time goes to anchors, that
-is to structures trained for real.
+0.80, above the trained indicator's 0.76, and it costs no supernet. Measured in a search
+(docs/benchmarks.md section 9) the time saved did not go to more structures: the modular stage
+scored the few anchored structures' moves until none was new.
 
 Anchors are kept in ``RUN/anchors/<key>/anchor.json``; the first worker to reach a structure trains its
 anchor under that structure's lock, and a second worker waits for it. An anchor whose training
