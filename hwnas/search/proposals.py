@@ -214,7 +214,8 @@ class Child:
 
 def ranked_children(space: SearchSpace, pool: Sequence[Parent], population: int, known: Sequence[Point],
                     ref_latency_ms: float, predict: Callable[[Arch], float], rng: random.Random, draws: int = 32,
-                    latency_max_ms: float | None = None, crossover_share: float = 0.25) -> list[Child]:
+                    latency_max_ms: float | None = None, crossover_share: float = 0.25,
+                    taken: frozenset[str] = frozenset()) -> list[Child]:
     """``draws`` children, best first by the hypervolume each would add to the front of ``known``.
 
     A child is one SM-NAS move of a tournament parent or, for ``crossover_share`` of the draws, a
@@ -222,12 +223,13 @@ def ranked_children(space: SearchSpace, pool: Sequence[Parent], population: int,
     is predicted exactly; its mAP is estimated from its parents' through ``AccuracyModel`` fitted
     to the pool. Children with no estimated gain keep their random draw order behind the rest, so
     without any signal this is the plain tournament and mutation of NSGA-II. Children over
-    ``latency_max_ms`` are left out.
+    ``latency_max_ms`` are left out, and so are those in ``taken`` (already scored or claimed):
+    a move that repeats one would cost a draw of the stage's ``max_draws`` and bring nothing.
     """
     archs = {p.arch: Arch.parse(p.arch) for p in pool}
     model = AccuracyModel(space, [(archs[p.arch], p.map, p.latency_ms) for p in pool])
     front = [known[i] for i in pareto_indices(known)]
-    seen: set[str] = set(archs)
+    seen: set[str] = set(archs) | taken
     out = []
     for _ in range(draws):
         parents = (choose_parent(pool, population, rng),)

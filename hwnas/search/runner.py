@@ -304,13 +304,12 @@ class Search:
                 self._structural_records_or_fail()
             if self.baselines:
                 self._run_baselines()
+            ended = ""
             for stage, n in budgets.items():
-                self._run_stage(stage, n)
-                if self._failures_in_a_row >= self.cfg.max_failures:
-                    self.outcome.report = self.write_report()
-                    raise HwnasError(f"{self._failures_in_a_row} candidates in a row failed, the last with: "
-                                     f"{self._last_reason}; the search stopped (failures are listed in "
-                                     f"{self.outcome.report}); fix the cause and rerun the same command to go on")
+                ended = self._run_stage(stage, n)
+                self._stop_on_failures()
+            if self.cfg.stage == "both" and self.cfg.budget_s and ended == "moves":
+                self._new_structures_while_time(budgets)
             if self._reporter():
                 self._train_front()
                 self._measure_front()
@@ -319,13 +318,50 @@ class Search:
         finally:
             self.coord.leave()
 
+    def _stop_on_failures(self) -> None:
+        if self._failures_in_a_row >= self.cfg.max_failures:
+            self.outcome.report = self.write_report()
+            raise HwnasError(f"{self._failures_in_a_row} candidates in a row failed, the last with: "
+                             f"{self._last_reason}; the search stopped (failures are listed in "
+                             f"{self.outcome.report}); fix the cause and rerun the same command to go on")
+
+    def _new_structures_while_time(self, budgets: dict[str, int]) -> None:
+        """Under ``--budget-min``, a modular stage that ran out of new moves would leave the rest of
+        the time unused: a small space does, and so does a proxy evaluator that scores in seconds
+        (train+depth's modular stage ended with a sixth of a 10-minute budget left, docs/benchmarks.md
+        section 4). The search goes back to the structural stage for one population of new
+        structures (its NSGA-II sampler, past its share of the time), refines them in the modular
+        stage, and repeats until the time is spent or a round finds no new candidate."""
+        rounds, added = 0, 0
+        pop = self.cfg.population_for(budgets["structural"])
+        claimed = lambda stage: len(self.coord.claimed(f"{self.cfg.study}/{stage}"))  # noqa: E731
+        ended = "moves"
+        while ended == "moves" and not self._out_of_time("modular"):
+            before = claimed("structural") + claimed("modular")
+            s0 = claimed("structural")
+            self._run_stage("structural", budgets["structural"], until=s0 + pop)
+            self._stop_on_failures()
+            added += claimed("structural") - s0
+            ended = self._run_stage("modular", budgets["modular"], quiet=True)
+            self._stop_on_failures()
+            rounds += 1
+            if claimed("structural") + claimed("modular") == before:
+                break
+        dry = "; the last round found no new candidate" if ended == "moves" and not self._out_of_time("modular") else ""
+        self.outcome.notes.append(f"modular: ran out of new moves with time left; the search went back to new "
+                                  f"structures {rounds} time(s) and scored {added} more structural candidate(s){dry}")
+
     def _reporter(self) -> bool:
         """The lowest live slot re-measures the front: one measurement at a time on a machine."""
         live = self.coord.live_slots()
         return not live or self.slot <= min(live)
 
     # ------------------------------------------------------------------ stages
-    def _run_stage(self, stage: str, n: int) -> None:
+    def _run_stage(self, stage: str, n: int, until: int = 0, quiet: bool = False) -> str:
+        """Propose, evaluate and tell candidates of ``stage`` until its ``n`` trials are claimed,
+        or ``until`` of them (a structural stage reopened for one more population, which may then
+        run past its share of the time), or the budget is spent, or ``max_draws`` proposals in a row
+        bring nothing new. Returns why it ended: ``trials``, ``time``, ``moves`` or ``failures``."""
         study = self._study(stage, n)
         if stage == "structural" and self.coord.claim("init:structural", study.study_name + "#init", -1):
             # One worker, once: the first candidates cover every block family and head type (every
@@ -334,24 +370,31 @@ class Search:
                 study.enqueue_trial(params, skip_if_exists=True)
         propose = {"structural": self._propose_structural, "modular": self._propose_modular,
                    "random": self._propose_random}[stage]
+        ended = "trials"
         while True:
             self._resume_stale(stage, study)
             if self._failures_in_a_row >= self.cfg.max_failures:
+                ended = "failures"
                 break
-            if self._out_of_time(stage):
-                self.outcome.notes.append(f"{stage}: its share of --budget-min was spent after "
-                                          f"{len(self.coord.claimed(study.study_name))} candidate(s)")
+            if self._out_of_time("modular" if until else stage):
+                if not quiet and not until:
+                    self.outcome.notes.append(f"{stage}: its share of --budget-min was spent after "
+                                              f"{len(self.coord.claimed(study.study_name))} candidate(s)")
+                ended = "time"
                 break
             if self._promote(study):  # due promotions first, also once the stage's candidates are all scored
                 continue
-            if len(self.coord.claimed(study.study_name)) >= n:
+            if len(self.coord.claimed(study.study_name)) >= (until or n):
                 break
             if not self._one(stage, study, n, propose):
-                self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or over "
-                                          f"the latency budget; the stage ended with "
-                                          f"{len(self.coord.claimed(study.study_name))} of {n} trials")
+                if not quiet and not until:
+                    self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or "
+                                              f"over the latency budget; the stage ended with "
+                                              f"{len(self.coord.claimed(study.study_name))} of {n} trials")
+                ended = "moves"
                 break
         self._wait_for_others(stage, study)
+        return ended
 
     def spent_s(self) -> float:
         """Seconds this search's workers have spent on candidates (evaluations and bookkeeping),
@@ -464,7 +507,8 @@ class Search:
             ref = self.cfg.latency_max_ms or nadir_reference([lat for _, lat in known])
             rng = random.Random(hash((self.worker_seed, generation, claimed)))
             ranked = ranked_children(self.space, pool, pop, known, ref, lambda a: self.table.predict(a).latency_ms,
-                                     rng, latency_max_ms=self.cfg.latency_max_ms)
+                                     rng, latency_max_ms=self.cfg.latency_max_ms,
+                                     taken=frozenset(c.arch for c in self.coord.claimed()))
             self._pool = (claimed, generation, pool, ranked, rng)
         claimed, generation, pool, ranked, rng = self._pool
         if draw < len(ranked):

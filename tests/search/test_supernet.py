@@ -396,3 +396,36 @@ def test_anchored_evaluators_train_one_anchor_per_structure_and_scale_the_rest(s
         assert not (out / "bn-supernets").exists()  # no supernet at all
     front = json.loads((out / "pareto.json").read_text())
     assert front and all(r["map"] is not None for r in front)
+
+
+@pytest.mark.slow
+def test_a_modular_stage_out_of_moves_goes_back_to_new_structures(setup) -> None:
+    """Under --budget-min a modular stage that runs out of new moves does not leave the time unused:
+    the search takes new structures from the structural stage and refines them. Here every
+    structure has one move (a neighbourhood of one child per parent), so the modular stage runs
+    dry within seconds, as a real one does after 200 duplicate draws."""
+    from hwnas.search.records import records_of
+    from hwnas.search.runner import Search, SearchConfig
+
+    class OneMovePerStructure(Search):
+        def _propose_modular(self, study, n, draw):
+            if draw == 0:
+                self._refined = {r.parent for r in records_of([study]) if r.parent}
+            arch, trial, meta = super()._propose_modular(study, n, draw)
+            return (None, None, {}) if meta.get("parent") in self._refined else (arch, trial, meta)
+
+    out, budget_s = setup["dir"] / "out-of-moves", 12.0
+    cfg = SearchConfig(data=setup["data"], table=setup["table"], out=out, space="tiny", epochs=1, batch_size=8,
+                       threads=1, measure=False, trials=100_000, population=2, budget_s=budget_s,
+                       structural_share=0.2, max_draws=50)
+    outcome = OneMovePerStructure(cfg, say=lambda _: None).run()
+    back = [n for n in outcome.notes if "went back to new structures" in n]
+    assert back, outcome.notes
+    rows = [json.loads(line) for line in (out / "bookkeeping.jsonl").read_text().splitlines()]
+    order = [(r["study"].rsplit("/", 1)[1], r["arch"]) for r in rows]  # in the order they were scored
+    first_modular = next(i for i, (stage, _) in enumerate(order) if stage == "modular")
+    late = [arch for stage, arch in order[first_modular:] if stage == "structural"]
+    assert len(late) >= 2  # new structures after refining began, a population at a time
+    # (the modular stage refines those of them that reach its NSGA-II survivors: not every one)
+    spent = sum(r["train_s"] + r["overhead_s"] for r in rows)
+    assert budget_s <= spent <= budget_s + 2 * max(r["train_s"] for r in rows) + 5  # the time was used, and no more
