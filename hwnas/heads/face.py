@@ -193,17 +193,19 @@ class FaceHead(TowerHead):
         p, s, r = anchors.shape[0], f.stc_rows, f.str_rows
         pi, pa, gt, loss_cls = loss.focal(f.cls, targets, m2)
         npos = max(1, len(pa))
-        parts = {"loss_cls": loss_cls,
-                 "loss_box": loss.anchor_box_loss(loss.box_loss, f.box[pi, pa], anchors2[pi, pa], gt).sum() / npos}
+        per_box = loss.anchor_box_loss(loss.box_loss, f.box[pi, pa], anchors2[pi, pa], gt)
+        loss.by_level("loss_box", pa, per_box / npos)
+        parts = {"loss_cls": loss_cls, "loss_box": per_box.sum() / npos}
         if s:
-            parts["loss_cls1"] = loss.focal(f.cls1, targets, [m[:s] for m in m1])[3]
+            parts["loss_cls1"] = loss.focal(f.cls1, targets, [m[:s] for m in m1], name="loss_cls1")[3]
         if r:
             rows = [m[p - r:] for m in m1]
             bi = torch.cat([torch.full_like((m >= 0).nonzero().squeeze(1), i) for i, m in enumerate(rows)])
             ai = torch.cat([(m >= 0).nonzero().squeeze(1) for m in rows])
             gt1 = torch.cat([t["boxes"][m[m >= 0]] for t, m in zip(targets, rows)])
-            parts["loss_box1"] = loss.anchor_box_loss(loss.box_loss, f.box1[bi, ai], anchors[p - r:][ai],
-                                                      gt1).sum() / max(1, len(ai))
+            per_box1 = loss.anchor_box_loss(loss.box_loss, f.box1[bi, ai], anchors[p - r:][ai], gt1)
+            loss.by_level("loss_box1", ai, per_box1 / max(1, len(ai)), offset=p - r)
+            parts["loss_box1"] = per_box1.sum() / max(1, len(ai))
         return parts
 
     def decode(self, outputs, arch, num_classes):

@@ -112,6 +112,9 @@ class FcosHead(TowerHead):
             per_box = iou_loss(decode_fcos(pred, pts, st), gt, loss.box_loss)
         loss_box = (per_box * ctr_t).sum() / ctr_t.sum().clamp(min=1e-6)
         loss_ctr = F.binary_cross_entropy_with_logits(ctr[pi, pp], ctr_t, reduction="sum") / npos
+        if loss.record_levels:
+            loss.by_level("loss_box", pp, per_box * ctr_t / ctr_t.sum().clamp(min=1e-6))
+            loss.by_level("loss_ctr", pp, F.binary_cross_entropy_with_logits(ctr[pi, pp], ctr_t, reduction="none") / npos)
         return {"loss_cls": loss_cls, "loss_box": loss_box, "loss_ctr": loss_ctr}
 
     def decode(self, outputs, arch, num_classes):

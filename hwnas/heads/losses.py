@@ -250,6 +250,12 @@ class DetectionLoss:
                              f"{', '.join(self.components)}")
         self.fcos_ranges = fcos_ranges and tuple(tuple(map(float, r)) for r in fcos_ranges)
         arch.head.check_loss(self)  # now, not mid-training
+        # ``record_levels``: each call also leaves, in ``levels``, every component's share per
+        # pyramid level (``loss_cls/p3``: the sum over that level's rows with the component's own
+        # normaliser, so a component's levels add up to it) and the positives per level
+        # (``positives/p3``); detached, for the training's per-level loss curves.
+        self.record_levels = False
+        self.levels: dict[str, torch.Tensor] = {}
 
     @classmethod
     def for_arch(cls, arch: "Arch", num_classes: int, **kwargs) -> "DetectionLoss":
@@ -262,9 +268,28 @@ class DetectionLoss:
         self.arch.head.check_outputs(self.arch, self.num_classes, outputs)
         b, dev = outputs[0].shape[0], outputs[0].device
         targets = _prepare_targets(targets, b, self.num_classes, dev)
+        self.levels = {}
         parts = self.arch.head.loss(self, outputs, targets)
         parts = {k: v * self.weights.get(k, 1.0) for k, v in parts.items()}
+        for k in list(self.levels):
+            self.levels[k] = self.levels[k] * self.weights.get(k.split("/")[0], 1.0)
         return {"loss": sum(parts.values()), **parts}
+
+    def by_level(self, name: str, rows: torch.Tensor, values: torch.Tensor | None = None, offset: int = 0) -> None:
+        """With ``record_levels``: add ``values`` [N] (one per item, already divided by the
+        component's normaliser; None: count the items) into ``levels[name/p<level>]`` by the pyramid
+        level of each item's row (``rows`` [N] of the flattened outputs, plus ``offset`` for a head
+        that indexes a slice of them)."""
+        if not self.record_levels:
+            return
+        with torch.no_grad():
+            ends = torch.tensor(level_rows(self.arch), device=rows.device).cumsum(0)
+            lv = torch.bucketize(rows + offset, ends, right=True)
+            vals = torch.ones(len(rows), device=rows.device) if values is None else values.detach().float()
+            sums = torch.zeros(len(ends), device=rows.device).index_add_(0, lv, vals)
+            for i, level in enumerate(self.arch.out_levels):
+                key = f"{name}/p{level}"
+                self.levels[key] = self.levels.get(key, 0.0) + sums[i]
 
     def extra_boxes(self, targets: list[dict], device: torch.device | str | None = None) -> torch.Tensor | None:
         """Ground-truth boxes to append to the proposals in training, [B, M, 4], or None.
@@ -294,10 +319,11 @@ class DetectionLoss:
                                     reduction="none").sum(-1)
         return iou_loss(decode_deltas(deltas, anchors, weights), gt, kind)
 
-    def focal(self, cls: torch.Tensor, targets: list[dict], codes: list[torch.Tensor]):
+    def focal(self, cls: torch.Tensor, targets: list[dict], codes: list[torch.Tensor], name: str = "loss_cls"):
         """Dense targets and the sigmoid focal loss of class logits ``cls`` [B, rows, K] given each
         image's match codes (one [rows] tensor per image: box index, NEG or IGNORE). Returns
-        (image index, row index, gt box) of every positive and the loss / the number of positives."""
+        (image index, row index, gt box) of every positive and the loss / the number of positives.
+        ``name``: the component it is, for :meth:`by_level`."""
         cls_t = torch.zeros_like(cls)
         valid = torch.ones(cls.shape[:2], dtype=torch.bool, device=cls.device)
         pos_img, pos_idx, pos_gt = [], [], []
@@ -311,6 +337,12 @@ class DetectionLoss:
         pi, pa, gt = torch.cat(pos_img), torch.cat(pos_idx), torch.cat(pos_gt)
         npos = max(1, len(pa))
         loss = sigmoid_focal_loss(cls[valid], cls_t[valid], self.focal_alpha, self.focal_gamma, "sum") / npos
+        if self.record_levels:
+            with torch.no_grad():
+                per_row = sigmoid_focal_loss(cls.detach(), cls_t, self.focal_alpha, self.focal_gamma, "none").sum(-1)
+                rows = torch.arange(cls.shape[1], device=cls.device).expand_as(valid)[valid]
+                self.by_level(name, rows, per_row[valid] / npos)
+                self.by_level(f"positives_{name}" if name != "loss_cls" else "positives", pa)
         return pi, pa, gt, loss
 
 

@@ -78,8 +78,9 @@ class RetinaHead(TowerHead):
         anchors = retina_anchors(loss.arch, cls.device)
         pi, pa, gt, loss_cls = loss.focal(cls, targets, self.assign(loss, targets, cls.device))
         npos = max(1, len(pa))
-        loss_box = loss.anchor_box_loss(loss.box_loss, box[pi, pa], anchors[pa], gt).sum() / npos
-        return {"loss_cls": loss_cls, "loss_box": loss_box}
+        per_box = loss.anchor_box_loss(loss.box_loss, box[pi, pa], anchors[pa], gt)
+        loss.by_level("loss_box", pa, per_box / npos)
+        return {"loss_cls": loss_cls, "loss_box": per_box.sum() / npos}
 
     def decode(self, outputs, arch, num_classes):
         """Boxes [B, P, 4] (deltas on the anchors), scores sigmoid(cls) [B, P, K]."""

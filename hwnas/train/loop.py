@@ -380,6 +380,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     schedule.replan(done, spent_s)
     done_before = done
     components = tuple(criterion.components)
+    criterion.record_levels = True  # each epoch's record holds every component's share per pyramid level
     scored = model if ema is None else ema.module  # what is evaluated and deployed
 
     def planned(s: _Schedule) -> int | str:
@@ -412,7 +413,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         order = [indices[i] for i in torch.randperm(len(indices), generator=g).tolist()]
         train_set.set_epoch(epoch)
-        losses, parts = [], []
+        losses, parts, levels = [], [], {}
         t_epoch = time.time()
         its = 0
         loader = epoch_batches(samples, order, cfg.batch_size, cfg.workers, pin_memory=device.type == "cuda")
@@ -447,6 +448,8 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
             # detached, averaged once per epoch: no extra device sync per iteration
             parts.append(torch.stack([torch.as_tensor(loss_dict[c], device=device).detach().float().reshape(())
                                       for c in components]))
+            for key, v in criterion.levels.items():
+                levels[key] = levels.get(key, 0.0) + v
             if progress:
                 progress(done - done_before, schedule.total - done_before,
                          f"epoch {epoch + 1}/{planned(schedule)} loss {np.mean(losses[-20:]):.3f}")
@@ -454,7 +457,9 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         rec = {"epoch": epoch, "loss": float(np.mean(losses)),
                **dict(zip(components, torch.stack(parts).mean(0).tolist())),
                "lr": float(opt.param_groups[0]["lr"]), "seconds": seconds,
-               "images_per_s": its * cfg.batch_size / max(1e-9, seconds), "iterations": its}
+               "images_per_s": its * cfg.batch_size / max(1e-9, seconds), "iterations": its,
+               # per pyramid level, the mean per iteration: each component's share and the positives
+               **({"levels": {key: float(v) / its for key, v in sorted(levels.items())}} if levels and its else {})}
         if epoch + 1 == cfg.epochs or schedule.finished(done):  # the final evaluation, here so that this epoch's row and line hold it
             rec["wall_s"] = time.time() - t_epoch  # a budget covers training; the final evaluation comes after it
             final = evaluate(scored, arch, val_set, device=str(device), detections=out / "detections.json")

@@ -248,3 +248,30 @@ def test_a_few_steps_with_atss_lower_the_loss(text):
     assert all(math.isfinite(v) for v in hist)
     assert sum(hist[-3:]) / 3 < 0.5 * hist[0], hist
     assert box[0] > 0.1 and sum(box[-3:]) / 3 < 0.8 * box[0], box  # there are positives, and they fit
+
+
+# ----------------------------------------------------------------------------- per-level loss curves
+@pytest.mark.parametrize("name", ["small-mobilenet-retinanet", "face-64", "fcos-512"])
+def test_loss_by_level_adds_up_and_large_boxes_train_the_upper_levels(name):
+    """``record_levels``: every component's levels add up to it, and a large box's positives sit on
+    higher pyramid levels than a small box's (what per-level curves are read for)."""
+    arch = ARCHS.get(name) or Arch.parse("i512/basic_c16_1-2-2-2/fpn_p3-5_c32/fcos_d1_c32/bn")  # FCOS ranges are absolute px
+    H, W = arch.input_hw
+    loss = DetectionLoss.for_arch(arch, 1)
+    loss.record_levels = True
+    torch.manual_seed(0)
+    outputs = tuple(torch.randn_like(o) * 0.1 for o in zero_outputs(arch, 1))
+    mean_level = {}
+    for size, side in (("small", 0.12), ("large", 0.8)):
+        w, h = W * side, H * side
+        out = loss(outputs, [target([[(W - w) / 2, (H - h) / 2, (W + w) / 2, (H + h) / 2]])])
+        for c in arch.head.loss_components():
+            assert sum(loss.levels[f"{c}/p{lv}"] for lv in arch.out_levels).item() == pytest.approx(out[c].item(),
+                                                                                               rel=1e-5, abs=1e-7)
+        pos = torch.tensor([loss.levels[f"positives/p{lv}"].item() for lv in arch.out_levels])
+        assert pos.sum() > 0
+        mean_level[size] = float((pos * torch.tensor(arch.out_levels, dtype=torch.float)).sum() / pos.sum())
+    assert mean_level["large"] >= mean_level["small"] + 1, mean_level
+    loss.record_levels = False
+    loss(outputs, [target([[0, 0, W / 2, H / 2]])])
+    assert loss.levels == {}  # off: nothing recorded

@@ -169,6 +169,12 @@ def test_train_end_to_end(head, data, tmp_path):
     assert m["images_per_s"] > 0 and m["train_images_per_s"] > 0
     assert m["arch"] == str(arch) and m["class_names"] == SHAPES and m["epochs"] == 3
     assert len(m["history"]) == 3 and np.isfinite(m["final_loss"]) and m["final_loss"] == res.history[-1]["loss"]
+    if arch.head.kind != "rcnn":  # per-level loss curves: each one-stage component split over the out levels
+        for h in m["history"]:
+            lv = h["levels"]
+            for c in (c for c in res.history[0] if c.startswith("loss_")):
+                assert sum(lv[f"{c}/p{level}"] for level in arch.out_levels) == pytest.approx(h[c], rel=1e-4)
+            assert sum(lv[f"positives/p{level}"] for level in arch.out_levels) > 0
     dets = json.loads((out / "detections.json").read_text())
     assert isinstance(dets, list) and len(dets) == m["n_detections"]
     for d in dets:
