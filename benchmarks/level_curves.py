@@ -40,17 +40,31 @@ def table(run: Path, m: dict, hist: list[dict]) -> list[str]:
         for i in picks:
             vals = [hist[i]["levels"].get(f"{c}/{lv}", 0.0) for lv in levels]
             out.append(f"| {hist[i]['epoch'] + 1} | " + " | ".join(f"{v:.4f}" for v in vals) + f" | {sum(vals):.4f} |")
-        kept = [hist[-1]["levels"].get(f"{c}/{lv}", 0.0) / max(1e-12, hist[0]["levels"].get(f"{c}/{lv}", 0.0))
-                for lv in levels]
-        out += ["| last / first | " + " | ".join(f"{k:.2f}" for k in kept) + " | |", ""]
-    pos = [k for k in keys if k.startswith("positives")]
-    if pos:
-        names = sorted({k.split("/")[0] for k in pos})
-        for p in names:
-            vals = [hist[-1]["levels"].get(f"{p}/{lv}", 0.0) for lv in levels]
+        first, last = (sum(hist[i]["levels"].get(f"{c}/{lv}", 0.0) for lv in levels) for i in (0, -1))
+        kept = [(hist[-1]["levels"].get(f"{c}/{lv}", 0.0), hist[0]["levels"].get(f"{c}/{lv}", 0.0)) for lv in levels]
+        # a level that held under 1 % of the component at the start has no meaningful ratio
+        out += ["| last / first | " + " | ".join(f"{a / b:.2f}" if b > 0.01 * first else "-" for a, b in kept)
+                + f" | {last / max(1e-12, first):.2f} |"]
+        if c in ("loss_box", "loss_ctr"):  # their items are the positives: the loss per positive, level by level
+            per = []
+            for i in (0, -1):
+                lv_ = hist[i]["levels"]
+                total = sum(lv_.get(f"positives/{lv}", 0.0) for lv in levels)
+                per.append([lv_.get(f"{c}/{lv}", 0.0) * total / lv_[f"positives/{lv}"]
+                            if lv_.get(f"positives/{lv}", 0.0) >= 0.5 else None for lv in levels])
+            for name, row in zip(("first", "last"), per):
+                out.append(f"| per positive, {name} epoch | " + " | ".join("-" if v is None else f"{v:.3f}" for v in row)
+                           + " | |")
+        out.append("")
+    for p in sorted({k.split("/")[0] for k in keys if k.startswith("positives")}):
+        out += [f"**{p}** per iteration (% of all)", "", "| epoch | " + " | ".join(levels) + " |",
+                "|---" * (len(levels) + 1) + "|"]
+        for i in picks:
+            vals = [hist[i]["levels"].get(f"{p}/{lv}", 0.0) for lv in levels]
             total = max(1e-12, sum(vals))
-            out += [f"**{p}** per iteration, last epoch: " + ", ".join(
-                f"{lv} {v:.1f} ({100 * v / total:.0f} %)" for lv, v in zip(levels, vals)), ""]
+            out.append(f"| {hist[i]['epoch'] + 1} | " + " | ".join(f"{v:.1f} ({100 * v / total:.0f} %)" for v in vals)
+                       + " |")
+        out.append("")
     return out
 
 
