@@ -329,25 +329,22 @@ class Search:
         """Under ``--budget-min``, a modular stage that ran out of new moves would leave the rest of
         the time unused: a small space does, and so does a proxy evaluator that scores in seconds
         (train+depth's modular stage ended with a sixth of a 10-minute budget left, docs/benchmarks.md
-        section 4). The search goes back to the structural stage for one population of new
+        section 9). The search goes back to the structural stage for one population of new
         structures (its NSGA-II sampler, past its share of the time), refines them in the modular
         stage, and repeats until the time is spent or a round finds no new candidate."""
         rounds, added = 0, 0
         pop = self.cfg.population_for(budgets["structural"])
         claimed = lambda stage: len(self.coord.claimed(f"{self.cfg.study}/{stage}"))  # noqa: E731
-        ended = "moves"
-        while ended == "moves" and not self._out_of_time("modular"):
-            before = claimed("structural") + claimed("modular")
-            s0 = claimed("structural")
-            self._run_stage("structural", budgets["structural"], until=s0 + pop)
+        ended, new = "moves", True
+        while new and ended == "moves" and not self._out_of_time("modular"):
+            s0, m0 = claimed("structural"), claimed("modular")
+            self._run_stage("structural", budgets["structural"], until=s0 + pop, quiet=True)
             self._stop_on_failures()
-            added += claimed("structural") - s0
             ended = self._run_stage("modular", budgets["modular"], quiet=True)
             self._stop_on_failures()
-            rounds += 1
-            if claimed("structural") + claimed("modular") == before:
-                break
-        dry = "; the last round found no new candidate" if ended == "moves" and not self._out_of_time("modular") else ""
+            rounds, added = rounds + 1, added + claimed("structural") - s0
+            new = claimed("structural") + claimed("modular") > s0 + m0
+        dry = "" if new else "; the last round found no new candidate"
         self.outcome.notes.append(f"modular: ran out of new moves with time left; the search went back to new "
                                   f"structures {rounds} time(s) and scored {added} more structural candidate(s){dry}")
 
@@ -361,7 +358,8 @@ class Search:
         """Propose, evaluate and tell candidates of ``stage`` until its ``n`` trials are claimed,
         or ``until`` of them (a structural stage reopened for one more population, which may then
         run past its share of the time), or the budget is spent, or ``max_draws`` proposals in a row
-        bring nothing new. Returns why it ended: ``trials``, ``time``, ``moves`` or ``failures``."""
+        bring nothing new. Returns why it ended: ``trials``, ``time``, ``moves`` or ``failures``;
+        ``quiet``: no note of it (a round of :meth:`_new_structures_while_time` notes its own)."""
         study = self._study(stage, n)
         if stage == "structural" and self.coord.claim("init:structural", study.study_name + "#init", -1):
             # One worker, once: the first candidates cover every block family and head type (every
@@ -377,7 +375,7 @@ class Search:
                 ended = "failures"
                 break
             if self._out_of_time("modular" if until else stage):
-                if not quiet and not until:
+                if not quiet:
                     self.outcome.notes.append(f"{stage}: its share of --budget-min was spent after "
                                               f"{len(self.coord.claimed(study.study_name))} candidate(s)")
                 ended = "time"
@@ -387,7 +385,7 @@ class Search:
             if len(self.coord.claimed(study.study_name)) >= (until or n):
                 break
             if not self._one(stage, study, n, propose):
-                if not quiet and not until:
+                if not quiet:
                     self.outcome.notes.append(f"{stage}: {self.cfg.max_draws} proposals in a row were duplicates or "
                                               f"over the latency budget; the stage ended with "
                                               f"{len(self.coord.claimed(study.study_name))} of {n} trials")
