@@ -108,11 +108,12 @@ def fidelity(truth: dict, keys: dict[str, float]) -> dict:
 
 def truth_or_plan(path: Path, work: Path = Path("runs/bench/truth")) -> dict:
     """The truth set; while it is still training, its plan (archs and table latency) with the mAP of
-    the detectors finished so far (mean over the seeds finished), so evaluators can be scored
-    meanwhile and compared on the finished part (the table says how many)."""
+    the detectors finished so far (mean over the seeds finished; from the set's ledger and this
+    machine's runs), so evaluators can be scored meanwhile and compared on the finished part (the
+    table says how many)."""
     if path.exists():
         return json.loads(path.read_text())
-    from truth_set import truth_archs
+    from truth_set import recorded_runs, truth_archs
 
     from hwnas.latency.table import LatencyTable
     from hwnas.spec.space import get_space
@@ -120,8 +121,9 @@ def truth_or_plan(path: Path, work: Path = Path("runs/bench/truth")) -> dict:
     table = "latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json"
     lat = LatencyTable.load(Path(table))
     rows, seeds = [], set()
+    ledger = recorded_runs(path.with_suffix(".runs.json"), 12)  # runs of earlier sittings
     for a in truth_archs(get_space("small"), 128):
-        maps = {}
+        maps = {s: v["map"] for (arch, s), v in ledger.items() if arch == str(a)}
         for run in sorted(work.glob(f"e12-s*/{slug(str(a))}/metrics.json")):
             maps[run.parts[-3].removeprefix("e12-s")] = json.loads(run.read_text())["map"]
         seeds |= set(maps)

@@ -29,6 +29,8 @@ import statistics
 import time
 from pathlib import Path
 
+from scipy.stats import kendalltau, spearmanr
+
 from common import HWNAS, run, search_args, write_results
 from search_vs_random import reference_latency
 from truth_set import DATA_CMD, recorded_runs, train_recorded
@@ -99,6 +101,7 @@ def main() -> None:
                          "hv": hypervolume([(r["map"], r["predicted_latency_ms"]) for r in trained], 0.0, ref),
                          "best_map": max(r["map"] for r in trained), "front": len(trained),
                          "front_archs": [r["arch"] for r in trained], "front_ms": [r["predicted_latency_ms"] for r in trained],
+                         "front_map": [r["map"] for r in trained],
                          "scored": s["counts"]["scored"], "trained_standalone": s["counts"]["trained_standalone"],
                          "time_s": s["time_s"], "wall_s": wall["wall_s"],
                          # None: run before --budget-min bounded the front's standalone training
@@ -157,6 +160,18 @@ def report(a, rows: list[dict], ref: float, methods: list[str], judged: dict) ->
                      f"{r['front']} | {r['scored']} | {r['trained_standalone']} | {r['wall_s'] / 60:.1f} |")
     lines += [""] + [f"Geometric mean of the {k.replace('_', ' ')} ratio: "
                      + ", ".join(f"`{m}` {num(v, '.2f')}" for m, v in summary[k].items()) + "." for k in keys]
+    # how well the searches' own score (standalone mAP after --epochs) ranks what they put on their
+    # fronts, against the judged mAP: every judged front member once (rows of other sittings may
+    # lack their front's mAPs)
+    pairs = {arch: (m, judged[arch, str(a.judge_seed)]["map"]) for r in rows
+             for arch, m in zip(r["front_archs"], r.get("front_map", [])) if (arch, str(a.judge_seed)) in judged}
+    if len(pairs) >= 5:
+        short, full = zip(*pairs.values())
+        result["front_rank_agreement"] = {"n": len(pairs), "kendall_tau": kendalltau(short, full).statistic,
+                                          "spearman": spearmanr(short, full).statistic}
+        lines.append(f"Over the {len(pairs)} judged front members, the {a.epochs}-epoch mAP ranks them against the "
+                     f"judged mAP with Kendall tau {result['front_rank_agreement']['kendall_tau']:.2f} "
+                     f"(Spearman {result['front_rank_agreement']['spearman']:.2f}).")
     write_results(a.results, result, "\n".join(lines) + "\n")
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ are kept by arch, so a detector of both sets trains once.
 
 Each is trained through the CLI, as a user would (``hwnas train --epochs E --seed S``), with the
 search's training settings (batch 16, lr 2e-3, the default recipe), on generated shapes (1,000
-training and 200 validation images at 128 px). Runs resume: a finished one is skipped, a killed one
-continues from its last.pt, and a detector and seed already recorded (same epochs) is taken from the
-record. Every finished run is recorded at once in RESULTS.runs.json, a ledger committed beside the
-results: a set that takes longer than one sitting goes on from there on a machine that no longer
-holds the earlier runs. Epoch-based, so the result does not depend on the machine's load.
+training and 200 validation images at 128 px), cheapest first by the table's latency. Runs resume: a
+finished one is skipped, a killed one continues from its last.pt, and a detector and seed already
+recorded (same epochs) is taken from the record. Every finished run is recorded at once in
+RESULTS.runs.json, a ledger committed beside the results: a set that takes longer than one sitting
+goes on from there on a machine that no longer holds the earlier runs. Epoch-based, so the result
+does not depend on the machine's load.
 
     python benchmarks/truth_set.py --seeds 0,1
     python benchmarks/truth_set.py --hood i128/basic_c16_1-2-2-2/fpn_p3-5_c32/retina_d1_c32/bn --n 12 --seeds 0,1
@@ -120,10 +121,13 @@ def main() -> None:
     recorded = recorded_runs(ledger, args.epochs, args.results.with_suffix(".json"))
     # seeds outer: after each seed the results file holds every detector at the seeds finished so far,
     # so rank_fidelity.py can start on one seed while the next trains
+    # cheapest first (table latency): a set cut short by the end of a sitting then holds the most
+    # detectors, every block family and head type among them, and the ledger carries it on
+    order = sorted(archs, key=lambda a: table.predict(a).latency_ms)
     for done in range(1, len(seeds) + 1):
         seed = seeds[done - 1]
-        for i, arch in enumerate(archs):
-            train_recorded(str(arch), seed, args.epochs, data, args.work, ledger, recorded, f"[{i + 1}/{len(archs)}]")
+        for i, arch in enumerate(order):
+            train_recorded(str(arch), seed, args.epochs, data, args.work, ledger, recorded, f"[{i + 1}/{len(order)}]")
         write_results(args.results, *results(args, archs, seeds[:done], table, recorded))
 
 
