@@ -43,8 +43,10 @@ from hwnas.search.runner import SearchConfig, slug
 from hwnas.spec.arch import Arch
 
 
-def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
-    """Per arch a ranking key (higher: better) and the evaluator's raw scores; the wall time spent."""
+def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int, known: dict[str, float] | None = None) -> dict:
+    """Per arch a ranking key (higher: better) and the evaluator's raw scores; the wall time spent.
+    ``known``: a trainE's scores stored by an earlier run, kept rather than trained again (a truth
+    set that grows across sittings adds detectors; the stored ones' folders may be gone)."""
     cfg = SearchConfig(data=data, table=Path(truth["table"]), out=work, batch_size=16, lr=2e-3, seed=0)
     if name.startswith(("supernet:", "bn:")):
         kind, epochs, *rest = name.split(":")
@@ -54,7 +56,7 @@ def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
                       resolutions=(truth["resolution"],), supernet_epochs=int(epochs), supernet_strategy=strategy,
                       supernet_span=span)
     train = make_evaluator(cfg)
-    archs = [r["arch"] for r in truth["rows"]]
+    archs = [r["arch"] for r in truth["rows"] if r["map"] is not None]  # only what can be compared
     latency = {r["arch"]: r["predicted_latency_ms"] for r in truth["rows"]}
     spent = 0.0
 
@@ -68,7 +70,8 @@ def evaluate(name: str, truth: dict, data: Path, work: Path, eta: int) -> dict:
 
     if name.startswith("train"):
         epochs = int(name[len("train"):])
-        scores = {a: score(a, epochs, work / name / slug(a)) for a in archs}
+        known = known or {}
+        scores = {a: known[a] if a in known else score(a, epochs, work / name / slug(a)) for a in archs}
         keys = {a: (-1.0 if s is None else s) for a, s in scores.items()}
         detail = {a: {epochs: s} for a, s in scores.items()}
     elif name == "halving":
@@ -101,9 +104,16 @@ def fidelity(truth: dict, keys: dict[str, float]) -> dict:
     hv_true = hypervolume([(true[i], lat[i]) for i in pareto_indices(list(zip(true, lat)))], 0.0, ref)
     picked = pareto_indices(list(zip(proxy, lat)))
     hv_picked = hypervolume([(true[i], lat[i]) for i in picked], 0.0, ref)
+    # Within one block family and head type (the truth set's narrow, random and wide detector of a
+    # pair; a structural probe stands for such a group): does the evaluator order them as the truth?
+    group = [(Arch.parse(r["arch"]).block, Arch.parse(r["arch"]).head.kind) for r in rows]
+    pairs = [(i, j) for i in range(len(rows)) for j in range(i + 1, len(rows)) if group[i] == group[j]
+             and true[i] != true[j]]
+    agree = sum((proxy[i] - proxy[j]) * (true[i] - true[j]) > 0 for i, j in pairs)
     return {"n": len(rows), "kendall_tau": kendalltau(proxy, true).statistic, "spearman": spearmanr(proxy, true).statistic,
             "top5_in_top5": len(top_true & top_proxy), "front_size": len(picked),
-            "front_hv_share": hv_picked / hv_true if hv_true else None}
+            "front_hv_share": hv_picked / hv_true if hv_true else None,
+            "pairs_within_group": len(pairs), "ordered_within_group": agree}
 
 
 def truth_or_plan(path: Path, work: Path = Path("runs/bench/truth")) -> dict:
@@ -167,9 +177,12 @@ def main() -> None:
             result["evaluators"][name] = {"keys": keys, "scores": {a: {"map": v} for a, v in keys.items()},
                                           "cost_s": cost, "partial": len(keys)}
     for name in [] if args.report_only or args.collect else [e for e in args.evaluators.split(",") if e]:
-        ev = evaluate(name, truth, args.data, args.work, args.eta)
+        stored = result["evaluators"].get(name, {}) if name.startswith("train") else {}
+        ev = evaluate(name, truth, args.data, args.work, args.eta, stored.get("keys"))
         result["evaluators"][name] = {**{k: v for k, v in ev.items() if k not in ("keys", "detail")},
-                                      "keys": ev["keys"], "scores": ev["detail"]}
+                                      "cost_s": ev["cost_s"] + stored.get("cost_s", 0.0),  # the kept ones' cost
+                                      "keys": {**stored.get("keys", {}), **ev["keys"]},
+                                      "scores": {**stored.get("scores", {}), **ev["detail"]}}
         write_results(args.results, result, table(result, truth, sizes))
     write_results(args.results, result, table(result, truth, sizes))
 
@@ -184,16 +197,20 @@ def table(result: dict, truth: dict, sizes: dict[str, dict[str, float]]) -> str:
         f"{len(truth['rows'])} detectors"
     lines = [f"Rank fidelity on the truth set ({part}, seeds {', '.join(map(str, truth['seeds']))}).", "",
              "| evaluator | detectors compared | Kendall tau | Spearman | truth's top 5 in its top 5 | front HV share "
-             "| front size | wall time here (min) |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| front size | pairs of one family and head ordered right | wall time here (min) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+
+    def within(f: dict) -> str:
+        return f"{f['ordered_within_group']} of {f['pairs_within_group']}"
+
     for name, e in result["evaluators"].items():
         e.update(fidelity(truth, e["keys"]))
         lines.append(f"| {name} | {e['n']} | {e['kendall_tau']:.2f} | {e['spearman']:.2f} | {e['top5_in_top5']} | "
-                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {e['cost_s'] / 60:.1f} |")
+                     f"{e['front_hv_share']:.2f} | {e['front_size']} | {within(e)} | {e['cost_s'] / 60:.1f} |")
     for name, keys in sizes.items():
         f = fidelity(truth, keys)
         lines.append(f"| for reference, no training: {name} | {f['n']} | {f['kendall_tau']:.2f} | {f['spearman']:.2f} | "
-                     f"{f['top5_in_top5']} | {f['front_hv_share']:.2f} | {f['front_size']} | |")
+                     f"{f['top5_in_top5']} | {f['front_hv_share']:.2f} | {f['front_size']} | {within(f)} | |")
     return "\n".join(lines + bn_lines(result, truth, sizes["BatchNorm layers"])) + "\n"
 
 
