@@ -106,7 +106,7 @@ def fidelity(truth: dict, keys: dict[str, float]) -> dict:
     hv_picked = hypervolume([(true[i], lat[i]) for i in picked], 0.0, ref)
     # Within one block family and head type (the truth set's narrow, random and wide detector of a
     # pair; a structural probe stands for such a group): does the evaluator order them as the truth?
-    group = [(Arch.parse(r["arch"]).block, Arch.parse(r["arch"]).head.kind) for r in rows]
+    group = [(a.block, a.head.kind) for a in (Arch.parse(r["arch"]) for r in rows)]
     pairs = [(i, j) for i in range(len(rows)) for j in range(i + 1, len(rows)) if group[i] == group[j]
              and true[i] != true[j]]
     agree = sum((proxy[i] - proxy[j]) * (true[i] - true[j]) > 0 for i, j in pairs)
@@ -131,9 +131,11 @@ def truth_or_plan(path: Path, work: Path = Path("runs/bench/truth")) -> dict:
     table = "latency_tables/intel-xeon-ort-cpu-fp32-1t-small-3cls.json"
     lat = LatencyTable.load(Path(table))
     rows, seeds = [], set()
-    ledger = recorded_runs(path.with_suffix(".runs.json"), 12)  # runs of earlier sittings
+    ledger: dict[str, dict[str, float]] = {}  # arch -> seed -> mAP, runs of earlier sittings
+    for (arch, seed), v in recorded_runs(path.with_suffix(".runs.json"), 12).items():
+        ledger.setdefault(arch, {})[seed] = v["map"]
     for a in truth_archs(get_space("small"), 128):
-        maps = {s: v["map"] for (arch, s), v in ledger.items() if arch == str(a)}
+        maps = dict(ledger.get(str(a), {}))
         for run in sorted(work.glob(f"e12-s*/{slug(str(a))}/metrics.json")):
             maps[run.parts[-3].removeprefix("e12-s")] = json.loads(run.read_text())["map"]
         seeds |= set(maps)
