@@ -2,7 +2,8 @@
 
 For each seed and method, one ``hwnas search --budget-min M`` on the same data, table and space
 (``--trials`` set high, so the budget alone ends the stages); methods are an evaluator name
-(``train``, ``train+bn``, ``bn``, ...) or ``random`` (random search, ``train``). The hypervolume of
+(``train``, ``train+bn``, ``bn``, ...), optionally with ``@PROBE`` for the structural stage's
+``--probe`` (``train@shallow``), or ``random`` (random search, ``train``). The hypervolume of
 each final front is computed from ``pareto.json``'s ``map``, the mAP of the detector trained
 standalone for ``--epochs`` epochs (for a proxy evaluator the search trains its front so; for
 ``train`` the candidates were trained so already), never from a proxy; the reference point is
@@ -86,7 +87,9 @@ def main() -> None:
                 rows.append(prior[seed, method])
                 continue
             if not wall_file.exists():
-                stage = ["--stage", "random"] if method == "random" else ["--evaluator", method]
+                evaluator, _, probe = method.partition("@")
+                stage = (["--stage", "random"] if method == "random" else
+                         ["--evaluator", evaluator, *(["--probe", probe] if probe else [])])
                 t0 = time.perf_counter()
                 run([*HWNAS, "search", "--data", a.data, "--table", a.table, "--space", a.space, "--resolutions",
                      a.resolutions, "--trials", str(a.trials), "--population", str(a.population), "--epochs-per-trial",

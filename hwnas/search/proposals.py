@@ -35,6 +35,20 @@ DEPTHS = ("shallow", "medium", "deep")
 # won by drawing the narrow and wide detectors the structural stage never tried (docs/benchmarks.md
 # section 4); the modular stage then refines each module's width one step at a time.
 SIZES = ("narrow", "middle", "wide")
+# How the structural stage sizes a structure's probe. "spread": the depths and sizes above, balanced
+# over the structures, so the stage also spans latency. "shallow": every probe at one block per stage
+# and the narrowest widths. Three epochs rank detectors of that setting nearly as twelve do (truth
+# set: Kendall tau 0.67 over its 12 narrowest-shallowest, 0.33 over its 9 widest-deepest), and a
+# structure first drawn deep scored low and was dropped (docs/benchmarks.md section 9); with
+# "shallow" the modular stage's moves add the depth and width.
+PROBES = ("spread", "shallow")
+
+
+def probe_choices(probe: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The backbone depths and sizes the structural stage may give a probe."""
+    if probe not in PROBES:
+        raise HwnasError(f"--probe {probe!r}: valid probes are {', '.join(PROBES)}")
+    return (DEPTHS, SIZES) if probe == "spread" else (("shallow",), ("narrow",))
 
 
 def middle(choices: Sequence[int]) -> int:
@@ -89,7 +103,8 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
                       sized(space.neck_widths, size), spec, space.norms[0])
 
 
-def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0) -> list[dict]:
+def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0,
+                       probe: str = "spread") -> list[dict]:
     """The structural stage's first candidates as Optuna parameters, stratified rather than drawn
     at random.
 
@@ -105,8 +120,9 @@ def initial_structures(space: SearchSpace, population: int, seed: int, budget: i
     backbone narrow, say) and leave most of their combinations untried.
     """
     rng = random.Random(seed)
-    dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(DEPTHS),
-            "neck": neck_choices(space), "head": list(space.heads), "size": list(SIZES)}
+    depths, sizes = probe_choices(probe)
+    dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(depths),
+            "neck": neck_choices(space), "head": list(space.heads), "size": list(sizes)}
     heads = dims["head"]
     pair_design = budget >= len(dims["block"]) * len(heads)
     n = len(dims["block"]) * len(heads) if pair_design else population
@@ -117,8 +133,8 @@ def initial_structures(space: SearchSpace, population: int, seed: int, budget: i
         # set a backbone's cost: a family tried only narrow and shallow would be judged on that alone.
         pairs = []
         for b in dims["block"]:
-            depths, sizes = balanced(DEPTHS, len(heads), rng), balanced(SIZES, len(heads), rng)
-            pairs += [{"block": b, "head": h, "depth": d, "size": z} for h, d, z in zip(heads, depths, sizes)]
+            ds, zs = balanced(depths, len(heads), rng), balanced(sizes, len(heads), rng)
+            pairs += [{"block": b, "head": h, "depth": d, "size": z} for h, d, z in zip(heads, ds, zs)]
         rng.shuffle(pairs)
         design = [{**row, **pair} for row, pair in zip(design, pairs)]
     return design
@@ -134,16 +150,18 @@ def balanced(options: Sequence, n: int, rng: random.Random) -> list:
     return column
 
 
-def suggest_structural(trial, space: SearchSpace) -> Arch:
-    """Ask an Optuna trial for the six structural choices."""
+def suggest_structural(trial, space: SearchSpace, probe: str = "spread") -> Arch:
+    """Ask an Optuna trial for the six structural choices (depth and size of one option each with
+    ``probe`` "shallow", so every study records the same six parameters)."""
+    depths, sizes = probe_choices(probe)
     return structural_arch(
         space,
         trial.suggest_categorical("resolution", list(space.resolutions)),
         trial.suggest_categorical("block", list(space.blocks)),
-        trial.suggest_categorical("depth", list(DEPTHS)),
+        trial.suggest_categorical("depth", list(depths)),
         trial.suggest_categorical("neck", neck_choices(space)),
         trial.suggest_categorical("head", list(space.heads)),
-        trial.suggest_categorical("size", list(SIZES)))
+        trial.suggest_categorical("size", list(sizes)))
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ from hwnas.search.proposals import (
     choose_parent,
     initial_structures,
     mutate,
+    probe_choices,
     ranked_children,
     suggest_structural,
 )
@@ -57,6 +58,7 @@ class SearchConfig:
     stage: str = "both"
     trials: int = 16
     structural_share: float = 0.5
+    probe: str = "spread"  # how structural probes are sized (hwnas.search.proposals.PROBES)
     population: int = 0  # 0: max(4, stage trials // 4), at most 50
     epochs: int = 3
     batch_size: int = 16
@@ -107,6 +109,7 @@ class SearchConfig:
         if not self.study or "/" in self.study:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
         check_evaluator(self.evaluator)
+        probe_choices(self.probe)
         check_count("--supernet-epochs", self.supernet_epochs)
         check_int("--eta", self.eta, 2, 100)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
@@ -149,6 +152,7 @@ class SearchConfig:
                 **({"supernet_span": self.supernet_span}
                    if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),
+                **({"probe": self.probe} if self.probe != "spread" else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
 
@@ -364,7 +368,8 @@ class Search:
         if stage == "structural" and self.coord.claim("init:structural", study.study_name + "#init", -1):
             # One worker, once: the first candidates cover every block family and head type (every
             # pair of them when the stage's budget allows).
-            for params in initial_structures(self.space, self.cfg.population_for(n), self.cfg.seed, n):
+            for params in initial_structures(self.space, self.cfg.population_for(n), self.cfg.seed, n,
+                                             self.cfg.probe):
                 study.enqueue_trial(params, skip_if_exists=True)
         propose = {"structural": self._propose_structural, "modular": self._propose_modular,
                    "random": self._propose_random}[stage]
@@ -473,7 +478,7 @@ class Search:
     def _propose_structural(self, study, n, draw):
         trial = study.ask()
         try:
-            return suggest_structural(trial, self.space), trial, {}
+            return suggest_structural(trial, self.space, self.cfg.probe), trial, {}
         except HwnasError as e:  # a combination the grammar refuses (e.g. levels above a small input)
             import optuna
 

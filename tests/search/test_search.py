@@ -25,7 +25,7 @@ from hwnas.search.coordination import Coordinator, storage_url
 from hwnas.search.pareto import (crowding, dominates, hypervolume, hypervolume_gain, nondominated_ranks,
                                  pareto_indices, select_survivors)
 from hwnas.search.proposals import (DEPTHS, SIZES, AccuracyModel, Parent, crossover, initial_structures,
-                                    neck_choices, ranked_children, structural_arch)
+                                    neck_choices, ranked_children, stage_encoding, structural_arch)
 from hwnas.search.runner import SearchConfig, slug
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,6 +140,19 @@ def test_pair_design_spreads_each_family_over_depths_and_sizes() -> None:
         assert len({str(a) for a in archs}) == 12 and {a.width for a in archs} == {16, 24, 32}
     assert initial_structures(SMALL, 4, 3, 12) == initial_structures(SMALL, 4, 3, 12)  # seeded
     assert initial_structures(SMALL, 4, 3, 12) != initial_structures(SMALL, 4, 4, 12)
+
+
+def test_shallow_probes_cover_every_pair_at_one_block_per_stage_and_the_narrowest_widths() -> None:
+    for seed in range(3):
+        design = initial_structures(SMALL, 4, seed, budget=12, probe="shallow")
+        assert sorted((d["block"], d["head"]) for d in design) == sorted(
+            (b, h) for b in SMALL.blocks for h in SMALL.heads)
+        for arch in (structural_arch(SMALL, **d) for d in design):
+            assert arch.stages == ("1", "2", "2", "2") and arch.width == min(SMALL.widths)
+            assert arch.neck == "none" or arch.neck_width == min(SMALL.neck_widths)
+    assert {d["depth"] for d in initial_structures(SMALL, 4, 0, budget=6, probe="shallow")} == {"shallow"}
+    with pytest.raises(HwnasError, match="--probe 'deep': valid probes are spread, shallow"):
+        initial_structures(SMALL, 4, 0, probe="deep")
 
 
 def test_small_design_is_balanced_and_does_not_tie_choices_together() -> None:
@@ -263,7 +276,8 @@ def test_config_rejects_bad_values(tmp_path) -> None:
     for bad, msg in [({"stage": "sideways"}, "valid stages"), ({"trials": 0}, "--trials"),
                      ({"stage": "both", "trials": 1}, "--trials"), ({"structural_share": 1.0}, "share"),
                      ({"population": 1}, "--population"), ({"latency_max_ms": -1.0}, "latency"),
-                     ({"study": "a/b"}, "--study"), ({"front_share": 1.0}, "--front-share")]:
+                     ({"study": "a/b"}, "--study"), ({"front_share": 1.0}, "--front-share"),
+                     ({"probe": "deep"}, "valid probes")]:
         with pytest.raises(HwnasError, match=msg):
             SearchConfig(**base, **bad)
     assert SearchConfig(**base, trials=10).stage_trials() == {"structural": 5, "modular": 5}
@@ -453,6 +467,21 @@ def test_modular_stage_alone_continues_a_structural_one(setup, capfd) -> None:
 
 
 @pytest.mark.slow
+def test_shallow_probes_then_moves_and_a_probe_change_is_refused(setup, capfd) -> None:
+    out = setup["dir"] / "shallow"
+    assert main(args(setup, out, "--stage", "structural", "--trials", 3, "--probe", "shallow", "--no-measure")) == 0
+    # the study was started with shallow probes: continuing it with the default is another search
+    assert main(args(setup, out, "--stage", "modular", "--trials", 2, "--no-measure")) == 1
+    assert "probe differ" in capfd.readouterr().err
+    assert main(args(setup, out, "--stage", "modular", "--trials", 2, "--probe", "shallow", "--no-measure")) == 0
+    done = [t for t in json.loads((out / "search.json").read_text())["trials"] if t["state"] == "complete"]
+    probes = [Arch.parse(t["arch"]) for t in done if t["stage"] == "structural"]
+    assert len(probes) == 3 and all(a.stages == stage_encoding(TINY, "shallow") and a.width == min(TINY.widths)
+                                    for a in probes)
+    assert sum(t["stage"] == "modular" for t in done) == 2
+
+
+@pytest.mark.slow
 def test_latency_budget_filters_by_prediction(setup) -> None:
     from hwnas.latency.table import LatencyTable
 
@@ -537,6 +566,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capfd) -> None:
         (["--storage", "mongodb://h/x"], "--storage"),
         (["--data", str(tmp_path / "nothing")], "nothing"),
         (["--evaluator", "nope"], "--evaluator 'nope': valid evaluators are train"),
+        (["--probe", "deep"], "--probe 'deep': valid probes are spread, shallow"),
     ]
     for extra, msg in cases:
         a = args(setup, tmp_path / "o", "--no-measure")
