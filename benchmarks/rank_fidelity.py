@@ -213,7 +213,31 @@ def table(result: dict, truth: dict, sizes: dict[str, dict[str, float]]) -> str:
         f = fidelity(truth, keys)
         lines.append(f"| for reference, no training: {name} | {f['n']} | {f['kendall_tau']:.2f} | {f['spearman']:.2f} | "
                      f"{f['top5_in_top5']} | {f['front_hv_share']:.2f} | {f['front_size']} | {within(f)} | |")
-    return "\n".join(lines + bn_lines(result, truth, sizes["BatchNorm layers"])) + "\n"
+    return "\n".join(lines + variant_lines(result, truth, sizes) + bn_lines(result, truth, sizes["BatchNorm layers"])) + "\n"
+
+
+VARIANTS = ("narrowest-shallowest", "drawn", "widest-deepest")  # truth_set.truth_archs, in its order
+
+
+def variant_lines(result: dict, truth: dict, sizes: dict[str, dict[str, float]]) -> list[str]:
+    """Each ranking over the truth set's three kinds of detector apart (one of each per block family
+    and head type): how well a score ranks structures depends on the depth and width they are
+    compared at, which the structural stage's probe chooses (docs/search.md, --probe)."""
+    if "hood" in truth:
+        return []
+    kind = {r["arch"]: VARIANTS[i % 3] for i, r in enumerate(truth["rows"])}
+    rankings = {**{n: e["keys"] for n, e in result["evaluators"].items()},
+                **{f"no training: {n}": k for n, k in sizes.items()}}
+    lines = ["", "The same over the truth set's three kinds of detector apart (Kendall tau / Spearman, detectors "
+             "compared):", "", "| ranking | " + " | ".join(VARIANTS) + " |", "|---|---|---|---|"]
+    for name, keys in rankings.items():
+        cells = []
+        for v in VARIANTS:
+            part = {a: k for a, k in keys.items() if kind.get(a) == v}
+            f = fidelity(truth, part) if len(part) >= 5 else None
+            cells.append(f"{f['kendall_tau']:.2f} / {f['spearman']:.2f} ({f['n']})" if f and f["n"] >= 5 else "")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def bn_lines(result: dict, truth: dict, count: dict[str, float]) -> list[str]:
