@@ -37,10 +37,11 @@ DEPTHS = ("shallow", "medium", "deep")
 SIZES = ("narrow", "middle", "wide")
 # How the structural stage sizes a structure's probe. "spread": the depths and sizes above, balanced
 # over the structures, so the stage also spans latency. "shallow": every probe at one block per stage
-# and the narrowest widths. Three epochs rank detectors of that setting nearly as twelve do (truth
-# set: Kendall tau 0.67 over its 12 narrowest-shallowest, 0.33 over its 9 widest-deepest), and a
-# structure first drawn deep scored low and was dropped (docs/benchmarks.md section 9); with
-# "shallow" the modular stage's moves add the depth and width.
+# and the narrowest widths, so structures are compared at one setting. Inside a structure three
+# epochs rank the deeper detectors below the shallower ones, the reverse of twelve (Kendall tau -0.27,
+# docs/benchmarks.md section 9), so probes of mixed depths mix that bias into the comparison of
+# structures: a structure first drawn deep scored low and was dropped. Shallow probes are also the
+# cheapest to train. With "shallow" the modular stage's moves add the depth and width.
 PROBES = ("spread", "shallow")
 
 
