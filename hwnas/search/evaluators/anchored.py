@@ -6,7 +6,7 @@ and levels, head kind, norm) the BN-NAS indicator ranks 12 detectors against
 their 12-epoch mAP (two seeds) with Kendall tau 0.76, where 3 epochs of training rank them
 backwards (-0.27); the order comes from the number of BatchNorms the path sums over (counted on an
 untrained supernet, tau 0.80), not from the trained scales (docs/search.md);
-between structures the 3-epoch mAP is what separates them (tau 0.60 over the global set), and a
+between structures the 3-epoch mAP is what separates them (tau 0.63 over the 36 of the global set), and a
 BN indicator, read from a different supernet for each structure, has no common scale.
 
 So the first candidate the search sends to a structure (usually the structural stage's) is that
