@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -213,7 +214,25 @@ def table(result: dict, truth: dict, sizes: dict[str, dict[str, float]]) -> str:
         f = fidelity(truth, keys)
         lines.append(f"| for reference, no training: {name} | {f['n']} | {f['kendall_tau']:.2f} | {f['spearman']:.2f} | "
                      f"{f['top5_in_top5']} | {f['front_hv_share']:.2f} | {f['front_size']} | {within(f)} | |")
-    return "\n".join(lines + variant_lines(result, truth, sizes) + bn_lines(result, truth, sizes["BatchNorm layers"])) + "\n"
+    return "\n".join(lines + variant_lines(result, truth, sizes) + growth_lines(result, truth)
+                     + bn_lines(result, truth, sizes["BatchNorm layers"])) + "\n"
+
+
+def growth_lines(result: dict, truth: dict) -> list[str]:
+    """For each ``trainE``: how much a detector's mAP grows from E epochs to the truth's, by head
+    kind (median and range of the ratio). A kind that grows less is overrated by the short score
+    against the others, a bias no ranking inside one kind shows."""
+    lines = []
+    for name, e in result["evaluators"].items():
+        if not name.startswith("train"):
+            continue
+        by_kind: dict[str, list[float]] = {}
+        for r in truth["rows"]:
+            if r["map"] is not None and e["keys"].get(r["arch"], 0) > 0:
+                by_kind.setdefault(Arch.parse(r["arch"]).head.kind, []).append(r["map"] / e["keys"][r["arch"]])
+        cells = [f"{k} {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f}, {len(v)})" for k, v in sorted(by_kind.items())]
+        lines.append(f"- {name}: truth mAP / score by head kind, median (range, detectors): {'; '.join(cells)}.")
+    return ["", *lines] if lines else []
 
 
 VARIANTS = ("narrowest-shallowest", "drawn", "widest-deepest")  # truth_set.truth_archs, in its order
