@@ -244,7 +244,7 @@ def variant_lines(result: dict, truth: dict, sizes: dict[str, dict[str, float]])
     compared at, which the structural stage's probe chooses (docs/search.md, --probe)."""
     if "hood" in truth:
         return []
-    kind = {r["arch"]: VARIANTS[i % 3] for i, r in enumerate(truth["rows"])}
+    kind = {r["arch"]: VARIANTS[i % 3] for i, r in enumerate(truth["rows"]) if r["map"] is not None}  # trained ones
     rankings = {**{n: e["keys"] for n, e in result["evaluators"].items()},
                 **{f"no training: {n}": k for n, k in sizes.items()}}
     lines = ["", "The same over the truth set's three kinds of detector apart (Kendall tau / Spearman, detectors "
@@ -253,8 +253,8 @@ def variant_lines(result: dict, truth: dict, sizes: dict[str, dict[str, float]])
         cells = []
         for v in VARIANTS:
             part = {a: k for a, k in keys.items() if kind.get(a) == v}
-            f = fidelity(truth, part) if len(part) >= 5 else None
-            cells.append(f"{f['kendall_tau']:.2f} / {f['spearman']:.2f} ({f['n']})" if f and f["n"] >= 5 else "")
+            f = fidelity(truth, part) if len(part) >= 5 else None  # fewer give no ranking worth a figure
+            cells.append(f"{f['kendall_tau']:.2f} / {f['spearman']:.2f} ({f['n']})" if f else "")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return lines
 
