@@ -137,6 +137,13 @@ class Head:
         """Boxes appended to the proposals in training (``Detector.forward(extra_boxes=...)``), or None."""
         return None
 
+    def match_codes(self, loss: "DetectionLoss", targets: list[dict], device: Any = None) -> list["torch.Tensor"]:
+        """Each image's match codes [rows] (the box index, ``NEG`` or ``IGNORE`` of
+        :mod:`hwnas.heads.losses`) of the positions the head's first classifier learns from, as its
+        :meth:`loss` assigns them before any training: which boxes the head can learn at all
+        (:mod:`hwnas.search.coverage`)."""
+        raise NotImplementedError
+
     # ------------------------------------------------------------------ decoding
     def positions(self, arch: "Arch") -> int:
         """Rows of the flattened per-level outputs: sum over levels of h * w * ANCHORS."""

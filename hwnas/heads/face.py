@@ -131,6 +131,15 @@ class FaceHead(TowerHead):
         steps = ("loss_cls1",) * bool(self.stc_levels) + ("loss_box1",) * bool(self.str_levels)
         return ("loss_cls", "loss_box") + steps
 
+    def match_codes(self, loss, targets, device=None):
+        """The first step's codes: every anchor, with ``loss.assigner`` (IoU at ``loss.step1_iou``, or
+        ATSS). The second step starts from them (:meth:`assign`)."""
+        from hwnas.heads.losses import level_rows
+
+        anchors, rows = face_anchors(loss.arch, device), level_rows(loss.arch)
+        hi1, lo1 = loss.step1_iou
+        return [loss.match_anchors(anchors, t["boxes"], t["crowd"], rows, high=hi1, low=lo1) for t in targets]
+
     def assign(self, loss, outputs, targets) -> "FaceAssignment":
         """The match codes of both steps (see :class:`FaceAssignment`), as :meth:`loss` uses them.
 
@@ -157,9 +166,8 @@ class FaceHead(TowerHead):
             anchors2 = second_step_anchors(f, anchors)
         p, s, r = anchors.shape[0], f.stc_rows, f.str_rows
         rows = level_rows(arch)
-        hi1, lo1 = loss.step1_iou
         hi2, lo2 = loss.step2_iou
-        m1 = [loss.match_anchors(anchors, t["boxes"], t["crowd"], rows, high=hi1, low=lo1) for t in targets]
+        m1 = self.match_codes(loss, targets, anchors.device)
         m2 = []
         for i, t in enumerate(targets):
             m = m1[i].clone()

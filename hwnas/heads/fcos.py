@@ -80,6 +80,16 @@ class FcosHead(TowerHead):
     def check_loss(self, loss) -> None:
         fcos_ranges(loss.arch, loss.fcos_ranges)
 
+    def match_codes(self, loss, targets, device=None):
+        """Each image's point assignment (:func:`hwnas.heads.losses.assign_points`): inside a box, near
+        its centre, and in the level's size range (``loss.fcos_ranges`` or :func:`default_fcos_ranges`)."""
+        from hwnas.heads.losses import assign_points
+
+        points, strides = fcos_points(loss.arch, device)
+        ranges = fcos_ranges(loss.arch, loss.fcos_ranges, device)
+        return [assign_points(points, strides, ranges, t["boxes"], t["crowd"], radius=loss.center_radius)
+                for t in targets]
+
     def loss(self, loss, outputs, targets):
         """loss_cls (focal, / positives), loss_box (weighted by the centerness target, / its sum),
         loss_ctr (BCE, / positives)."""
@@ -88,16 +98,13 @@ class FcosHead(TowerHead):
 
         from hwnas.heads.anchors import flatten_levels
         from hwnas.heads.boxes import decode_fcos, encode_fcos, iou_loss
-        from hwnas.heads.losses import assign_points
 
         per = self.per_level(loss.arch, outputs)
         cls = flatten_levels(per["cls"], loss.num_classes)
         raw = flatten_levels(per["box"], 4)
         ctr = flatten_levels(per["ctr"], 1).squeeze(-1)
         points, strides = fcos_points(loss.arch, cls.device)
-        ranges = fcos_ranges(loss.arch, loss.fcos_ranges, cls.device)
-        pi, pp, gt, loss_cls = loss.focal(cls, targets, [assign_points(
-            points, strides, ranges, t["boxes"], t["crowd"], radius=loss.center_radius) for t in targets])
+        pi, pp, gt, loss_cls = loss.focal(cls, targets, self.match_codes(loss, targets, cls.device))
         npos = max(1, len(pp))
         pts, st = points[pp], strides[pp]
         x, y = pts[:, 0], pts[:, 1]

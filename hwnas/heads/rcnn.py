@@ -174,6 +174,15 @@ class RcnnHead(Head):
         out = torch.stack([torch.cat((g, pad.expand(m - len(g), 4))) for g in gts])
         return out.to(device if device is not None else gts[0].device)
 
+    def match_codes(self, loss, targets, device=None):
+        """The RPN's: IoU 0.7 / 0.3 on :func:`rpn_anchors_for`, each box's best anchor kept. (The RoI
+        stage then learns every box: the boxes themselves are among its proposals in training.)"""
+        from hwnas.heads.losses import match
+
+        anchors = rpn_anchors_for(loss.arch, device)
+        return [match(anchors, t["boxes"], t["crowd"], high=0.7, low=0.3, allow_low_quality=True,
+                      crowd_ioa=loss.crowd_ioa) for t in targets]
+
     def loss(self, loss, outputs, targets):
         """loss_rpn_obj (BCE over sampled anchors), loss_rpn_box, loss_roi_cls (cross-entropy over
         sampled proposals, background = class index K), loss_roi_box (class-specific deltas with
@@ -193,9 +202,7 @@ class RcnnHead(Head):
 
         # RPN: match 0.7 / 0.3 (plus each box's best anchor), sample rpn_batch at rpn_pos_fraction.
         obj_t, sampled = torch.zeros_like(obj), []
-        for i, t in enumerate(targets):
-            m = match(anchors, t["boxes"], t["crowd"], high=0.7, low=0.3, allow_low_quality=True,
-                      crowd_ioa=loss.crowd_ioa)
+        for i, m in enumerate(self.match_codes(loss, targets, obj.device)):
             pos_mask, neg_mask = loss.rpn_sampler([sampler_codes(m)])
             obj_t[i] = (m >= 0).float()
             sampled.append((pos_mask[0].bool(), neg_mask[0].bool(), m))

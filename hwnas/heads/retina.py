@@ -70,6 +70,9 @@ class RetinaHead(TowerHead):
         hi, lo = self.MATCH_IOU
         return [loss.match_anchors(anchors, t["boxes"], t["crowd"], rows, high=hi, low=lo) for t in targets]
 
+    def match_codes(self, loss, targets, device=None):
+        return self.assign(loss, targets, device)
+
     def loss(self, loss, outputs, targets):
         from hwnas.heads.anchors import flatten_levels
 

@@ -121,13 +121,15 @@ def record_of(stage: str, trial, measured_ms: dict[str, float], standalone: dict
     # a proxy-scored candidate of the final front, trained standalone afterwards (Search._train_front)
     alone = (standalone or {}).get(h["arch"])
     alone = Evaluation.from_dict(alone) if alone and proxy else None
+    if proxy and alone is None and ev.standalone_map is not None:  # trained standalone by the evaluator itself
+        alone = Evaluation(ev.standalone_map, 0.0, False, ev.checkpoint, map50=ev.map50)
     return TrialRecord(
         trial=f"{stage}#{trial.number}", stage=stage, generation=int(gen), state=trial.state.name.lower(),
         arch=Arch.parse(h["arch"]), predicted_latency_ms=h["predicted_latency_ms"],
         map=(alone.score if alone else None) if proxy else score, proxy_map=score if proxy else None,
         map50=alone.map50 if alone else None if ev is None or proxy else ev.map50, measured_latency_ms=measured_ms.get(h["arch"]),
         evaluator=h.get("evaluator", "train"), checkpoint=alone.checkpoint if alone else None if ev is None else ev.checkpoint,
-        standalone_s=alone.cost_s if alone else None,
+        standalone_s=alone.cost_s if alone and ev.standalone_map is None else None,
         cost_s=cost, rungs=rungs, reason=trial.user_attrs.get("reason"), parent=h.get("parent"),
         crossed_with=h.get("crossed_with"), estimated_map=h.get("estimated_map"), worker=h.get("worker"))
 

@@ -338,7 +338,7 @@ def train_supernet(hood: Neighbourhood, data: Path, out: Path, train_cfg, cfg: S
     from hwnas.data.transforms import epoch_batches, normalize
     from hwnas.data.wider import open_dataset
     from hwnas.heads.losses import DetectionLoss
-    from hwnas.train.loop import RECIPE_VERSION, lr_factor, resolve_device, seed_everything, train_transform
+    from hwnas.train.loop import RECIPE_VERSION, lr_factor, resolve_device, seed_everything, train_transform, training_loss
 
     out = Path(out)
     ck_path, done_path = out / "supernet.pt", out / "supernet.json"
@@ -403,10 +403,7 @@ def train_supernet(hood: Neighbourhood, data: Path, out: Path, train_cfg, cfg: S
             for arch in paths:
                 place = f"{arch.levels}/{arch.head}"
                 if place not in losses_by:
-                    losses_by[place] = DetectionLoss.for_arch(arch, k, box_loss=train_cfg.box_loss,
-                                                              step1_iou=tuple(train_cfg.step1_iou),
-                                                              step2_iou=tuple(train_cfg.step2_iou),
-                                                              assigner=train_cfg.assigner)
+                    losses_by[place] = training_loss(arch, k, train_cfg)
                 crit = losses_by[place]  # the loss reads only the head and its levels from the arch
                 path = net.path(arch).train()
                 extra = crit.extra_boxes(targets, device)

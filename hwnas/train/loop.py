@@ -14,7 +14,7 @@ import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from hwnas.fileio import write_atomic, write_json
 from hwnas.limits import check_batch, check_count, check_float, check_int, check_seed
 from hwnas.spec.arch import Arch
 from hwnas.train.checkpoint import check_resume, load_checkpoint, save_checkpoint
+
+if TYPE_CHECKING:
+    from hwnas.heads.losses import DetectionLoss
 
 
 # The version of the training recipe: the defaults below, the per-preset recipes
@@ -257,6 +260,14 @@ class TrainResult:
         return self.metrics["history"]
 
 
+def training_loss(arch: Arch, num_classes: int, cfg: TrainConfig) -> "DetectionLoss":
+    """The loss ``arch`` trains with under ``cfg``'s recipe (box loss, assigner, the face head's IoUs)."""
+    from hwnas.heads.losses import DetectionLoss
+
+    return DetectionLoss.for_arch(arch, num_classes, box_loss=cfg.box_loss, step1_iou=tuple(cfg.step1_iou),
+                                  step2_iou=tuple(cfg.step2_iou), assigner=cfg.assigner)
+
+
 def train_transform(arch: Arch, cfg: TrainConfig):
     """The augmentation of the training images: scale jitter, crop, flips, colour; with ``das_p``,
     data-anchor-sampling on that share of the samples."""
@@ -288,7 +299,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
     from hwnas.data.wider import open_dataset
     from hwnas.evaluate.coco import evaluate
     from hwnas.fileio import check_writable
-    from hwnas.heads.losses import DetectionLoss, init_head_priors
+    from hwnas.heads.losses import init_head_priors
     from hwnas.models import Detector
 
     out = Path(out)
@@ -332,8 +343,7 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         from torch.optim.swa_utils import AveragedModel
 
         ema = AveragedModel(model, multi_avg_fn=ema_update(cfg.ema), use_buffers=True)
-    criterion = DetectionLoss.for_arch(arch, k, box_loss=cfg.box_loss, step1_iou=tuple(cfg.step1_iou),
-                                       step2_iou=tuple(cfg.step2_iou), assigner=cfg.assigner)
+    criterion = training_loss(arch, k, cfg)
     decay, no_decay = [], []
     for p in model.parameters():
         (no_decay if p.ndim <= 1 else decay).append(p)

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from hwnas.errors import HwnasError
 from hwnas.search.evaluators.anchored import AnchoredEvaluator
 from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
+from hwnas.search.evaluators.coverage import CoverageEvaluator
 from hwnas.search.evaluators.halving import HalvingEvaluator
 from hwnas.search.evaluators.supernet import SupernetEvaluator
 from hwnas.search.evaluators.train import TrainEvaluator
@@ -21,15 +22,22 @@ EVALUATORS: dict[str, EvaluatorFactory] = {
     "bn": lambda cfg: SupernetEvaluator(cfg, bn_nas=True),
     "train+bn": AnchoredEvaluator,
     "train+depth": lambda cfg: AnchoredEvaluator(cfg, "depth"),
+    "train+coverage": CoverageEvaluator,
 }
 # The evaluators that train a supernet per neighbourhood (their settings belong to a study's identity).
 SUPERNET_EVALUATORS = ("supernet", "bn", "train+bn")
 
 
+# The evaluators that train every candidate standalone at the search's epochs (``train+coverage``
+# ranks by a proxy derived from that training, and keeps its mAP).
+STANDALONE_EVALUATORS = ("train", "train+coverage")
+
+
 def scores_proxies(name: str) -> bool:
-    """Whether the evaluator may leave proxy scores on the final front, which the search then trains
-    standalone (every one but ``train``; halving's below its top rung)."""
-    return name != "train"
+    """Whether the evaluator may leave candidates without a standalone mAP on the final front, which
+    the search then trains standalone (every one but those of ``STANDALONE_EVALUATORS``; halving's
+    below its top rung)."""
+    return name not in STANDALONE_EVALUATORS
 
 
 def check_evaluator(name: str) -> None:
@@ -43,5 +51,5 @@ def make_evaluator(cfg: "SearchConfig") -> Evaluator:
     return EVALUATORS[cfg.evaluator](cfg)
 
 
-__all__ = ["EVALUATORS", "SUPERNET_EVALUATORS", "Budget", "Evaluation", "Evaluator", "EvaluatorFactory", "Note", "check_evaluator",
+__all__ = ["EVALUATORS", "STANDALONE_EVALUATORS", "SUPERNET_EVALUATORS", "Budget", "Evaluation", "Evaluator", "EvaluatorFactory", "Note", "check_evaluator",
            "failure_reason", "make_evaluator", "scores_proxies"]

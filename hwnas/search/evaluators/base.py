@@ -44,7 +44,9 @@ class Budget:
 @dataclass(frozen=True)
 class Evaluation:
     """One candidate's accuracy: ``score`` (COCO mAP 0.5:0.95 on val, or a proxy for it when
-    ``is_proxy``), what it cost, the weights it left, or why it failed (then ``score`` is None)."""
+    ``is_proxy``), what it cost, the weights it left, or why it failed (then ``score`` is None).
+    ``standalone_map``: a proxy derived from a standalone training at the search's epochs
+    (``train+coverage``) carries that training's mAP, so the search need not train it again."""
 
     score: float | None
     cost_s: float
@@ -52,6 +54,7 @@ class Evaluation:
     checkpoint: Path | None = None
     failure: str | None = None
     map50: float | None = None  # mAP at IoU 0.5, where the evaluator measured one
+    standalone_map: float | None = None
 
     def __post_init__(self) -> None:
         if (self.score is None) == (self.failure is None):
@@ -61,6 +64,8 @@ class Evaluation:
             raise HwnasError(f"evaluation score {self.score}: must be finite (a diverged run is a failure)")
         if not self.cost_s >= 0:
             raise HwnasError(f"evaluation cost {self.cost_s} s: must be >= 0")
+        if self.standalone_map is not None and not self.is_proxy:
+            raise HwnasError("a standalone mAP beside the score belongs to a proxy evaluation only")
 
     @classmethod
     def failed(cls, reason: str, cost_s: float, is_proxy: bool = False) -> "Evaluation":
@@ -69,13 +74,13 @@ class Evaluation:
     def to_dict(self) -> dict:
         return {"score": self.score, "cost_s": self.cost_s, "is_proxy": self.is_proxy,
                 "checkpoint": None if self.checkpoint is None else str(self.checkpoint), "failure": self.failure,
-                "map50": self.map50}
+                "map50": self.map50, "standalone_map": self.standalone_map}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Evaluation":
         ck = d.get("checkpoint")
         return cls(d["score"], float(d["cost_s"]), bool(d["is_proxy"]), None if ck is None else Path(ck),
-                   d.get("failure"), d.get("map50"))
+                   d.get("failure"), d.get("map50"), d.get("standalone_map"))
 
 
 class Evaluator(Protocol):

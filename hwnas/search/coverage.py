@@ -1,0 +1,64 @@
+"""Label coverage: the share of a data set's training boxes that a detector's head can learn at all.
+
+A box the head's assignment leaves without a single positive position (no anchor or point of its
+levels matches it) never teaches the classifier anything, however long the detector trains. Which
+boxes those are follows from the data and the structure alone (input size, pyramid levels, head
+kind and its assigner), so the share can be read off before any training: the training images go
+through the training transform (epoch 0, the recipe's seed), then through the head's own
+assignment (``Head.match_codes``, the codes its loss trains on), nothing re-implemented here.
+
+Why the search wants it (docs/benchmarks.md section 9): on the generated shapes at 128 px, 39 % of
+the boxes are under 16 px; levels P4-P6 leave about half of those without a positive, and
+P5-P6 take almost no box at all. Over the truth set's 36 detectors the share ranks their 12-epoch
+mAP about as well as 3 epochs of training do, and the 3-epoch mAP times the share ranks it better
+than either (``benchmarks/rank_fidelity.py``). It costs milliseconds per detector once a resolution's
+boxes are transformed (they are kept, per data set and transform, for the life of the process).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hwnas.spec.arch import Arch
+    from hwnas.train.loop import TrainConfig
+
+IMAGES = 200  # training images the share is measured on: the generated sets' boxes vary little beyond
+
+_TARGETS: dict[tuple[str, str, int], tuple[list[dict], int]] = {}
+
+
+def training_targets(arch: "Arch", data: Path, cfg: "TrainConfig", images: int = IMAGES) -> tuple[list[dict], int]:
+    """The boxes of the first ``images`` training images (0: all) as training sees them at
+    ``arch``'s input size in epoch 0, and the data set's class count."""
+    from hwnas.data.wider import open_dataset
+    from hwnas.train.loop import train_transform
+
+    transform = train_transform(arch, cfg)
+    key = (str(Path(data).resolve()), repr(transform), images)  # the transforms are frozen dataclasses
+    if key not in _TARGETS:
+        ds = open_dataset(data, "train", transform)
+        ds.set_epoch(0)
+        n = min(images, len(ds)) if images else len(ds)
+        targets = [{k: t[k] for k in ("boxes", "labels", "crowd")} for _, t in (ds[i] for i in range(n))]
+        _TARGETS[key] = (targets, len(ds.class_names))
+    return _TARGETS[key]
+
+
+def label_coverage(arch: "Arch", data: Path, cfg: "TrainConfig", images: int = IMAGES) -> float:
+    """The share of the usable training boxes (not crowd, positive area) to which ``arch``'s head
+    assigns at least one positive position before training. 1.0 for data without usable boxes."""
+    import torch
+
+    from hwnas.heads.losses import usable_boxes
+    from hwnas.train.loop import training_loss
+
+    targets, k = training_targets(arch, data, cfg, images)
+    loss = training_loss(arch, k, cfg)
+    boxes = covered = 0
+    for t, codes in zip(targets, arch.head.match_codes(loss, targets)):
+        usable = usable_boxes(t["boxes"], t["crowd"].bool())
+        hit = torch.bincount(codes[codes >= 0], minlength=len(t["boxes"])) > 0
+        boxes += int(usable.sum())
+        covered += int((hit & usable).sum())
+    return covered / boxes if boxes else 1.0
