@@ -1,0 +1,65 @@
+"""Label coverage on detectors it was not chosen on: the judged front members of the equal-time searches.
+
+``train+coverage`` (3-epoch mAP x label coverage, hwnas.search.coverage) was found on the truth set
+(benchmarks/rank_fidelity.py). The equal-time searches (benchmarks/search_equal_time.py) left other
+detectors with both a 3-epoch mAP (the search's own training) and a 12-epoch one (their judging,
+seed 0, as the truth set's detectors are trained): this ranks those, outside the truth set, by the
+3-epoch mAP, by the product and by coverage alone, against the 12-epoch mAP. Reads committed
+results only; the coverage is computed here (milliseconds a detector).
+
+    python benchmarks/coverage_fronts.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from scipy.stats import kendalltau, spearmanr
+
+from common import write_results
+
+from hwnas.search.coverage import label_coverage
+from hwnas.spec.arch import Arch
+from hwnas.train.recipes import recipe_config
+
+RESULTS = ("search_equal_time-b10", "search_equal_time-b10-s6", "search_equal_time-b10-probe")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--searches", default=",".join(RESULTS), help="results names under benchmarks/results")
+    ap.add_argument("--truth", type=Path, default=Path("benchmarks/results/truth-small-128.json"))
+    ap.add_argument("--data", type=Path, default=Path("runs/bench/truth/data"), help="the searches' data")
+    ap.add_argument("--results", type=Path, default=Path("benchmarks/results/coverage_fronts"))
+    args = ap.parse_args()
+    in_truth = {r["arch"] for r in json.loads(args.truth.read_text())["rows"]}
+    pairs: dict[str, tuple[float, float]] = {}  # arch -> (3-epoch mAP, judged mAP)
+    for name in args.searches.split(","):
+        res = json.loads(Path(f"benchmarks/results/{name}.json").read_text())
+        seed = str(res["args"].get("judge_seed", 0))
+        judged = {(r["arch"], str(r["seed"])): r["map"]
+                  for r in json.loads(Path(f"benchmarks/results/{name}.judged.json").read_text())["runs"]}
+        for row in res["rows"]:
+            for arch, short in zip(row["front_archs"], row.get("front_map", [])):
+                if short is not None and (arch, seed) in judged and arch not in in_truth:
+                    pairs[arch] = (short, judged[arch, seed])
+    cfg = recipe_config(None, epochs=3, batch_size=16, lr=2e-3, seed=0)  # the searches' training settings
+    cov = {a: label_coverage(Arch.parse(a), args.data, cfg) for a in pairs}
+    full = [pairs[a][1] for a in pairs]
+    rankings = {"3-epoch mAP (`train`)": [pairs[a][0] for a in pairs],
+                "3-epoch mAP x label coverage (`train+coverage`)": [pairs[a][0] * cov[a] for a in pairs],
+                "label coverage alone (no training)": [cov[a] for a in pairs]}
+    rows = {k: {"kendall_tau": kendalltau(v, full).statistic, "spearman": spearmanr(v, full).statistic}
+            for k, v in rankings.items()}
+    lines = [f"The {len(pairs)} judged front members of {', '.join(args.searches.split(','))} that are not in the "
+             "truth set, ranked against their judged (12-epoch) mAP.", "",
+             "| ranking | Kendall tau | Spearman |", "|---|---|---|"]
+    lines += [f"| {k} | {v['kendall_tau']:.2f} | {v['spearman']:.2f} |" for k, v in rows.items()]
+    write_results(args.results, {"n": len(pairs), "rankings": rows, "coverage": cov,
+                                 "pairs": {a: {"map3": s, "judged": j} for a, (s, j) in pairs.items()}},
+                  "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
