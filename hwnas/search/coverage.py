@@ -9,9 +9,10 @@ assignment (``Head.match_codes``, the codes its loss trains on), nothing re-impl
 
 Why the search wants it (docs/benchmarks.md section 9): on the generated shapes at 128 px, 39 % of
 the boxes are under 16 px; levels P4-P6 leave about half of those without a positive, and
-P5-P6 take almost no box at all. Over the truth set's 36 detectors the share ranks their 12-epoch
-mAP about as well as 3 epochs of training do, and the 3-epoch mAP times the share ranks it better
-than either (``benchmarks/rank_fidelity.py``). It costs milliseconds per detector once a resolution's
+P5-P6 take almost no box at all. Over the truth set's 36 detectors the 3-epoch mAP times the share
+ranks their 12-epoch mAP better than the 3-epoch mAP alone (``benchmarks/rank_fidelity.py``); the
+share alone ranks detectors of one head kind, not across kinds (the two-stage head covers least
+and learns most). It costs milliseconds per detector once a resolution's
 boxes are transformed (they are kept, per data set and transform, for the life of the process).
 """
 from __future__ import annotations

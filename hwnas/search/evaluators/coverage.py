@@ -5,8 +5,8 @@ Why: a short training reads how much a detector has learnt so far, not how much 
 structure whose levels leave boxes without a single positive (at 128 px: no P3, so half the
 boxes under 16 px are never learnt) can score well at 3 epochs and then plateau. Over the truth
 set's 36 detectors (docs/benchmarks.md section 9) the 3-epoch mAP times the share of training boxes
-the head covers ranks the 12-epoch mAP with Kendall tau 0.72 (Spearman 0.88), where the 3-epoch mAP
-alone reaches 0.63 (0.81); the share is read in milliseconds, with no training.
+the head covers ranks the 12-epoch mAP (mean of two seeds) with Kendall tau 0.75 (Spearman 0.90),
+where the 3-epoch mAP alone reaches 0.65 (0.82); the share is read in milliseconds, with no training.
 
 The score is a proxy (``is_proxy``: the product is a ranking, not an mAP); the candidate's own mAP
 is a real standalone training's at the search's epochs (``standalone_map``), so pareto.json carries
