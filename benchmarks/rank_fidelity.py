@@ -227,22 +227,21 @@ def growth_lines(result: dict, truth: dict) -> list[str]:
     kind (median and range of the ratio). A kind that grows less is overrated by the short score
     against the others, a bias no ranking inside one kind shows."""
     lines = []
+    kind = {r["arch"]: Arch.parse(r["arch"]).head.kind for r in truth["rows"]}
     for name, e in result["evaluators"].items():
         if not name.startswith("train"):
             continue
+        growth = {r["arch"]: r["map"] / e["keys"][r["arch"]] for r in truth["rows"]
+                  if r["map"] is not None and e["keys"].get(r["arch"], 0) > 0}
         by_kind: dict[str, list[float]] = {}
-        for r in truth["rows"]:
-            if r["map"] is not None and e["keys"].get(r["arch"], 0) > 0:
-                by_kind.setdefault(Arch.parse(r["arch"]).head.kind, []).append(r["map"] / e["keys"][r["arch"]])
+        for a, g in growth.items():
+            by_kind.setdefault(kind[a], []).append(g)
         cells = [f"{k} {statistics.median(v):.1f} ({min(v):.1f}-{max(v):.1f}, {len(v)})" for k, v in sorted(by_kind.items())]
         lines.append(f"- {name}: truth mAP / score by head kind, median (range, detectors): {'; '.join(cells)}.")
         # would a per-kind correction mend that bias? Each detector's score times the median growth of
         # the other detectors of its kind (leave-one-out: its own truth never enters its correction)
-        kind = {r["arch"]: Arch.parse(r["arch"]).head.kind for r in truth["rows"]}
-        growth = {a: truth_map / e["keys"][a] for a, truth_map in
-                  ((r["arch"], r["map"]) for r in truth["rows"] if r["map"] is not None) if e["keys"].get(a, 0) > 0}
         corrected = {a: e["keys"][a] * statistics.median(g for b, g in growth.items() if b != a and kind[b] == kind[a])
-                     for a in growth if sum(kind[b] == kind[a] for b in growth) > 1}
+                     for a in growth if len(by_kind[kind[a]]) > 1}
         if len(corrected) >= 5:
             f, raw = fidelity(truth, corrected), fidelity(truth, {a: e["keys"][a] for a in corrected})
             lines.append(f"  Corrected by the median growth of the other detectors of its head kind (leave-one-out), "

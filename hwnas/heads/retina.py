@@ -60,7 +60,7 @@ class RetinaHead(TowerHead):
     def loss_components(self) -> tuple[str, ...]:
         return ("loss_cls", "loss_box")
 
-    def assign(self, loss, targets, device=None):
+    def match_codes(self, loss, targets, device=None):
         """Each image's match codes [positions] (box index, NEG or IGNORE) on :func:`retina_anchors`,
         with ``loss.assigner``: IoU at :attr:`MATCH_IOU` (each box's best anchor kept), or ATSS."""
         from hwnas.heads.losses import level_rows
@@ -70,16 +70,13 @@ class RetinaHead(TowerHead):
         hi, lo = self.MATCH_IOU
         return [loss.match_anchors(anchors, t["boxes"], t["crowd"], rows, high=hi, low=lo) for t in targets]
 
-    def match_codes(self, loss, targets, device=None):
-        return self.assign(loss, targets, device)
-
     def loss(self, loss, outputs, targets):
         from hwnas.heads.anchors import flatten_levels
 
         per = self.per_level(loss.arch, outputs)
         cls, box = flatten_levels(per["cls"], loss.num_classes), flatten_levels(per["box"], 4)
         anchors = retina_anchors(loss.arch, cls.device)
-        pi, pa, gt, loss_cls = loss.focal(cls, targets, self.assign(loss, targets, cls.device))
+        pi, pa, gt, loss_cls = loss.focal(cls, targets, self.match_codes(loss, targets, cls.device))
         npos = max(1, len(pa))
         per_box = loss.anchor_box_loss(loss.box_loss, box[pi, pa], anchors[pa], gt)
         loss.by_level("loss_box", pa, per_box / npos)

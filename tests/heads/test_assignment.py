@@ -53,9 +53,9 @@ def hand_made_boxes(hw: tuple[int, int]) -> list[list[float]]:
 
 def codes_of(arch: Arch, loss: DetectionLoss, targets: list[dict]):
     """Per target: the codes the head's loss trains on (face: the second step's) and the face
-    head's first-step codes (None for retina), from the heads' own ``assign``."""
+    head's first-step codes (None for retina), from the heads' own ``match_codes`` / ``assign``."""
     if arch.head.kind == "retina":
-        return arch.head.assign(loss, targets), None
+        return arch.head.match_codes(loss, targets), None
     final, first = [], []
     for s in range(0, len(targets), 8):  # face-s outputs are large: a few images at a time
         chunk = targets[s:s + 8]
@@ -210,8 +210,8 @@ def test_assigner_option_default_and_validation():
     default = DetectionLoss.for_arch(arch, 1)
     assert default.assigner == "iou"
     expect = match(retina_anchors(arch), t["boxes"], t["crowd"], high=0.5, low=0.4, allow_low_quality=True)
-    assert torch.equal(arch.head.assign(default, [t])[0], expect)  # the default is IoU matching, unchanged
-    atss = arch.head.assign(DetectionLoss.for_arch(arch, 1, assigner="atss"), [t])[0]
+    assert torch.equal(arch.head.match_codes(default, [t])[0], expect)  # the default is IoU matching, unchanged
+    atss = arch.head.match_codes(DetectionLoss.for_arch(arch, 1, assigner="atss"), [t])[0]
     assert not torch.equal(atss, expect) and (atss == 0).any() and (atss == 1).any()
     with pytest.raises(HwnasError, match="valid assigners are iou, atss") as e:
         DetectionLoss.for_arch(arch, 1, assigner="simota")
