@@ -412,6 +412,7 @@ def search(
     front_share: float = typer.Option(0.3, "--front-share", help="with --budget-min and an evaluator other than train: the most of the budget kept for training the final front standalone (less when the front is small)"),
     structural_share: float = typer.Option(0.5, "--structural-share", help="share of --trials for the structural stage"),
     probe: str = typer.Option("spread", "--probe", help="how the structural stage sizes each structure it tries: spread (depths and widths balanced over the structures) or shallow (one block per stage, narrowest widths; the modular stage adds depth and width)"),
+    screen: str = typer.Option("none", "--screen", help="which pyramid levels the structural stage tries: none (every neck choice) or coverage (only the choices whose levels give as many of the data's training boxes a positive as the best choice, within 0.05; read off the data in seconds, before any training)"),
     population: int = typer.Option(0, help="NSGA-II population per generation (0: max(4, trials/4))"),
     epochs_per_trial: int = typer.Option(3, "--epochs-per-trial", help="training epochs of every candidate"),
     batch_size: int = typer.Option(16, "--batch-size"),
@@ -450,7 +451,7 @@ def search(
     if trials is None:  # with a budget, the clock ends the stages
         trials = 100_000 if budget_min else 16
     cfg = SearchConfig(recipe=rec, data=data, table=table, out=out, space=space, resolutions=res, stage=stage, trials=trials,
-                       structural_share=structural_share, probe=probe, population=population, epochs=epochs_per_trial,
+                       structural_share=structural_share, probe=probe, screen=screen, population=population, epochs=epochs_per_trial,
                        batch_size=batch_size, lr=lr, max_train_images=max_train_images, device=device,
                        threads=threads, seed=seed, latency_max_ms=latency_max_ms, storage=storage, study=study,
                        baselines=tuple(b for b in baselines.split(",") if b.strip()), measure=measure, force=force,

@@ -63,3 +63,40 @@ def label_coverage(arch: "Arch", data: Path, cfg: "TrainConfig", images: int = I
         boxes += int(usable.sum())
         covered += int((hit & usable).sum())
     return covered / boxes if boxes else 1.0
+
+
+SCREENS = ("none", "coverage")  # hwnas search --screen
+# A box share: pyramid levels that leave this much more of the boxes unlearnt than the best levels do
+# are not worth a structural trial. At 128 px on generated shapes the choices with P3 cover 0.89 of the
+# boxes (mean over the three head kinds), those without P3 0.68 and no neck 0.58; no choice falls in
+# between, so the margin only has to sit well inside that gap (and outside the ~0.01 the images drawn
+# move a share by).
+SCREEN_MARGIN = 0.05
+
+
+def screen_necks(space, data: Path, cfg: "TrainConfig", margin: float = SCREEN_MARGIN
+                 ) -> tuple[list[str], dict[str, float]]:
+    """The neck choices of the structural stage (``proposals.neck_choices``) whose pyramid levels
+    let the heads see the data's boxes, and every choice's share: the label coverage of the
+    choice's structural candidate (narrowest, shallowest, first block family: none of which moves
+    the assignment), averaged over the space's head kinds and resolutions. A choice is kept within
+    ``margin`` of the best share. Why: the search's short trainings rank a structure by what it has
+    learnt in a few epochs, and levels without the stride the small boxes need learn the large
+    ones as fast, then stop (docs/benchmarks.md section 9); the modular stage keeps a structure's
+    levels, so a front drawn from such structures never recovers them."""
+    from hwnas.errors import HwnasError
+    from hwnas.search.proposals import neck_choices, structural_arch
+
+    shares = {}
+    for neck in neck_choices(space):
+        got = []
+        for res in space.resolutions:
+            for head in space.heads:
+                try:
+                    arch = structural_arch(space, res, space.blocks[0], "shallow", neck, head, "narrow")
+                except HwnasError:  # levels the input is too small for: the structural stage prunes these too
+                    continue
+                got.append(label_coverage(arch, data, cfg))
+        shares[neck] = sum(got) / len(got) if got else 0.0
+    best = max(shares.values())
+    return [n for n, s in shares.items() if s >= best - margin], shares

@@ -105,7 +105,7 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
 
 
 def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0,
-                       probe: str = "spread") -> list[dict]:
+                       probe: str = "spread", necks: Sequence[str] | None = None) -> list[dict]:
     """The structural stage's first candidates as Optuna parameters, stratified rather than drawn
     at random.
 
@@ -118,12 +118,13 @@ def initial_structures(space: SearchSpace, population: int, seed: int, budget: i
     still holds every block family and every head type. The other choices (resolution, neck;
     depth and size outside the pair design) are balanced columns, each shuffled on its own:
     cycling them in step would tie choices with equally many options together (every shallow
-    backbone narrow, say) and leave most of their combinations untried.
+    backbone narrow, say) and leave most of their combinations untried. ``necks``: the neck choices
+    the stage draws from (default: every one, ``neck_choices``; ``--screen coverage`` passes fewer).
     """
     rng = random.Random(seed)
     depths, sizes = probe_choices(probe)
     dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(depths),
-            "neck": neck_choices(space), "head": list(space.heads), "size": list(sizes)}
+            "neck": list(necks or neck_choices(space)), "head": list(space.heads), "size": list(sizes)}
     heads = dims["head"]
     pair_design = budget >= len(dims["block"]) * len(heads)
     n = len(dims["block"]) * len(heads) if pair_design else population
@@ -151,16 +152,17 @@ def balanced(options: Sequence, n: int, rng: random.Random) -> list:
     return column
 
 
-def suggest_structural(trial, space: SearchSpace, probe: str = "spread") -> Arch:
+def suggest_structural(trial, space: SearchSpace, probe: str = "spread", necks: Sequence[str] | None = None) -> Arch:
     """Ask an Optuna trial for the six structural choices (depth and size of one option each with
-    ``probe`` "shallow", so every study records the same six parameters)."""
+    ``probe`` "shallow", so every study records the same six parameters), the neck among ``necks``
+    (default: every choice)."""
     depths, sizes = probe_choices(probe)
     return structural_arch(
         space,
         trial.suggest_categorical("resolution", list(space.resolutions)),
         trial.suggest_categorical("block", list(space.blocks)),
         trial.suggest_categorical("depth", list(depths)),
-        trial.suggest_categorical("neck", neck_choices(space)),
+        trial.suggest_categorical("neck", list(necks or neck_choices(space))),
         trial.suggest_categorical("head", list(space.heads)),
         trial.suggest_categorical("size", list(sizes)))
 

@@ -21,7 +21,7 @@ import random
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from hwnas.errors import HwnasError
 from hwnas.fileio import check_writable
@@ -29,12 +29,14 @@ from hwnas.limits import MAX_THREADS, check_batch, check_count, check_float, che
 from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
 from hwnas.search.evaluators import (SUPERNET_EVALUATORS, Budget, Evaluation, Evaluator, check_evaluator, make_evaluator,
                                      scores_proxies)
+from hwnas.search.coverage import SCREENS
 from hwnas.search.pareto import nadir_reference
 from hwnas.search.proposals import (
     Parent,
     choose_parent,
     initial_structures,
     mutate,
+    neck_choices,
     probe_choices,
     ranked_children,
     suggest_structural,
@@ -43,6 +45,9 @@ from hwnas.search.records import TrialRecord, records_of
 from hwnas.spec.arch import Arch
 from hwnas.spec.space import get_space
 from hwnas.train.recipes import RECIPES
+
+if TYPE_CHECKING:
+    from hwnas.train.loop import TrainConfig
 
 STAGES = ("structural", "modular", "both", "random")
 Progress = Callable[[int, int, str], None]
@@ -59,6 +64,7 @@ class SearchConfig:
     trials: int = 16
     structural_share: float = 0.5
     probe: str = "spread"  # how structural probes are sized (hwnas.search.proposals.PROBES)
+    screen: str = "none"  # which neck levels the structural stage draws (hwnas.search.coverage.SCREENS)
     population: int = 0  # 0: max(4, stage trials // 4), at most 50
     epochs: int = 3
     batch_size: int = 16
@@ -110,6 +116,8 @@ class SearchConfig:
             raise HwnasError(f"--study {self.study!r}: give a name without '/'")
         check_evaluator(self.evaluator)
         probe_choices(self.probe)
+        if self.screen not in SCREENS:
+            raise HwnasError(f"--screen {self.screen!r}: valid screens are {', '.join(SCREENS)}")
         check_count("--supernet-epochs", self.supernet_epochs)
         check_int("--eta", self.eta, 2, 100)
         check_float("--budget-min", self.budget_s / 60, 0.0, 7 * 24 * 60)
@@ -130,6 +138,16 @@ class SearchConfig:
     def budget(self) -> Budget:
         """What one evaluation of one candidate may spend."""
         return Budget(epochs=self.epochs, max_train_images=self.max_train_images)
+
+    def train_config(self) -> "TrainConfig":
+        """How every candidate trains: the recipe brings its training tricks (box loss,
+        data-anchor-sampling, jitter); batch, lr and seed are the search's, the same for every
+        candidate. Built before anything is written, so bad settings fail first."""
+        from hwnas.train.recipes import recipe_config
+
+        budget = self.budget()
+        return recipe_config(self.recipe, epochs=budget.epochs, max_train_images=budget.max_train_images,
+                             batch_size=self.batch_size, lr=self.lr, seed=self.seed, device=self.device)
 
     def population_for(self, n: int) -> int:
         if self.population:
@@ -153,6 +171,7 @@ class SearchConfig:
                    if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),
                 **({"probe": self.probe} if self.probe != "spread" else {}),
+                **({"screen": self.screen} if self.screen != "none" else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
 
@@ -232,6 +251,7 @@ class Search:
         self.slot = -1
         self._done, self._front, self.total, self._spent = 0, "front: -", 0, 0.0
         self._failures_in_a_row, self._last_reason = 0, ""
+        self._necks: list[str] | None = None
 
     # ------------------------------------------------------------------ checks
     def _check_table(self) -> None:
@@ -369,7 +389,7 @@ class Search:
             # One worker, once: the first candidates cover every block family and head type (every
             # pair of them when the stage's budget allows).
             for params in initial_structures(self.space, self.cfg.population_for(n), self.cfg.seed, n,
-                                             self.cfg.probe):
+                                             self.cfg.probe, self.structural_necks()):
                 study.enqueue_trial(params, skip_if_exists=True)
         propose = {"structural": self._propose_structural, "modular": self._propose_modular,
                    "random": self._propose_random}[stage]
@@ -474,11 +494,30 @@ class Search:
             return True
         return False
 
+    def structural_necks(self) -> list[str]:
+        """The neck choices the structural stage draws: every one, or with ``--screen coverage``
+        those whose levels cover the data's boxes (``hwnas.search.coverage.screen_necks``; the
+        same for every worker of a study, as it follows from the data and the space alone)."""
+        if self._necks is None:
+            if self.cfg.screen == "none":
+                self._necks = neck_choices(self.space)
+            else:
+                from hwnas.search.coverage import screen_necks
+
+                t0 = time.perf_counter()
+                self._necks, shares = screen_necks(self.space, self.cfg.data, self.cfg.train_config())
+                dropped = [f"{n} {s:.2f}" for n, s in shares.items() if n not in self._necks]
+                self.outcome.notes.append(
+                    f"structural: --screen coverage kept necks {', '.join(f'{n} {shares[n]:.2f}' for n in self._necks)}"
+                    f" and dropped {', '.join(dropped) or 'none'} (share of training boxes the heads cover, "
+                    f"{time.perf_counter() - t0:.1f} s)")
+        return self._necks
+
     # proposals: each returns (arch or None, an asked trial or None, extra attributes)
     def _propose_structural(self, study, n, draw):
         trial = study.ask()
         try:
-            return suggest_structural(trial, self.space, self.cfg.probe), trial, {}
+            return suggest_structural(trial, self.space, self.cfg.probe, self.structural_necks()), trial, {}
         except HwnasError as e:  # a combination the grammar refuses (e.g. levels above a small input)
             import optuna
 

@@ -13,8 +13,9 @@ import torch
 from conftest import search_world
 from hwnas.cli.app import main
 from hwnas.heads.losses import DetectionLoss
-from hwnas.search.coverage import label_coverage
+from hwnas.search.coverage import label_coverage, screen_necks
 from hwnas.spec.arch import Arch
+from hwnas.spec.space import get_space
 from hwnas.train.recipes import recipe_config
 
 FCOS = "i64/basic_c8_1-2-2-2/fpn_p{levels}_c16/fcos_d1_c16/bn"
@@ -112,3 +113,36 @@ def test_a_search_ranked_by_map_times_coverage_keeps_each_candidates_own_map(wor
     front = json.loads((out / "pareto.json").read_text())
     assert front and all(r["map"] is not None and r["proxy_map"] is not None for r in front)
     assert not any(t.get("standalone_s") for t in s["trials"])  # nothing trained again at the end
+
+
+def test_the_screen_keeps_the_levels_that_see_the_data_s_boxes(tiny_shapes) -> None:
+    """At 64 px the shapes' small boxes need P3: the choices without it (and no neck) are dropped.
+    The same shapes at 384 px are large enough for P4-P6 and a single level: nothing is dropped."""
+    cfg = recipe_config(None, epochs=1, batch_size=8, seed=0)
+    kept, shares = screen_necks(get_space("tiny").with_resolutions((64,)), tiny_shapes, cfg)
+    assert kept == ["fpn_p3-5", "pafpn_p3-5"], shares
+    assert set(shares) == {"none", "fpn_p3-5", "fpn_p4-6", "pafpn_p3-5", "pafpn_p4-6"}
+    assert shares["fpn_p4-6"] < shares["fpn_p3-5"] - 0.2 and shares["none"] < shares["fpn_p4-6"], shares
+    kept, shares = screen_necks(get_space("tiny").with_resolutions((384,)), tiny_shapes, cfg)
+    assert kept == list(shares) and min(shares.values()) > 0.9, shares
+
+
+@pytest.mark.slow
+def test_a_screened_search_tries_only_the_kept_levels(world, capsys) -> None:
+    out = world["dir"] / "screened"
+    assert main(["search", "--data", str(world["data"]), "--table", str(world["table"]), "--space", "tiny",
+                 "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1",
+                 "--no-measure", "--trials", "6", "--population", "2", "--stage", "structural",
+                 "--max-train-images", "8", "--screen", "coverage"]) == 0
+    said = capsys.readouterr().err
+    assert "--screen coverage kept necks fpn_p3-5" in said and "dropped none" in said, said
+    s = json.loads((out / "search.json").read_text())
+    archs = [t["arch"] for t in s["trials"] if t["state"] == "complete"]
+    assert len(archs) == 6 and all("_p3-5_" in a for a in archs), archs
+    assert s["config"]["screen"] == "coverage"
+    # the study remembers the screen: a rerun without it would mix two searches
+    assert main(["search", "--data", str(world["data"]), "--table", str(world["table"]), "--space", "tiny",
+                 "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1",
+                 "--no-measure", "--trials", "6", "--population", "2", "--stage", "structural",
+                 "--max-train-images", "8"]) != 0
+    assert "screen" in capsys.readouterr().err

@@ -33,14 +33,11 @@ class SupernetEvaluator:
     def __init__(self, cfg: "SearchConfig", bn_nas: bool = False) -> None:
         from hwnas.search.supernet import SupernetConfig
         from hwnas.spec.space import get_space
-        from hwnas.train.recipes import recipe_config
 
         self.cfg = cfg
         space = get_space(cfg.space)
         self.space = space.with_resolutions(cfg.resolutions) if cfg.resolutions else space
-        budget = cfg.budget()
-        self.train_cfg = recipe_config(cfg.recipe, epochs=budget.epochs, max_train_images=budget.max_train_images,
-                                       batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device)
+        self.train_cfg = cfg.train_config()
         self.bn_nas = bn_nas
         self.net_cfg = SupernetConfig(epochs=cfg.supernet_epochs, strategy=cfg.supernet_strategy, bn_only=bn_nas)
         self.nets: dict = {}  # neighbourhood key -> trained Supernet, for the life of this worker

@@ -18,15 +18,8 @@ if TYPE_CHECKING:
 
 class TrainEvaluator:
     def __init__(self, cfg: "SearchConfig") -> None:
-        from hwnas.train.recipes import recipe_config
-
         self.data, self.device = cfg.data, cfg.device
-        # The recipe brings its training tricks (box loss, data-anchor-sampling, jitter); batch, lr and
-        # seed are the search's, the same for every candidate. Built now, so bad settings fail before
-        # the search writes anything.
-        budget = cfg.budget()
-        self.train_cfg = recipe_config(cfg.recipe, epochs=budget.epochs, max_train_images=budget.max_train_images,
-                                       batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, device=cfg.device)
+        self.train_cfg = cfg.train_config()
 
     def __call__(self, arch: "Arch", budget: Budget, folder: Path, note: Note | None = None) -> Evaluation:
         import torch
