@@ -567,6 +567,7 @@ def test_bad_input_is_one_line(setup, tmp_path, capfd) -> None:
         (["--data", str(tmp_path / "nothing")], "nothing"),
         (["--evaluator", "nope"], "--evaluator 'nope': valid evaluators are train"),
         (["--probe", "deep"], "--probe 'deep': valid probes are spread, shallow"),
+        (["--screen", "levels"], "--screen 'levels': valid screens are none, coverage"),
     ]
     for extra, msg in cases:
         a = args(setup, tmp_path / "o", "--no-measure")
