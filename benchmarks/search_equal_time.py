@@ -3,8 +3,9 @@
 For each seed and method, one ``hwnas search --budget-min M`` on the same data, table and space
 (``--trials`` set high, so the budget alone ends the stages); methods are an evaluator name
 (``train``, ``train+bn``, ``bn``, ...), optionally with ``@PROBE`` for the structural stage's
-``--probe`` (``train@shallow``) and ``-screen`` for ``--screen coverage`` (``train-screen``), or
-``random`` (random search, ``train``). The hypervolume of
+``--probe`` (``train@shallow``) and ``-screen`` for ``--screen coverage`` (``train-screen``; without
+it ``--screen none``, the search these results were first taken with), or ``random`` (random search,
+``train``). The hypervolume of
 each final front is computed from ``pareto.json``'s ``map``, the mAP of the detector trained
 standalone for ``--epochs`` epochs (for a proxy evaluator the search trains its front so; for
 ``train`` the candidates were trained so already), never from a proxy; the reference point is
@@ -94,7 +95,7 @@ def main() -> None:
                 evaluator, _, probe = named.partition("@")
                 stage = (["--stage", "random"] if method == "random" else
                          ["--evaluator", evaluator, *(["--probe", probe] if probe else []),
-                          *(["--screen", "coverage"] if flag else [])])
+                          "--screen", "coverage" if flag else "none"])
                 t0 = time.perf_counter()
                 run([*HWNAS, "search", "--data", a.data, "--table", a.table, "--space", a.space, "--resolutions",
                      a.resolutions, "--trials", str(a.trials), "--population", str(a.population), "--epochs-per-trial",

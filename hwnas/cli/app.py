@@ -412,7 +412,7 @@ def search(
     front_share: float = typer.Option(0.3, "--front-share", help="with --budget-min and an evaluator other than train: the most of the budget kept for training the final front standalone (less when the front is small)"),
     structural_share: float = typer.Option(0.5, "--structural-share", help="share of --trials for the structural stage"),
     probe: str = typer.Option("spread", "--probe", help="how the structural stage sizes each structure it tries: spread (depths and widths balanced over the structures) or shallow (one block per stage, narrowest widths; the modular stage adds depth and width)"),
-    screen: str = typer.Option("none", "--screen", help="which pyramid levels the structural stage tries: none (every neck choice) or coverage (only the choices whose levels give as many of the data's training boxes a positive as the best choice, within 0.05; read off the data in seconds, before any training)"),
+    screen: str = typer.Option("coverage", "--screen", help="which pyramid levels the structural stage tries: coverage (only the neck choices whose levels give as many of the data's training boxes a positive as the best choice does, within 0.05; read off the data in seconds, before any training) or none (every choice)"),
     population: int = typer.Option(0, help="NSGA-II population per generation (0: max(4, trials/4))"),
     epochs_per_trial: int = typer.Option(3, "--epochs-per-trial", help="training epochs of every candidate"),
     batch_size: int = typer.Option(16, "--batch-size"),

@@ -64,7 +64,7 @@ class SearchConfig:
     trials: int = 16
     structural_share: float = 0.5
     probe: str = "spread"  # how structural probes are sized (hwnas.search.proposals.PROBES)
-    screen: str = "none"  # which neck levels the structural stage draws (hwnas.search.coverage.SCREENS)
+    screen: str = "coverage"  # which neck levels the structural stage draws (hwnas.search.coverage.SCREENS)
     population: int = 0  # 0: max(4, stage trials // 4), at most 50
     epochs: int = 3
     batch_size: int = 16
@@ -171,6 +171,7 @@ class SearchConfig:
                    if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),
                 **({"probe": self.probe} if self.probe != "spread" else {}),
+                # Absent for "none": the studies started before the screen existed drew every neck.
                 **({"screen": self.screen} if self.screen != "none" else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
@@ -303,6 +304,9 @@ class Search:
                                      f"{old.get('recipe_version', 1)}, this hwnas trains with version "
                                      f"{ident.get('recipe_version', 1)}: new candidates would not compare with its "
                                      f"scores; use another --study or --out")
+                if diff == ["screen"] and "screen" not in old:  # the default changed under it
+                    raise HwnasError(f"study {name} in {self.url} was started before --screen existed and draws every "
+                                     f"neck choice; continue it with --screen none")
                 raise HwnasError(f"study {name} in {self.url} was started with other settings ({', '.join(diff)} differ); "
                                  f"rerun with the same settings, or use another --study or --out")
             self.studies[stage] = study

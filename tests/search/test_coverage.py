@@ -144,5 +144,5 @@ def test_a_screened_search_tries_only_the_kept_levels(world, capsys) -> None:
     assert main(["search", "--data", str(world["data"]), "--table", str(world["table"]), "--space", "tiny",
                  "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1",
                  "--no-measure", "--trials", "6", "--population", "2", "--stage", "structural",
-                 "--max-train-images", "8"]) != 0
+                 "--max-train-images", "8", "--screen", "none"]) != 0
     assert "screen" in capsys.readouterr().err

@@ -758,7 +758,7 @@ def _old_search(tmp_path: Path) -> tuple[list[str], dict]:
     before = json.loads((old / "search.json").read_text())
     return ["search", "--data", str(tmp_path / "data"), "--table", str(old / "table.json"), "--space", "tiny",
             "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1", "--trials", "4",
-            "--population", "2", "--no-measure", "--baselines", before["config"]["baselines"][0]], before
+            "--population", "2", "--no-measure", "--baselines", before["config"]["baselines"][0], "--screen", "none"], before
 
 
 def test_a_search_of_another_recipe_version_is_not_continued(setup, tmp_path, capfd) -> None:
@@ -777,6 +777,10 @@ def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path,
     monkeypatch.setattr("hwnas.train.loop.RECIPE_VERSION", 1)  # what wrote the fixture; the seam is under test
     argv, before = _old_search(tmp_path)
     capfd.readouterr()
+    # it drew every neck: under today's default (--screen coverage) it is refused, and told how to continue
+    assert main(argv[:-2]) == 1
+    err = capfd.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].endswith("continue it with --screen none"), err
     assert main(argv) == 0
     assert "trained 0, failed 0" in capfd.readouterr().out
     after = json.loads((tmp_path / "run" / "search.json").read_text())
