@@ -1,4 +1,4 @@
-"""Label coverage (hwnas.search.coverage) and the ``train+coverage`` evaluator: the heads' match codes
+"""Label coverage (hwnas.search.coverage), the ``train+coverage`` and ``train+growth`` evaluators: the heads' match codes
 are the codes their losses train on, a box between a level's points is covered only by a finer
 level, coverage read off generated shapes, and a real search ranked by mAP x coverage."""
 from __future__ import annotations
@@ -14,6 +14,7 @@ from conftest import search_world
 from hwnas.cli.app import main
 from hwnas.heads.losses import DetectionLoss
 from hwnas.search.coverage import label_coverage, screen_necks
+from hwnas.search.evaluators.scaled import GROWTH_EXPONENT, forward_gflops
 from hwnas.spec.arch import Arch
 from hwnas.spec.space import get_space
 from hwnas.train.recipes import recipe_config
@@ -146,3 +147,29 @@ def test_a_screened_search_tries_only_the_kept_levels(world, capsys) -> None:
                  "--no-measure", "--trials", "6", "--population", "2", "--stage", "structural",
                  "--max-train-images", "8", "--screen", "none"]) != 0
     assert "screen" in capsys.readouterr().err
+
+
+def test_forward_gflops_counts_the_detector_s_convolutions() -> None:
+    """The growth factor's FLOPs: a detector at twice the input side does four times the work
+    (every layer is a convolution over the image grid), and a wider backbone does more."""
+    small = Arch.parse("i64/basic_c8_1-2-2-2/fpn_p3-5_c16/fcos_d1_c16/bn")
+    large = Arch.parse("i128/basic_c8_1-2-2-2/fpn_p3-5_c16/fcos_d1_c16/bn")
+    wide = Arch.parse("i64/basic_c16_1-2-2-2/fpn_p3-5_c16/fcos_d1_c16/bn")
+    g = forward_gflops(small, 3)
+    assert forward_gflops(large, 3) == pytest.approx(4 * g, rel=0.02)
+    assert forward_gflops(wide, 3) > 1.5 * g > 0
+
+
+@pytest.mark.slow
+def test_a_search_ranked_by_map_times_growth_keeps_each_candidates_own_map(world) -> None:
+    out = world["dir"] / "growth"
+    assert main(["search", "--data", str(world["data"]), "--table", str(world["table"]), "--space", "tiny",
+                 "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1",
+                 "--no-measure", "--trials", "4", "--population", "2", "--evaluator", "train+growth"]) == 0
+    scored = [t for t in json.loads((out / "search.json").read_text())["trials"]
+              if t["state"] == "complete" and t["stage"] != "baseline"]
+    assert len(scored) == 4 and all(t["evaluator"] == "train+growth" for t in scored)
+    for t in scored:  # the proxy is the candidate's own standalone mAP times GFLOPs ** 0.2
+        metrics = json.loads((Path(t["checkpoint"]).parent / "metrics.json").read_text())
+        assert t["map"] == pytest.approx(metrics["map"]) and t["standalone_s"] is None
+        assert t["proxy_map"] == pytest.approx(t["map"] * forward_gflops(Arch.parse(t["arch"]), 3) ** GROWTH_EXPONENT)

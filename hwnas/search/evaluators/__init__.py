@@ -7,8 +7,8 @@ from typing import TYPE_CHECKING
 from hwnas.errors import HwnasError
 from hwnas.search.evaluators.anchored import AnchoredEvaluator
 from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
-from hwnas.search.evaluators.coverage import CoverageEvaluator
 from hwnas.search.evaluators.halving import HalvingEvaluator
+from hwnas.search.evaluators.scaled import coverage_evaluator, growth_evaluator
 from hwnas.search.evaluators.supernet import SupernetEvaluator
 from hwnas.search.evaluators.train import TrainEvaluator
 
@@ -22,15 +22,16 @@ EVALUATORS: dict[str, EvaluatorFactory] = {
     "bn": lambda cfg: SupernetEvaluator(cfg, bn_nas=True),
     "train+bn": AnchoredEvaluator,
     "train+depth": lambda cfg: AnchoredEvaluator(cfg, "depth"),
-    "train+coverage": CoverageEvaluator,
+    "train+coverage": coverage_evaluator,
+    "train+growth": growth_evaluator,
 }
 # The evaluators that train a supernet per neighbourhood (their settings belong to a study's identity).
 SUPERNET_EVALUATORS = ("supernet", "bn", "train+bn")
 
 
 # The evaluators that train every candidate standalone at the search's epochs (``train+coverage``
-# ranks by a proxy derived from that training, and keeps its mAP).
-STANDALONE_EVALUATORS = ("train", "train+coverage")
+# and ``train+growth`` rank by a proxy derived from that training, and keep its mAP).
+STANDALONE_EVALUATORS = ("train", "train+coverage", "train+growth")
 
 
 def scores_proxies(name: str) -> bool:
