@@ -176,6 +176,24 @@ class SearchConfig:
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
 
 
+# What a key left out of ``SearchConfig.identity`` means: its value when the study was started with
+# the default (or before the setting existed: a study from before --screen drew every neck choice).
+# A key not here was left out because it does not apply (supernet settings without a supernet).
+IDENTITY_ABSENT = {"evaluator": "train", "probe": "spread", "screen": "none", "supernet_span": "family"}
+
+
+def setting(identity: dict, key: str) -> str:
+    """One setting of a study's identity as a user would pass it (short: a table is named by its target)."""
+    if key not in identity:
+        return IDENTITY_ABSENT.get(key, "not set")
+    value = identity[key]
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):  # a table's target
+        return " ".join(str(value[k]) for k in ("backend", "precision", "device") if k in value) or "another"
+    return str(value)
+
+
 @dataclass
 class Outcome:
     """What this worker did, for the CLI's closing lines."""
@@ -304,11 +322,9 @@ class Search:
                                      f"{old.get('recipe_version', 1)}, this hwnas trains with version "
                                      f"{ident.get('recipe_version', 1)}: new candidates would not compare with its "
                                      f"scores; use another --study or --out")
-                if diff == ["screen"] and "screen" not in old:  # the default changed under it
-                    raise HwnasError(f"study {name} in {self.url} was started before --screen existed and draws every "
-                                     f"neck choice; continue it with --screen none")
-                raise HwnasError(f"study {name} in {self.url} was started with other settings ({', '.join(diff)} differ); "
-                                 f"rerun with the same settings, or use another --study or --out")
+                settings = "; ".join(f"{k}: {setting(old, k)} in the study, {setting(ident, k)} now" for k in diff)
+                raise HwnasError(f"study {name} in {self.url} was started with other settings ({settings}); "
+                                 f"rerun with the study's settings, or use another --study or --out")
             self.studies[stage] = study
         return self.studies[stage]
 

@@ -451,7 +451,7 @@ def test_rerun_of_a_finished_search_trains_nothing(both_stages, setup, capfd) ->
     assert study.metric_names == ["mAP", "latency_ms"]
     # other settings on the same study are refused, not mixed in
     assert main(args(setup, out, "--trials", 6, "--lr", "0.001")) == 1
-    assert "was started with other settings (lr differ)" in capfd.readouterr().err
+    assert "was started with other settings (lr: 0.002 in the study, 0.001 now)" in capfd.readouterr().err
 
 
 @pytest.mark.slow
@@ -472,7 +472,7 @@ def test_shallow_probes_then_moves_and_a_probe_change_is_refused(setup, capfd) -
     assert main(args(setup, out, "--stage", "structural", "--trials", 3, "--probe", "shallow", "--no-measure")) == 0
     # the study was started with shallow probes: continuing it with the default is another search
     assert main(args(setup, out, "--stage", "modular", "--trials", 2, "--no-measure")) == 1
-    assert "probe differ" in capfd.readouterr().err
+    assert "(probe: shallow in the study, spread now)" in capfd.readouterr().err
     assert main(args(setup, out, "--stage", "modular", "--trials", 2, "--probe", "shallow", "--no-measure")) == 0
     done = [t for t in json.loads((out / "search.json").read_text())["trials"] if t["state"] == "complete"]
     probes = [Arch.parse(t["arch"]) for t in done if t["stage"] == "structural"]
@@ -714,7 +714,7 @@ def test_a_registered_evaluator_scores_a_real_search(toy_search, setup, capfd) -
     # the score means something else under another evaluator: the study refuses to mix them
     capfd.readouterr()
     assert main(args(setup, out, "--trials", 8, "--population", 2, "--no-measure")) == 1
-    assert "other settings (evaluator differ)" in capfd.readouterr().err
+    assert "other settings (evaluator: toy in the study, train now)" in capfd.readouterr().err
 
 
 def test_report_is_computed_from_records_alone(toy_search, setup) -> None:
@@ -780,7 +780,7 @@ def test_a_search_written_before_evaluators_resumes_and_reports(setup, tmp_path,
     # it drew every neck: under today's default (--screen coverage) it is refused, and told how to continue
     assert main(argv[:-2]) == 1
     err = capfd.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].endswith("continue it with --screen none"), err
+    assert len(err) == 1 and "(screen: none in the study, coverage now)" in err[0], err
     assert main(argv) == 0
     assert "trained 0, failed 0" in capfd.readouterr().out
     after = json.loads((tmp_path / "run" / "search.json").read_text())
