@@ -53,6 +53,12 @@ STAGES = ("structural", "modular", "both", "random")
 Progress = Callable[[int, int, str], None]
 
 
+# Settings ``SearchConfig.identity`` leaves out at these values, so that studies started before the
+# setting existed still match; an absent key reads as its value here (a study from before --screen
+# drew every neck choice). Other absent keys do not apply (supernet settings without a supernet).
+IDENTITY_ABSENT = {"evaluator": "train", "probe": "spread", "screen": "none", "supernet_span": "family"}
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     data: Path
@@ -164,22 +170,15 @@ class SearchConfig:
                 "batch_size": self.batch_size, "lr": self.lr, "max_train_images": self.max_train_images,
                 "latency_max_ms": self.latency_max_ms, "seed": self.seed, **({"recipe": self.recipe} if self.recipe else {}),
                 # Only when not the default, so studies started before evaluators existed still match.
-                **({"evaluator": self.evaluator} if self.evaluator != "train" else {}),
+                **({"evaluator": self.evaluator} if self.evaluator != IDENTITY_ABSENT["evaluator"] else {}),
                 **({"supernet_epochs": self.supernet_epochs, "supernet_strategy": self.supernet_strategy}
                    if self.evaluator in SUPERNET_EVALUATORS else {}),
                 **({"supernet_span": self.supernet_span}
-                   if self.evaluator in ("supernet", "bn") and self.supernet_span != "family" else {}),
+                   if self.evaluator in ("supernet", "bn") and self.supernet_span != IDENTITY_ABSENT["supernet_span"] else {}),
                 **({"eta": self.eta} if self.evaluator == "halving" else {}),
-                **({"probe": self.probe} if self.probe != "spread" else {}),
-                # Absent for "none": the studies started before the screen existed drew every neck.
-                **({"screen": self.screen} if self.screen != "none" else {}),
+                **({"probe": self.probe} if self.probe != IDENTITY_ABSENT["probe"] else {}),
+                **({"screen": self.screen} if self.screen != IDENTITY_ABSENT["screen"] else {}),
                 **({"recipe_version": RECIPE_VERSION} if RECIPE_VERSION != 1 else {})}  # absent: version 1
-
-
-# What a key left out of ``SearchConfig.identity`` means: its value when the study was started with
-# the default (or before the setting existed: a study from before --screen drew every neck choice).
-# A key not here was left out because it does not apply (supernet settings without a supernet).
-IDENTITY_ABSENT = {"evaluator": "train", "probe": "spread", "screen": "none", "supernet_span": "family"}
 
 
 def setting(identity: dict, key: str) -> str:

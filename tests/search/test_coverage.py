@@ -96,21 +96,28 @@ def world(tmp_path_factory, ort_cpu) -> dict:
     return search_world(tmp_path_factory, ort_cpu, "coverage-search", 24)
 
 
+def coverage_of(arch: Arch, data: Path) -> float:
+    return label_coverage(arch, data, recipe_config(None, epochs=1, batch_size=8, seed=0))
+
+
+def growth_of(arch: Arch, data: Path) -> float:
+    return forward_gflops(arch, 3) ** GROWTH_EXPONENT  # the shapes' 3 classes
+
+
 @pytest.mark.slow
-def test_a_search_ranked_by_map_times_coverage_keeps_each_candidates_own_map(world) -> None:
-    out = world["dir"] / "run"
+@pytest.mark.parametrize("evaluator,factor", [("train+coverage", coverage_of), ("train+growth", growth_of)])
+def test_a_search_ranked_by_map_times_a_factor_keeps_each_candidates_own_map(world, evaluator, factor) -> None:
+    out = world["dir"] / evaluator
     assert main(["search", "--data", str(world["data"]), "--table", str(world["table"]), "--space", "tiny",
                  "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1",
-                 "--no-measure", "--trials", "4", "--population", "2", "--evaluator", "train+coverage"]) == 0
+                 "--no-measure", "--trials", "4", "--population", "2", "--evaluator", evaluator]) == 0
     s = json.loads((out / "search.json").read_text())
     scored = [t for t in s["trials"] if t["state"] == "complete" and t["stage"] != "baseline"]
-    assert len(scored) == 4 and all(t["evaluator"] == "train+coverage" for t in scored)
-    cfg = recipe_config(None, epochs=1, batch_size=8, seed=0)
-    for t in scored:  # the proxy is the candidate's own standalone mAP times its coverage
-        share = label_coverage(Arch.parse(t["arch"]), world["data"], cfg)
+    assert len(scored) == 4 and all(t["evaluator"] == evaluator for t in scored)
+    for t in scored:  # the proxy is the candidate's own standalone mAP times its factor
         metrics = json.loads((Path(t["checkpoint"]).parent / "metrics.json").read_text())
         assert t["map"] == pytest.approx(metrics["map"]) and t["standalone_s"] is None
-        assert t["proxy_map"] == pytest.approx(t["map"] * share)
+        assert t["proxy_map"] == pytest.approx(t["map"] * factor(Arch.parse(t["arch"]), world["data"]))
     front = json.loads((out / "pareto.json").read_text())
     assert front and all(r["map"] is not None and r["proxy_map"] is not None for r in front)
     assert not any(t.get("standalone_s") for t in s["trials"])  # nothing trained again at the end
@@ -158,18 +165,3 @@ def test_forward_gflops_counts_the_detector_s_convolutions() -> None:
     g = forward_gflops(small, 3)
     assert forward_gflops(large, 3) == pytest.approx(4 * g, rel=0.02)
     assert forward_gflops(wide, 3) > 1.5 * g > 0
-
-
-@pytest.mark.slow
-def test_a_search_ranked_by_map_times_growth_keeps_each_candidates_own_map(world) -> None:
-    out = world["dir"] / "growth"
-    assert main(["search", "--data", str(world["data"]), "--table", str(world["table"]), "--space", "tiny",
-                 "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8", "--threads", "1",
-                 "--no-measure", "--trials", "4", "--population", "2", "--evaluator", "train+growth"]) == 0
-    scored = [t for t in json.loads((out / "search.json").read_text())["trials"]
-              if t["state"] == "complete" and t["stage"] != "baseline"]
-    assert len(scored) == 4 and all(t["evaluator"] == "train+growth" for t in scored)
-    for t in scored:  # the proxy is the candidate's own standalone mAP times GFLOPs ** 0.2
-        metrics = json.loads((Path(t["checkpoint"]).parent / "metrics.json").read_text())
-        assert t["map"] == pytest.approx(metrics["map"]) and t["standalone_s"] is None
-        assert t["proxy_map"] == pytest.approx(t["map"] * forward_gflops(Arch.parse(t["arch"]), 3) ** GROWTH_EXPONENT)

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from hwnas.spec.arch import Arch
 
 # The log-log slope of (12-epoch mAP / 3-epoch mAP) on forward FLOPs over the truth set's 36
-# detectors (benchmarks/growth_fit.py). It extrapolates a 3-epoch score to 12 epochs on the
+# detectors (benchmarks/coverage_fronts.py fits it). It extrapolates a 3-epoch score to 12 epochs on the
 # generated shapes at 128 px; other lengths and data are not measured.
 GROWTH_EXPONENT = 0.20
 
