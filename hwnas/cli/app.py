@@ -239,6 +239,7 @@ def train(
     img_size: Optional[int] = typer.Option(None, "--img-size", help="square input size (overrides the arch's)"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="default: the recipe's, else 16"),
     lr: Optional[float] = typer.Option(None, help="default: the recipe's, else 0.002"),
+    warmup_iters: Optional[int] = typer.Option(None, "--warmup-iters", help="iterations of linear warm-up before the cosine decay, at most a fifth of the run (default: the recipe's, else 100)"),
     box_loss: Optional[str] = typer.Option(None, "--box-loss", help="iou | giou | diou | ciou | smooth_l1 (default: the recipe's, else giou)"),
     device: str = typer.Option("cpu", help="cpu or cuda[:i]"),
     seed: int = typer.Option(0),
@@ -300,7 +301,7 @@ def train(
     if budget_min is not None and epochs is None:
         epochs = BUDGET_MAX_EPOCHS  # the clock decides, not the recipe's epochs
     cfg = recipe_config(recipe, epochs=epochs, budget_s=budget_min and budget_min * 60, eval_every=eval_every or None, batch_size=batch_size, lr=lr,
-                        box_loss=box_loss, das_p=das_p, ema=ema, assigner=assigner, copy_paste=copy_paste,
+                        warmup_iters=warmup_iters, box_loss=box_loss, das_p=das_p, ema=ema, assigner=assigner, copy_paste=copy_paste,
                         scale_jitter=scale_jitter and _pair(scale_jitter, "--scale-jitter", "0.8,1.25"),
                         step1_iou=step1_iou and _pair(step1_iou, "--step1-iou", "0.5,0.4"),
                         step2_iou=step2_iou and _pair(step2_iou, "--step2-iou", "0.6,0.5"),

@@ -104,6 +104,12 @@ def structural_arch(space: SearchSpace, resolution: int, block: str, depth: str,
                       sized(space.neck_widths, size), spec, space.norms[0])
 
 
+def neck_options(space: SearchSpace, necks: Sequence[str] | None) -> list[str]:
+    """The neck choices the structural stage draws from: ``necks`` (``--screen coverage`` passes
+    fewer), else every one of the space's."""
+    return list(necks or neck_choices(space))
+
+
 def initial_structures(space: SearchSpace, population: int, seed: int, budget: int = 0,
                        probe: str = "spread", necks: Sequence[str] | None = None) -> list[dict]:
     """The structural stage's first candidates as Optuna parameters, stratified rather than drawn
@@ -124,7 +130,7 @@ def initial_structures(space: SearchSpace, population: int, seed: int, budget: i
     rng = random.Random(seed)
     depths, sizes = probe_choices(probe)
     dims = {"resolution": list(space.resolutions), "block": list(space.blocks), "depth": list(depths),
-            "neck": list(necks or neck_choices(space)), "head": list(space.heads), "size": list(sizes)}
+            "neck": neck_options(space, necks), "head": list(space.heads), "size": list(sizes)}
     heads = dims["head"]
     pair_design = budget >= len(dims["block"]) * len(heads)
     n = len(dims["block"]) * len(heads) if pair_design else population
@@ -162,7 +168,7 @@ def suggest_structural(trial, space: SearchSpace, probe: str = "spread", necks: 
         trial.suggest_categorical("resolution", list(space.resolutions)),
         trial.suggest_categorical("block", list(space.blocks)),
         trial.suggest_categorical("depth", list(depths)),
-        trial.suggest_categorical("neck", list(necks or neck_choices(space))),
+        trial.suggest_categorical("neck", neck_options(space, necks)),
         trial.suggest_categorical("head", list(space.heads)),
         trial.suggest_categorical("size", list(sizes)))
 

@@ -98,7 +98,7 @@ class TrainConfig:
         check_count("--eval-every", self.eval_every, 0)
         check_int("--workers", self.workers, 0, 64)
         check_count("--max-train-images", self.max_train_images, 0)
-        check_count("warmup_iters", self.warmup_iters, 0)
+        check_count("--warmup-iters", self.warmup_iters, 0)
         if not (0 < self.lr < 1):
             raise HwnasError(f"--lr must be in (0, 1), got {self.lr}")
         if not (math.isfinite(self.grad_clip) and self.grad_clip > 0):

@@ -385,6 +385,8 @@ BAD: dict[str, tuple[list[str], str, str]] = {
                              "{o}/run"], "--step1-iou", "POSITIVE,NEGATIVE"),
     "args: --scale-jitter 5,1": (["train", "--arch", TINY, "--data", "{w}/data", "--scale-jitter", "5,1", "--out",
                             "{o}/run"], "--scale-jitter", "0.1 <= LOW <= HIGH <= 4"),
+    "args: --warmup-iters -5": (["train", "--arch", TINY, "--data", "{w}/data", "--warmup-iters", "-5", "--out",
+                                 "{o}/run"], "--warmup-iters -5", "must be in 0.."),
     "args: --on-error maybe": (["train", "--arch", TINY, "--data", "{w}/data", "--on-error", "maybe", "--out",
                                 "{o}/run"],
                          "--on-error", "raise, skip"),

@@ -73,6 +73,22 @@ def test_train_cli_prints_the_epoch_lines(data, tmp_path, capfd, monkeypatch):
     assert len(rows(out / "results.csv")) == 3 and (out / "best.pt").is_file()
 
 
+def test_train_cli_warmup_iters_reaches_the_schedule(data, tmp_path):
+    """5 epochs of 2 steps: by default the warm-up is min(100, 10 // 5) = 2 steps, so the first
+    epoch ends at the peak rate; with --warmup-iters 0 the cosine starts at once and the first
+    epoch ends below it. The run records the option."""
+    lrs = {}
+    for name, extra in (("default", []), ("none", ["--warmup-iters", "0"])):
+        out = tmp_path / name
+        assert main(["train", "--arch", RETINA, "--data", str(data), "--epochs", "5", "--batch-size", "8",
+                     *extra, "--out", str(out)]) == 0
+        lrs[name] = [float(r[HEADER.index("lr")]) for r in rows(out / "results.csv")[1:]]
+        assert load_checkpoint(out / "last.pt").config["warmup_iters"] == (0 if extra else 100)
+    assert lrs["default"][0] == pytest.approx(LR, rel=1e-6)
+    assert lrs["none"][0] == pytest.approx(LR * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * 2 / 10))), rel=1e-6)
+    assert lrs["none"][-1] == pytest.approx(lrs["default"][-1]) == pytest.approx(LR * 0.01)
+
+
 # ----------------------------------------------------------------------------- 2. results.csv
 def test_results_csv_one_row_per_epoch_and_continued_on_resume(data, tmp_path):
     arch, out = Arch.parse(RETINA), tmp_path / "run"
@@ -342,7 +358,7 @@ def test_a_resume_checks_what_it_reads(name, one_epoch, data, tmp_path, capfd):
     ("seed", 99999999999, "--seed 99999999999"),
     ("grad_clip", 0.0, "grad_clip 0.0"),
     ("grad_clip", math.nan, "grad_clip nan"),
-    ("warmup_iters", -1, "warmup_iters -1"),
+    ("warmup_iters", -1, "--warmup-iters -1"),
     ("weight_decay", -0.1, "weight_decay -0.1"),
 ])
 def test_each_training_option_has_its_own_message(field, value, expect):
@@ -350,7 +366,7 @@ def test_each_training_option_has_its_own_message(field, value, expect):
         cfg(**{field: value})
     msg = str(e.value)
     assert expect in msg and "\n" not in msg
-    others = {"--max-train-images", "--eval-every", "grad_clip", "warmup_iters", "--seed"} - {expect.split()[0]}
+    others = {"--max-train-images", "--eval-every", "grad_clip", "--warmup-iters", "--seed"} - {expect.split()[0]}
     assert not any(o in msg for o in others), msg
 
 

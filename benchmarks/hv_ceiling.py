@@ -1,0 +1,85 @@
+"""How much hypervolume the equal-time searches could reach: every detector judged so far, against the targets.
+
+The equal-time searches (benchmarks/search_equal_time.py) are judged by the hypervolume of their
+fronts at 12-epoch, seed-0 mAP. Over all of them and the truth set, many detectors have such an mAP;
+the front of all of them is the best this benchmark has ever seen, found over many CPU-hours. This
+puts a search's target in that scale: for each seed, the judged hypervolume a method needs to reach
+a given ratio to random search, as a share of that front's. A share above 1 asks a 10-minute search
+to beat everything found so far. Reads committed results only.
+
+    python benchmarks/hv_ceiling.py
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from common import write_results
+
+from hwnas.search.pareto import hypervolume
+
+RESULTS = Path("benchmarks/results")
+
+
+def judged_points(truth: Path) -> tuple[dict[str, tuple[float, float]], float]:
+    """Every detector with a 12-epoch seed-0 mAP (judging ledgers, truth set), as arch -> (mAP,
+    table latency); and the searches' reference latency (they share one)."""
+    latency, maps, refs = {}, {}, set()
+    for f in sorted(RESULTS.glob("search_equal_time-b10*.json")):
+        d = json.loads(f.read_text())
+        if f.name.endswith(".judged.json"):
+            maps.update({r["arch"]: r["map"] for r in d["runs"] if str(r["seed"]) == "0"})
+            continue
+        refs.add(round(d["reference"]["latency_ms"], 9))
+        for r in d["rows"]:
+            latency.update(zip(r["front_archs"], r["front_ms"]))
+    t = json.loads(truth.read_text())
+    for r in t["rows"]:
+        latency[r["arch"]] = r["predicted_latency_ms"]
+        maps.setdefault(r["arch"], r["seeds"]["0"]["map"])
+    if len(refs) != 1:
+        raise SystemExit(f"the searches' results use {len(refs)} reference latencies; expected one")
+    return {a: (m, latency[a]) for a, m in maps.items() if a in latency}, refs.pop()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--truth", type=Path, default=RESULTS / "truth-small-128.json")
+    ap.add_argument("--searches", default="search_equal_time-b10-screen,search_equal_time-b10-screen-s9",
+                    help="results whose judged rows are compared (the latest of each seed and method wins)")
+    ap.add_argument("--ratio", type=float, default=1.3, help="the target ratio to random search")
+    ap.add_argument("--results", type=Path, default=RESULTS / "hv_ceiling")
+    args = ap.parse_args()
+    points, ref = judged_points(args.truth)
+    everything = hypervolume(list(points.values()), 0.0, ref)
+    truth_only = hypervolume([points[r["arch"]] for r in json.loads(args.truth.read_text())["rows"]], 0.0, ref)
+    rows: dict[tuple[int, str], float] = {}
+    for name in args.searches.split(","):
+        for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"]:
+            if r.get("hv_judged") is not None:
+                rows[(r["seed"], r["method"])] = r["hv_judged"]
+    seeds = sorted({s for s, m in rows if m == "random"})
+    methods = sorted({m for _, m in rows})
+    lines = [f"{len(points)} detectors have a 12-epoch seed-0 mAP (the truth set's and every judged front member's); "
+             f"the front of all of them has hypervolume **{everything:.3f}** (the truth set's alone "
+             f"{truth_only:.3f}; reference mAP 0, {ref:.2f} ms).", "",
+             f"| seed | random | {args.ratio:g}x random | as a share of the best front known | "
+             + " | ".join(methods) + " |", "|---" * (4 + len(methods)) + "|"]
+    for s in seeds:
+        need = args.ratio * rows[(s, "random")]
+        cells = [f"{rows[(s, m)] / everything:.2f}" if (s, m) in rows else "" for m in methods]
+        lines.append(f"| {s} | {rows[(s, 'random')]:.3f} | {need:.3f} | {need / everything:.2f} | " + " | ".join(cells) + " |")
+    gm = math.exp(sum(math.log(rows[(s, "random")]) for s in seeds) / len(seeds))
+    lines += ["", f"Over seeds {seeds[0]}-{seeds[-1]}: random search's geometric mean {gm:.3f}; {args.ratio:g}x of it "
+              f"is {args.ratio * gm:.3f}, {args.ratio * gm / everything:.2f} of the best front known. The method "
+              "columns give each method's judged hypervolume as a share of that front."]
+    write_results(args.results, {"detectors": len(points), "hv_all_judged": everything, "hv_truth_set": truth_only,
+                                 "reference_ms": ref, "rows": [{"seed": s, "method": m, "hv_judged": v}
+                                                               for (s, m), v in sorted(rows.items())]},
+                  "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
