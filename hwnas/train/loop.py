@@ -12,7 +12,7 @@ import io
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
@@ -160,6 +160,28 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+# TrainConfig fields a resumed run may change: its length, and how and where it runs. Every other
+# field shapes the weights, so a resume with another value would mix two runs under one name.
+RESUME_MAY_CHANGE = frozenset({"epochs", "budget_s", "eval_every", "device", "amp", "workers", "on_error"})
+
+
+def settings_differ(made_with: dict, cfg: TrainConfig) -> list[str]:
+    """``name: X in the run, Y now`` for each weight-shaping setting of ``cfg`` that differs from a
+    checkpoint's stored config (settings older checkpoints did not store are not compared)."""
+    def plain(v):
+        return list(v) if isinstance(v, (list, tuple)) else v
+
+    out = []
+    for f in fields(cfg):
+        if f.name in RESUME_MAY_CHANGE or f.name not in made_with:
+            continue
+        then, now = plain(made_with[f.name]), plain(getattr(cfg, f.name))
+        if then != now:
+            show = (lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v))
+            out.append(f"{f.name}: {show(then)} in the run, {show(now)} now")
+    return out
 
 
 def lr_factor(it: int, total: int, warmup: int) -> float:
@@ -328,6 +350,10 @@ def train(arch: Arch, data_dir: Path, out: Path, cfg: TrainConfig = TrainConfig(
         if made_with != cfg.recipe_version:  # a score from two recipes compares with neither
             raise HwnasError(f"{ckpt} was trained with recipe version {made_with}, this hwnas trains with version "
                              f"{cfg.recipe_version}; resuming would mix the two: use another --out")
+        differ = settings_differ(ck.config or {}, cfg)
+        if differ:  # e.g. --seed 1 into a seed-0 run's folder would report the seed-0 run as seed 1
+            raise HwnasError(f"{ckpt} was trained with other settings ({'; '.join(differ)}); resuming would mix "
+                             f"them: give the run's settings again, or use another --out")
         if ck.epoch + 1 > cfg.epochs:
             raise HwnasError(f"{ckpt} has already trained {ck.epoch + 1} epochs, more than --epochs {cfg.epochs}; "
                              f"give --epochs {ck.epoch + 1} or more, or use another --out")

@@ -347,6 +347,22 @@ def test_a_resume_checks_what_it_reads(name, one_epoch, data, tmp_path, capfd):
     assert_one_error(capfd, argv, RESUME[name], run, run / "metrics.json")
 
 
+@pytest.mark.parametrize("extra, expect", [
+    (["--seed", "1"], "(seed: 0 in the run, 1 now)"),
+    (["--lr", "4e-3", "--scale-jitter", "0.8,1.25"], "(lr: 0.002 in the run, 0.004 now; scale_jitter: 0.5,1.5 in "
+                                                     "the run, 0.8,1.25 now)"),
+])
+def test_a_resume_with_other_settings_is_refused(extra, expect, one_epoch, data, tmp_path, capfd):
+    """Another seed or recipe into a finished run's folder would report that run under the new
+    settings (a benchmark's seed-1 run into its seed-0 folder reprinted the seed-0 figures)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "last.pt").write_bytes(one_epoch.read_bytes())
+    argv = ["train", "--arch", RETINA, "--data", str(data), "--epochs", "2", "--batch-size", "8", *extra,
+            "--out", str(run)]
+    assert_one_error(capfd, argv, expect, run, run / "metrics.json")
+
+
 # ----------------------------------------------------------------------------- 6. TrainConfig messages
 @pytest.mark.parametrize("field, value, expect", [
     ("max_train_images", -5, "--max-train-images -5"),
