@@ -53,7 +53,7 @@ def main() -> None:
         data = args.work / "data" / name
         if not (data / "val.json").exists():
             run([*HWNAS, *data_cmd, "--seed", "0", "--out", str(data)])
-        out = args.work / args.tag / name
+        out = args.work / args.tag / (name if args.seed == 0 else f"{name}-s{args.seed}")  # a run folder per seed
         from hwnas.train.recipes import RECIPES
 
         own = SETS[name][1]
