@@ -66,7 +66,7 @@ def main() -> None:
                 "3-epoch mAP x label coverage (`train+coverage`)": [pairs[a][0] * cov[a] for a in pairs],
                 f"3-epoch mAP x GFLOPs^{GROWTH_EXPONENT:g} (`train+growth`)":
                     [pairs[a][0] * gflops[a] ** GROWTH_EXPONENT for a in pairs],
-                "3-epoch mAP x label coverage x GFLOPs^0.2 (both factors; no evaluator)":
+                f"3-epoch mAP x label coverage x GFLOPs^{GROWTH_EXPONENT:g} (both factors; no evaluator)":
                     [pairs[a][0] * cov[a] * gflops[a] ** GROWTH_EXPONENT for a in pairs],
                 "label coverage alone (no training)": [cov[a] for a in pairs],
                 "GFLOPs alone (no training)": [gflops[a] for a in pairs]}

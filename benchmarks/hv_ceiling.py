@@ -17,31 +17,31 @@ import math
 from pathlib import Path
 
 from common import write_results
+from truth_set import recorded_runs
 
 from hwnas.search.pareto import hypervolume
 
 RESULTS = Path("benchmarks/results")
 
 
-def judged_points(truth: Path) -> tuple[dict[str, tuple[float, float]], float]:
-    """Every detector with a 12-epoch seed-0 mAP (judging ledgers, truth set), as arch -> (mAP,
-    table latency); and the searches' reference latency (they share one)."""
-    latency, maps, refs = {}, {}, set()
+def judged_points(truth: dict, truth_path: Path) -> tuple[dict[str, tuple[float, float]], float]:
+    """Every detector with a seed-0 mAP of the truth set's length (its runs, the searches' judging
+    ledgers; ``truth_set.recorded_runs`` reads both), as arch -> (mAP, table latency); and the
+    searches' reference latency (they share one)."""
+    latency = {r["arch"]: r["predicted_latency_ms"] for r in truth["rows"]}
+    runs = recorded_runs(truth_path.with_suffix(".runs.json"), truth["epochs"], truth_path)
+    refs = set()
     for f in sorted(RESULTS.glob("search_equal_time-b10*.json")):
-        d = json.loads(f.read_text())
         if f.name.endswith(".judged.json"):
-            maps.update({r["arch"]: r["map"] for r in d["runs"] if str(r["seed"]) == "0"})
             continue
+        d = json.loads(f.read_text())
         refs.add(round(d["reference"]["latency_ms"], 9))
         for r in d["rows"]:
             latency.update(zip(r["front_archs"], r["front_ms"]))
-    t = json.loads(truth.read_text())
-    for r in t["rows"]:
-        latency[r["arch"]] = r["predicted_latency_ms"]
-        maps.setdefault(r["arch"], r["seeds"]["0"]["map"])
+        runs |= recorded_runs(f.with_suffix(".judged.json"), truth["epochs"])  # a judging run wins
     if len(refs) != 1:
         raise SystemExit(f"the searches' results use {len(refs)} reference latencies; expected one")
-    return {a: (m, latency[a]) for a, m in maps.items() if a in latency}, refs.pop()
+    return {a: (v["map"], latency[a]) for (a, seed), v in runs.items() if seed == "0" and a in latency}, refs.pop()
 
 
 def main() -> None:
@@ -52,9 +52,10 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=1.3, help="the target ratio to random search")
     ap.add_argument("--results", type=Path, default=RESULTS / "hv_ceiling")
     args = ap.parse_args()
-    points, ref = judged_points(args.truth)
+    truth = json.loads(args.truth.read_text())
+    points, ref = judged_points(truth, args.truth)
     everything = hypervolume(list(points.values()), 0.0, ref)
-    truth_only = hypervolume([points[r["arch"]] for r in json.loads(args.truth.read_text())["rows"]], 0.0, ref)
+    truth_only = hypervolume([points[r["arch"]] for r in truth["rows"]], 0.0, ref)
     rows: dict[tuple[int, str], float] = {}
     for name in args.searches.split(","):
         for r in json.loads((RESULTS / f"{name}.json").read_text())["rows"]:

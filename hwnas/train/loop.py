@@ -170,18 +170,15 @@ RESUME_MAY_CHANGE = frozenset({"epochs", "budget_s", "eval_every", "device", "am
 def settings_differ(made_with: dict, cfg: TrainConfig) -> list[str]:
     """``name: X in the run, Y now`` for each weight-shaping setting of ``cfg`` that differs from a
     checkpoint's stored config (settings older checkpoints did not store are not compared)."""
-    def plain(v):
+    def plain(v):  # a stored tuple may come back as a list; 0 and 0.0 are the same setting
         return list(v) if isinstance(v, (list, tuple)) else v
 
-    out = []
-    for f in fields(cfg):
-        if f.name in RESUME_MAY_CHANGE or f.name not in made_with:
-            continue
-        then, now = plain(made_with[f.name]), plain(getattr(cfg, f.name))
-        if then != now:
-            show = (lambda v: ",".join(map(str, v)) if isinstance(v, list) else str(v))
-            out.append(f"{f.name}: {show(then)} in the run, {show(now)} now")
-    return out
+    def shown(v) -> str:  # as the option takes it
+        return ",".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+
+    return [f"{f.name}: {shown(made_with[f.name])} in the run, {shown(getattr(cfg, f.name))} now"
+            for f in fields(cfg) if f.name not in RESUME_MAY_CHANGE and f.name in made_with
+            and plain(made_with[f.name]) != plain(getattr(cfg, f.name))]
 
 
 def lr_factor(it: int, total: int, warmup: int) -> float:
