@@ -15,7 +15,9 @@ reserve kept for it; docs/search.md), so every method gets the same wall clock (
 most the evaluation in flight); the report gives each search's wall time. Results written before
 the budget covered the front (``front_share`` absent from a row) are kept and marked. With
 ``--judge-epochs`` every front member with a standalone mAP is then trained as the truth set's
-detectors are (``truth_set.train_recorded``, ledger RESULTS.judged.json) and judged by that mAP.
+detectors are (``truth_set.train_recorded``, ledger RESULTS.judged.json) and judged by that mAP; a
+detector any committed ledger already holds (the truth set's, another search's judging) is read
+from there, not trained again.
 
 Searches run one after another with 2 torch threads each: a wall-clock budget is only fair on an
 otherwise idle machine. A finished search folder is read, not rerun, and a seed whose folder is gone
@@ -36,7 +38,7 @@ from scipy.stats import kendalltau, spearmanr
 
 from common import HWNAS, run, search_args, write_results
 from search_vs_random import reference_latency
-from truth_set import DATA_CMD, recorded_runs, train_recorded
+from truth_set import DATA_CMD, committed_runs, recorded_runs, train_recorded
 
 from hwnas.search.pareto import hypervolume
 
@@ -118,14 +120,16 @@ def main() -> None:
     report(a, rows, ref, methods, {})
     if a.judge_epochs:  # after every search: judging is epoch-based, the machine's load does not matter
         ledger = a.results.with_suffix(".judged.json")
-        judged = recorded_runs(ledger, a.judge_epochs)
+        judged = recorded_runs(ledger, a.judge_epochs)  # this file's own judging runs
+        known = committed_runs(a.judge_epochs) | judged  # and every other ledger's: a detector trains once
         todo = list(dict.fromkeys(arch for r in rows for arch in r["front_archs"]))  # seed by seed, as the rows
         for i, arch in enumerate(todo):
-            if (arch, str(a.judge_seed)) not in judged:
-                train_recorded(arch, a.judge_seed, a.judge_epochs, Path(a.data), a.judge_work, ledger, judged,
-                               f"judging [{i + 1}/{len(todo)}]")
-                report(a, rows, ref, methods, judged)  # a row's judged HV as soon as its front is judged
-        report(a, rows, ref, methods, judged)
+            key = (arch, str(a.judge_seed))
+            if key not in known:
+                known[key] = train_recorded(arch, a.judge_seed, a.judge_epochs, Path(a.data), a.judge_work, ledger,
+                                            judged, f"judging [{i + 1}/{len(todo)}]")
+                report(a, rows, ref, methods, known)  # a row's judged HV as soon as its front is judged
+        report(a, rows, ref, methods, known)
 
 
 def report(a, rows: list[dict], ref: float, methods: list[str], judged: dict) -> None:

@@ -166,6 +166,17 @@ def recorded_runs(ledger: Path, epochs: int, path: Path | None = None) -> dict[t
     return out
 
 
+def committed_runs(epochs: int, results: Path = Path("benchmarks/results")) -> dict[tuple[str, str], dict]:
+    """(arch, seed) -> figures, from every committed ledger of ``epochs``-epoch runs on the truth set's
+    data (the truth set's and each equal-time search's judging), so that a detector trains once even
+    on a machine that no longer holds the runs; ledgers of other epochs are left out."""
+    out = {}
+    for ledger in sorted([*results.glob("*.runs.json"), *results.glob("*.judged.json")]):
+        if json.loads(ledger.read_text())["epochs"] == epochs:
+            out |= recorded_runs(ledger, epochs)
+    return out
+
+
 def results(args, archs: list[Arch], seeds: list[int], table, recorded: dict) -> tuple[dict, str]:
     rows = []
     for arch in archs:
