@@ -18,20 +18,19 @@ import random
 from pathlib import Path
 
 from common import write_results
-from truth_set import committed_runs, recorded_runs
+from truth_set import committed_runs
 
 from hwnas.search.pareto import hypervolume
 
 RESULTS = Path("benchmarks/results")
 
 
-def judged_points(truth: dict, truth_path: Path) -> tuple[dict[str, tuple[float, float]], float]:
+def judged_points(truth: dict) -> tuple[dict[str, tuple[float, float]], float]:
     """Every detector with a seed-0 mAP of the truth set's length (the committed ledgers: the truth
     set's runs, the searches' judging), as arch -> (mAP, table latency); and the searches' reference
     latency (they share one)."""
     latency = {r["arch"]: r["predicted_latency_ms"] for r in truth["rows"]}
-    runs = recorded_runs(truth_path.with_suffix(".runs.json"), truth["epochs"], truth_path)
-    runs |= committed_runs(truth["epochs"])
+    runs = committed_runs(truth["epochs"])
     refs = set()
     for f in sorted(RESULTS.glob("search_equal_time-b10*.json")):
         if f.name.endswith(".judged.json"):
@@ -62,7 +61,7 @@ def main() -> None:
     ap.add_argument("--results", type=Path, default=RESULTS / "hv_ceiling")
     args = ap.parse_args()
     truth = json.loads(args.truth.read_text())
-    points, ref = judged_points(truth, args.truth)
+    points, ref = judged_points(truth)
     everything = hypervolume(list(points.values()), 0.0, ref)
     truth_only = hypervolume([points[r["arch"]] for r in truth["rows"]], 0.0, ref)
     rows: dict[tuple[int, str], float] = {}
