@@ -22,6 +22,7 @@ import numpy as np
 from scipy.stats import kendalltau, spearmanr
 
 from common import write_results
+from truth_set import judged_front_pairs
 
 from hwnas.search.coverage import label_coverage
 from hwnas.search.evaluators.scaled import GROWTH_EXPONENT, forward_gflops
@@ -48,16 +49,7 @@ def main() -> None:
     x, y = np.array(fit).T
     slope = float(np.polyfit(x, y, 1)[0])
     corr = float(np.corrcoef(x, y)[0, 1])
-    pairs: dict[str, tuple[float, float]] = {}  # arch -> (3-epoch mAP, judged mAP)
-    for name in args.searches.split(","):
-        res = json.loads(Path(f"benchmarks/results/{name}.json").read_text())
-        seed = str(res["args"].get("judge_seed", 0))
-        judged = {(r["arch"], str(r["seed"])): r["map"]
-                  for r in json.loads(Path(f"benchmarks/results/{name}.judged.json").read_text())["runs"]}
-        for row in res["rows"]:
-            for arch, short in zip(row["front_archs"], row.get("front_map", [])):
-                if short is not None and (arch, seed) in judged and arch not in in_truth:
-                    pairs[arch] = (short, judged[arch, seed])
+    pairs = judged_front_pairs(args.searches.split(","), in_truth)  # arch -> (3-epoch mAP, judged mAP)
     cfg = recipe_config(None, epochs=3, batch_size=16, lr=2e-3, seed=0)  # the searches' training settings
     cov = {a: label_coverage(Arch.parse(a), args.data, cfg) for a in pairs}
     gflops = {a: forward_gflops(Arch.parse(a), CLASSES) for a in pairs}

@@ -177,6 +177,23 @@ def committed_runs(epochs: int, results: Path = Path("benchmarks/results")) -> d
     return out
 
 
+def judged_front_pairs(searches: list[str], leave_out: set[str] = frozenset(),
+                       results: Path = Path("benchmarks/results")) -> dict[str, tuple[float, float]]:
+    """arch -> (its search's 3-epoch mAP, its judged 12-epoch mAP) for the front members of the
+    equal-time searches ``searches`` (results names) that were judged, ``leave_out`` left out (the
+    truth set's detectors, to compare on them)."""
+    pairs: dict[str, tuple[float, float]] = {}
+    for name in searches:
+        res = json.loads((results / f"{name}.json").read_text())
+        seed = str(res["args"].get("judge_seed", 0))
+        judged = {(r["arch"], str(r["seed"])): r["map"] for r in json.loads((results / f"{name}.judged.json").read_text())["runs"]}
+        for row in res["rows"]:
+            for arch, short in zip(row["front_archs"], row.get("front_map", [])):
+                if short is not None and (arch, seed) in judged and arch not in leave_out:
+                    pairs[arch] = (short, judged[arch, seed])
+    return pairs
+
+
 def results(args, archs: list[Arch], seeds: list[int], table, recorded: dict) -> tuple[dict, str]:
     rows = []
     for arch in archs:

@@ -436,7 +436,9 @@ def search(
                                   "the rest of it ranked by BN-NAS against that one; train+depth = the same, ranked by "
                                   "their normalisation layers (no supernet); train+coverage = train's mAP times the share of "
                                   "training boxes the head's assignment covers; train+growth = train's mAP times the detector's "
-                                  "GFLOPs to the power 0.2 (bigger detectors gain more from longer training); with a proxy "
+                                  "GFLOPs to the power 0.2 (bigger detectors gain more from longer training); train+predict = the "
+                                  "first 8 candidates trained, then one in 20, the rest's mAP predicted from those trained "
+                                  "(a ridge regression on modules, GFLOPs, latency and label coverage); with a proxy "
                                   "the final front is then trained standalone (train+coverage's and train+growth's are already)"),
     eta: int = typer.Option(3, "--eta", help="--evaluator halving: the best 1/ETA of a rung go on to ETA times the epochs"),
     supernet_epochs: int = typer.Option(12, "--supernet-epochs", help="--evaluator supernet, bn, train+bn: epochs each supernet trains"),

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from hwnas.errors import HwnasError
+from hwnas.search.assessor import module_onehot, ridge_weights
 from hwnas.search.pareto import Point, hypervolume_gain, pareto_indices, rank_and_crowding, select_survivors
 from hwnas.spec.arch import Arch
 from hwnas.spec.space import SearchSpace, head_kind
@@ -210,17 +211,15 @@ class AccuracyModel:
     def __init__(self, space: SearchSpace, evaluated: Sequence[tuple[Arch, float, float]], l2: float = 1.0):
         import numpy as np
 
-        self.options = (("block", space.blocks), ("neck", space.necks), ("head", space.heads))
+        self.space = space
         self.w = None
         if len(evaluated) >= 3:
             x = np.array([self.features(a, lat) for a, _, lat in evaluated])
             y = np.array([m for _, m, _ in evaluated])
-            x, y = x - x.mean(0), y - y.mean()  # the intercept is not shrunk
-            self.w = np.linalg.solve(x.T @ x + l2 * np.eye(x.shape[1]), x.T @ y)
+            self.w = ridge_weights(x - x.mean(0), y - y.mean(), l2)  # centred: the intercept is not shrunk
 
     def features(self, arch: Arch, latency_ms: float) -> list[float]:
-        module = {"block": arch.block, "neck": arch.neck, "head": arch.head.kind}
-        return [float(module[name] == opt) for name, opts in self.options for opt in opts] + [math.log(latency_ms)]
+        return module_onehot(self.space, arch) + [math.log(latency_ms)]
 
     def change(self, child: Arch, child_ms: float, anchor: Arch, anchor_ms: float) -> float:
         """Expected mAP of ``child`` minus that of ``anchor``."""

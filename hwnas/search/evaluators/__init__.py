@@ -8,6 +8,7 @@ from hwnas.errors import HwnasError
 from hwnas.search.evaluators.anchored import AnchoredEvaluator
 from hwnas.search.evaluators.base import Budget, Evaluation, Evaluator, EvaluatorFactory, Note, failure_reason
 from hwnas.search.evaluators.halving import HalvingEvaluator
+from hwnas.search.evaluators.predicted import PredictedEvaluator
 from hwnas.search.evaluators.scaled import coverage_evaluator, growth_evaluator
 from hwnas.search.evaluators.supernet import SupernetEvaluator
 from hwnas.search.evaluators.train import TrainEvaluator
@@ -24,6 +25,7 @@ EVALUATORS: dict[str, EvaluatorFactory] = {
     "train+depth": lambda cfg: AnchoredEvaluator(cfg, "depth"),
     "train+coverage": coverage_evaluator,
     "train+growth": growth_evaluator,
+    "train+predict": PredictedEvaluator,
 }
 # The evaluators that train a supernet per neighbourhood (their settings belong to a study's identity).
 SUPERNET_EVALUATORS = ("supernet", "bn", "train+bn")
