@@ -19,6 +19,11 @@ from hwnas.errors import HwnasError
 NAME_MAX = 255  # bytes in one file or folder name, on every file system hwnas writes to
 
 
+def slug(text: str) -> str:
+    """A short file name for a long string (an arch): its first 12 hex digits of SHA-1."""
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
 def check_path(path: Path, what: str) -> Path:
     """A path that can name a file at all: not empty, no name over NAME_MAX bytes, no symlink loop."""
     raw = str(path)

@@ -15,7 +15,6 @@ no evaluation; ``max_draws`` proposals in a row without an evaluable one end the
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import time
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from hwnas.errors import HwnasError
-from hwnas.fileio import check_writable
+from hwnas.fileio import check_writable, slug
 from hwnas.limits import MAX_THREADS, check_batch, check_count, check_float, check_int, check_seed
 from hwnas.search.coordination import GRACE_S, Coordinator, created_together, storage_url
 from hwnas.search.evaluators import (SUPERNET_EVALUATORS, Budget, Evaluation, Evaluator, check_evaluator, make_evaluator,
@@ -221,10 +220,6 @@ def _front_text(records: list[TrialRecord]) -> str:
         return "front: -"
     return f"front {len(front)}: " + " ".join(f"{r.score:.3f}@{r.predicted_latency_ms:.1f}ms" for r in front[:4]) + \
         (" ..." if len(front) > 4 else "")
-
-
-def slug(arch: str) -> str:
-    return hashlib.sha1(arch.encode()).hexdigest()[:12]
 
 
 class Search:

@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from hwnas.fileio import write_json
+from hwnas.fileio import slug, write_json
 from hwnas.search.evaluators.base import Budget, Evaluation, Note, failure_reason
 from hwnas.search.evaluators.train import TrainEvaluator
 
@@ -73,7 +73,6 @@ class PredictedEvaluator:
 
     def claim(self, arch: "Arch") -> dict:
         """This candidate's decision (train it or predict it), made once under the lock."""
-        from hwnas.search.runner import slug
         from hwnas.search.supernet import locked
 
         path = self.root / "claims" / f"{slug(str(arch))}.json"
@@ -89,7 +88,6 @@ class PredictedEvaluator:
 
     def __call__(self, arch: "Arch", budget: Budget, folder: Path, note: Note | None = None) -> Evaluation:
         from hwnas.search.assessor import Assessor
-        from hwnas.search.runner import slug
         from hwnas.spec.arch import Arch
 
         done = folder / "predicted_score.json"
