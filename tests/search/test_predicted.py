@@ -81,12 +81,12 @@ def test_a_candidate_keeps_its_decision_across_a_restart(world, tmp_path) -> Non
                        batch_size=8)
     first = make_evaluator(cfg)
     a = Arch.parse("i64/basic_c8_1-2-2-2/fpn_p3-5_c16/retina_d1_c16/bn")
-    assert first.claim(a)["train"]  # nothing trained yet: the warm-up trains it
+    assert first.claim(a)  # nothing trained yet: the warm-up trains it
     for i in range(WARMUP):  # then the warm-up finishes without it (other candidates, other workers)
         b = f"i64/basic_c{8 * (i + 2)}_1-2-2-2/fpn_p3-5_c16/retina_d1_c16/bn"
         (tmp_path / "assessor" / "trained").mkdir(parents=True, exist_ok=True)
         (tmp_path / "assessor" / "trained" / f"{i}.json").write_text(json.dumps({"arch": b, "map": 0.1}))
     restarted = make_evaluator(cfg)
-    assert restarted.claim(a)["train"]
+    assert restarted.claim(a)
     c = Arch.parse("i64/basic_c8_1-2-2-2/fpn_p3-5_c16/fcos_d1_c16/bn")
-    assert not restarted.claim(c)["train"]  # a new candidate past the warm-up is predicted
+    assert not restarted.claim(c)  # a new candidate past the warm-up is predicted

@@ -11,9 +11,10 @@ score is a proxy (``is_proxy``); the search trains its final front standalone, a
 
 Which candidate is trained follows the order they are scored in: a candidate is trained while fewer
 than ``WARMUP`` trainings have finished, or when trained ones would otherwise fall below one in
-``TRAIN_EVERY`` of all claimed. The decision is written to ``RUN/assessor/claims/<slug>.json`` under
-a lock before any work, so parallel workers share one count and a candidate resumed after kill -9
-keeps its decision; a trained candidate's mAP goes to ``RUN/assessor/trained/<slug>.json``.
+``TRAIN_EVERY`` of all claimed. The decision is written under a lock before any work, as
+``RUN/assessor/claims/train/<slug>.json`` or ``claims/predict/<slug>.json``, so parallel workers
+share one count and a candidate resumed after kill -9 keeps its decision; a trained candidate's mAP
+goes to ``RUN/assessor/trained/<slug>.json``.
 """
 from __future__ import annotations
 
@@ -71,20 +72,21 @@ class PredictedEvaluator:
     def trained(self) -> list[dict]:
         return [json.loads(p.read_text()) for p in sorted((self.root / "trained").glob("*.json"))]
 
-    def claim(self, arch: "Arch") -> dict:
-        """This candidate's decision (train it or predict it), made once under the lock."""
+    def claim(self, arch: "Arch") -> bool:
+        """Whether this candidate is trained (else predicted), decided once under the lock. The
+        decision is the folder its claim file lies in, so counting them reads no file."""
         from hwnas.search.supernet import locked
 
-        path = self.root / "claims" / f"{slug(str(arch))}.json"
+        name, claims = f"{slug(str(arch))}.json", self.root / "claims"
         with locked(self.root):
-            if path.exists():
-                return json.loads(path.read_text())
-            claims = [json.loads(p.read_text()) for p in (self.root / "claims").glob("*.json")]
-            trains = sum(c["train"] for c in claims)
-            done = len(self.trained())
-            decision = {"arch": str(arch), "train": done < WARMUP or trains * TRAIN_EVERY <= len(claims)}
-            write_json(path, decision)
-            return decision
+            for kind in ("train", "predict"):
+                if (claims / kind / name).exists():
+                    return kind == "train"
+            trains = len(list((claims / "train").glob("*.json")))
+            total = trains + len(list((claims / "predict").glob("*.json")))
+            train = len(list((self.root / "trained").glob("*.json"))) < WARMUP or trains * TRAIN_EVERY <= total
+            write_json(claims / ("train" if train else "predict") / name, {"arch": str(arch)})
+            return train
 
     def __call__(self, arch: "Arch", budget: Budget, folder: Path, note: Note | None = None) -> Evaluation:
         from hwnas.search.assessor import Assessor
@@ -93,7 +95,7 @@ class PredictedEvaluator:
         done = folder / "predicted_score.json"
         if done.exists():  # scored before a kill: the score stands
             return Evaluation.from_dict(json.loads(done.read_text()))
-        if self.claim(arch)["train"]:
+        if self.claim(arch):
             ev = self.train(arch, budget, folder, note)
             if ev.score is not None:
                 write_json(self.root / "trained" / f"{slug(str(arch))}.json", {"arch": str(arch), "map": ev.score})
