@@ -163,7 +163,8 @@ class Summary:
     def time_s(self) -> dict[str, float]:
         """Where the compute went: scoring candidates (for ``supernet`` including the supernets'
         training, which the first candidate of each neighbourhood pays), training the proxy front
-        standalone, and the search's own bookkeeping."""
+        standalone, and the search's own bookkeeping (drawing proposals, the duplicates among them,
+        Optuna and the records: everything between two candidates)."""
         cands = [r for r in self.records if r.stage != "baseline"]
         return {"scoring_s": sum(r.cost_s or 0.0 for r in cands),
                 "supernets_s": self.supernets_s,
@@ -354,7 +355,7 @@ def markdown(s: Summary) -> str:
               f"{s.counts['trained_standalone']} trained standalone."]
     bk = s.bookkeeping
     if bk["n"]:
-        lines += ["", f"Bookkeeping (this worker, {bk['n']} trials): {bk['overhead_s_mean'] * 1e3:.0f} ms a trial, "
+        lines += ["", f"Bookkeeping (drawing, duplicates, Optuna, records; this worker, {bk['n']} trials): {bk['overhead_s_mean'] * 1e3:.0f} ms a trial, "
                   f"{100 * bk['overhead_fraction']:.3f} % of trial time (worst trial {100 * bk['overhead_fraction_max']:.3f} %)."]
     lines += ["", "Files: `pareto.json` (front), `search.json` (every trial), `candidates.csv` (every scored candidate), "
               "`pareto.png`, `trials/<id>/` "

@@ -1,22 +1,29 @@
 """The accuracy assessor (hwnas.search.assessor) and ``train+predict``: the fit recovers an order it
 was not shown, a search trains its warm-up and predicts the rest from those trainings, the front
-is trained standalone, and a candidate keeps its decision across a restart."""
+is trained standalone, a candidate keeps its decision across a restart and a kill -9, and two
+workers in one folder share one warm-up."""
 from __future__ import annotations
 
 import json
 import random
+import signal
+import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from scipy.stats import kendalltau
 
-from conftest import search_world
+from conftest import search_world, sigkill_when
 from hwnas.cli.app import main
 from hwnas.search.assessor import Assessor
 from hwnas.search.evaluators import make_evaluator
 from hwnas.search.evaluators.predicted import WARMUP
 from hwnas.search.runner import SearchConfig
 from hwnas.spec.arch import Arch
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +97,70 @@ def test_a_candidate_keeps_its_decision_across_a_restart(world, tmp_path) -> Non
     assert restarted.claim(a)
     c = Arch.parse("i64/basic_c8_1-2-2-2/fpn_p3-5_c16/fcos_d1_c16/bn")
     assert not restarted.claim(c)  # a new candidate past the warm-up is predicted
+
+
+def _assessor_files(out: Path) -> dict[str, set[str]]:
+    """The archs claimed for training, claimed for prediction, and trained, as the assessor's folders hold them."""
+    root = out / "assessor"
+    return {kind: {json.loads(p.read_text())["arch"] for p in (root / sub).glob("*.json")}
+            for kind, sub in (("train", "claims/train"), ("predict", "claims/predict"), ("trained", "trained"))}
+
+
+def _check_decisions(out: Path, n: int, extra_trains: int) -> dict[str, set[str]]:
+    """Every scored candidate was decided once and kept its decision; every claimed training finished."""
+    s = json.loads((out / "search.json").read_text())
+    scored = {t["arch"]: t for t in s["trials"] if t["state"] == "complete" and t["stage"] != "baseline"}
+    f = _assessor_files(out)
+    assert len(scored) == n and set(scored) == f["train"] | f["predict"] and not f["train"] & f["predict"]
+    assert f["trained"] == f["train"]
+    assert WARMUP <= len(f["train"]) <= WARMUP + extra_trains
+    for arch, t in scored.items():  # a trained candidate's score is its mAP, a predicted one's a proxy
+        assert (t["proxy_map"] is None) == (arch in f["train"]), arch
+    return f
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_warm_up_training_then_rerun_trains_it_once(world, tmp_path) -> None:
+    out = tmp_path / "run"
+    n = WARMUP + 3
+    cmd = [sys.executable, "-m", "hwnas.cli.app", "search", "--data", str(world["data"]), "--table",
+           str(world["table"]), "--space", "tiny", "--out", str(out), "--epochs-per-trial", "2", "--batch-size", "8",
+           "--threads", "1", "--no-measure", "--trials", str(n), "--population", "2", "--evaluator", "train+predict"]
+
+    def training_in_flight() -> set[str]:
+        try:
+            f = _assessor_files(out)
+        except (OSError, ValueError):  # a claim file caught between its creation and its rename
+            return set()
+        return f["train"] - f["trained"] if len(f["trained"]) >= WARMUP // 2 else set()
+
+    rc = sigkill_when(cmd, tmp_path / "log", lambda: bool(training_in_flight()), 600, cwd=REPO, poll_s=0.05)
+    assert rc == -signal.SIGKILL
+    killed = training_in_flight()
+    assert len(killed) == 1
+    r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    f = _check_decisions(out, n, 0)  # one worker: exactly the warm-up trained, the killed one among them
+    assert killed <= f["trained"] and len(f["train"]) == WARMUP
+    with sqlite3.connect(out / "search.db") as c:
+        archs = [a for (a,) in c.execute("select arch from hwnas_claims where arch not like 'init:%'")]
+    assert len(archs) == len(set(archs)) == n  # nothing scored twice, nothing lost
+
+
+@pytest.mark.slow
+def test_two_workers_in_one_folder_share_the_assessor(world, postgres_db, tmp_path) -> None:
+    """Two workers of one PostgreSQL study writing to the same --out (one machine) draw on one count
+    of trainings and one set of trained candidates: together they train the warm-up once (one more
+    at most, claimed while the other's last warm-up training was running), not once each."""
+    out = tmp_path / "run"
+    n = WARMUP + 6
+    cmd = [sys.executable, "-m", "hwnas.cli.app", "search", "--data", str(world["data"]), "--table",
+           str(world["table"]), "--space", "tiny", "--out", str(out), "--epochs-per-trial", "1", "--batch-size", "8",
+           "--threads", "1", "--no-measure", "--trials", str(n), "--population", "2", "--evaluator", "train+predict",
+           "--storage", postgres_db, "--study", "shared"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (_, e) in zip(procs, outs):
+        assert p.returncode == 0, e[-3000:]
+    _check_decisions(out, n, 1)
